@@ -1,0 +1,336 @@
+"""Model architectures with explicit per-layer widths, so that a natively narrow version exists.
+
+Every model takes ``widths``: a dict from a width key to a channel count. ``channel_layers()`` maps
+each key to the modules that produce those channels (the layer and its BatchNorm), which is what a
+channel ticket masks. Building the same class with smaller ``widths`` gives the natively narrow model
+that a compressed ticket must match parameter for parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Widths = dict[str, int]
+
+
+class WidthModel(nn.Module):
+    """A model whose prunable widths are named; subclasses fill ``self.layers_of``."""
+
+    default_widths: Widths = {}
+    input_shape: tuple[int, ...] = ()
+
+    def __init__(self, widths: Widths | None = None):
+        super().__init__()
+        self.widths = {**self.default_widths, **(widths or {})}
+        self.layers_of: dict[str, tuple[nn.Module, nn.Module | None]] = {}
+
+    def channel_layers(self) -> dict[str, tuple[nn.Module, nn.Module | None]]:
+        return self.layers_of
+
+
+def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type[nn.Module] | None = nn.ReLU):
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                               nn.BatchNorm2d(cout)]
+    if act is not None:
+        layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class MLP(WidthModel):
+    """LeNet-300-100 style fully connected net."""
+
+    default_widths = {"fc1": 300, "fc2": 100}
+    input_shape = (1, 28, 28)
+
+    def __init__(self, widths: Widths | None = None, in_features: int = 784, classes: int = 10):
+        super().__init__(widths)
+        w = self.widths
+        self.in_features = in_features
+        self.fc1 = nn.Linear(in_features, w["fc1"])
+        self.fc2 = nn.Linear(w["fc1"], w["fc2"])
+        self.out = nn.Linear(w["fc2"], classes)
+        self.layers_of = {"fc1": (self.fc1, None), "fc2": (self.fc2, None)}
+
+    def forward(self, x):
+        x = torch.flatten(x, 1)
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class LeNet5(WidthModel):
+    default_widths = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
+    input_shape = (1, 28, 28)
+
+    def __init__(self, widths: Widths | None = None, classes: int = 10):
+        super().__init__(widths)
+        w = self.widths
+        self.conv1 = nn.Conv2d(1, w["conv1"], 5, padding=2)
+        self.conv2 = nn.Conv2d(w["conv1"], w["conv2"], 5)
+        self.fc1 = nn.Linear(w["conv2"] * 5 * 5, w["fc1"])
+        self.fc2 = nn.Linear(w["fc1"], w["fc2"])
+        self.out = nn.Linear(w["fc2"], classes)
+        self.layers_of = {k: (getattr(self, k), None) for k in ("conv1", "conv2", "fc1", "fc2")}
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = x.view(x.size(0), -1)
+        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+
+
+class VGG(WidthModel):
+    """VGG for CIFAR (32x32): conv-BN-ReLU stacks, max pools, one linear classifier."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, widths: Widths | None = None, cfg: list | None = None, classes: int = 10,
+                 image: int = 32):
+        cfg = cfg or VGG16_CFG
+        convs = [c for c in cfg if c != "M"]
+        self.default_widths = {f"conv{i}": c for i, c in enumerate(convs)}
+        super().__init__(widths)
+        self.input_shape = (3, image, image)
+        layers: list[nn.Module] = []
+        cin, i, size = 3, 0, image
+        for c in cfg:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+                continue
+            block = conv_bn(cin, self.widths[f"conv{i}"], 3)
+            self.layers_of[f"conv{i}"] = (block[0], block[1])
+            layers.append(block)
+            cin, i = self.widths[f"conv{i}"], i + 1
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin * size * size, classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block; the inner width ``mid`` is prunable, the output is tied to the shortcut."""
+
+    def __init__(self, cin: int, mid: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = conv_bn(cin, mid, 3, stride)
+        self.conv2 = conv_bn(mid, cout, 3, act=None)
+        self.shortcut = (nn.Sequential() if stride == 1 and cin == cout
+                         else conv_bn(cin, cout, 1, stride, act=None))
+
+    def forward(self, x):
+        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class ResNet(WidthModel):
+    """CIFAR ResNet (3 stages, 3x3 stem) or ImageNet ResNet-18 (4 stages, 7x7 stem + max pool)."""
+
+    def __init__(self, widths: Widths | None = None, blocks: tuple[int, ...] = (3, 3, 3),
+                 stage_widths: tuple[int, ...] = (16, 32, 64), imagenet: bool = False, classes: int = 10,
+                 image: int = 32):
+        self.default_widths = {f"s{s}b{b}": w for s, (n, w) in enumerate(zip(blocks, stage_widths, strict=True))
+                               for b in range(n)}
+        super().__init__(widths)
+        self.input_shape = (3, image, image)
+        stem = stage_widths[0]
+        if imagenet:
+            self.stem = nn.Sequential(conv_bn(3, stem, 7, 2), nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = conv_bn(3, stem, 3)
+        stages = []
+        cin = stem
+        for s, (n, w) in enumerate(zip(blocks, stage_widths, strict=True)):
+            for b in range(n):
+                stride = 2 if b == 0 and s > 0 else 1
+                block = BasicBlock(cin, self.widths[f"s{s}b{b}"], w, stride)
+                self.layers_of[f"s{s}b{b}"] = (block.conv1[0], block.conv1[1])
+                stages.append(block)
+                cin = w
+        self.blocks = nn.Sequential(*stages)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet18(widths: Widths | None = None, classes: int = 1000) -> ResNet:
+    return ResNet(widths, (2, 2, 2, 2), (64, 128, 256, 512), imagenet=True, classes=classes, image=224)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project (ReLU6); residual when shapes allow."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, stride: int):
+        super().__init__()
+        self.expand = conv_bn(cin, hidden, 1, act=nn.ReLU6)
+        self.depthwise = conv_bn(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6)
+        self.project = conv_bn(hidden, cout, 1, act=None)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1)]  # expansion t, channels c, repeats n, stride s
+
+
+class MobileNetV2(WidthModel):
+    """MobileNetV2 (224). The first block has no expansion conv in the paper; here every block has one
+    (t=1 means hidden = input width), which keeps the hidden width uniformly prunable."""
+
+    def __init__(self, widths: Widths | None = None, settings: list | None = None, classes: int = 1000,
+                 image: int = 224, stem: int = 32, last: int = 1280):
+        settings = settings or MOBILENET_V2
+        defaults, cin = {}, stem
+        for i, (t, c, n, _s) in enumerate(settings):
+            for j in range(n):
+                defaults[f"b{i}_{j}"] = cin * t
+                cin = c
+        self.default_widths = defaults
+        super().__init__(widths)
+        self.input_shape = (3, image, image)
+        layers: list[nn.Module] = [conv_bn(3, stem, 3, 2, act=nn.ReLU6)]
+        cin = stem
+        for i, (_t, c, n, s) in enumerate(settings):
+            for j in range(n):
+                block = InvertedResidual(cin, self.widths[f"b{i}_{j}"], c, s if j == 0 else 1)
+                self.layers_of[f"b{i}_{j}"] = (block.expand[0], block.expand[1])
+                layers.append(block)
+                cin = c
+        layers.append(conv_bn(cin, last, 1, act=nn.ReLU6))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseBlockNet(WidthModel):
+    """A DenseNet-style block: each layer's output is concatenated to its input."""
+
+    default_widths = {"stem": 8, "l0": 4, "l1": 4, "l2": 4}
+    input_shape = (3, 16, 16)
+
+    def __init__(self, widths: Widths | None = None, classes: int = 10):
+        super().__init__(widths)
+        w = self.widths
+        self.stem = conv_bn(3, w["stem"], 3)
+        self.layers_of["stem"] = (self.stem[0], self.stem[1])
+        self.dense = nn.ModuleList()
+        cin = w["stem"]
+        for k in ("l0", "l1", "l2"):
+            layer = conv_bn(cin, w[k], 3)
+            self.layers_of[k] = (layer[0], layer[1])
+            self.dense.append(layer)
+            cin += w[k]
+        self.transition = conv_bn(cin, 8, 1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.dense:
+            x = torch.cat([x, layer(x)], 1)
+        x = self.transition(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SENet(WidthModel):
+    """Conv blocks with squeeze-and-excitation gating (mean over H,W -> FC -> ReLU -> FC -> sigmoid -> Mul)."""
+
+    default_widths = {"conv0": 16, "se0": 4, "conv1": 16, "se1": 4}
+    input_shape = (3, 16, 16)
+
+    def __init__(self, widths: Widths | None = None, classes: int = 10, linear_se: bool = True):
+        super().__init__(widths)
+        w = self.widths
+        self.conv0 = conv_bn(3, w["conv0"], 3)
+        self.se0 = self._se(w["conv0"], w["se0"], linear_se)
+        self.conv1 = conv_bn(w["conv0"], w["conv1"], 3)
+        self.se1 = self._se(w["conv1"], w["se1"], linear_se)
+        self.linear_se = linear_se
+        self.fc = nn.Linear(w["conv1"], classes)
+        self.layers_of = {"conv0": (self.conv0[0], self.conv0[1]), "conv1": (self.conv1[0], self.conv1[1]),
+                          "se0": (self.se0[0], None), "se1": (self.se1[0], None)}
+
+    @staticmethod
+    def _se(c: int, r: int, linear: bool) -> nn.Sequential:
+        if linear:
+            return nn.Sequential(nn.Linear(c, r), nn.ReLU(), nn.Linear(r, c), nn.Sigmoid())
+        return nn.Sequential(nn.Conv2d(c, r, 1), nn.ReLU(), nn.Conv2d(r, c, 1), nn.Sigmoid())
+
+    def _gate(self, x, se):
+        if self.linear_se:
+            s = se(x.mean((2, 3)))
+            return x * s.view(x.size(0), -1, 1, 1)
+        return x * se(nn.functional.adaptive_avg_pool2d(x, 1))
+
+    def forward(self, x):
+        x = self._gate(self.conv0(x), self.se0)
+        x = nn.functional.max_pool2d(self._gate(self.conv1(x), self.se1), 2)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InceptionNet(WidthModel):
+    """One Inception-style block: 1x1, 1x1->3x3, 1x1->5x5 and pool->1x1 branches, concatenated."""
+
+    default_widths = {"b1": 8, "b3r": 6, "b3": 8, "b5r": 4, "b5": 6, "bp": 4}
+    input_shape = (3, 16, 16)
+
+    def __init__(self, widths: Widths | None = None, classes: int = 10):
+        super().__init__(widths)
+        w = self.widths
+        self.stem = conv_bn(3, 12, 3)
+        self.b1 = conv_bn(12, w["b1"], 1)
+        self.b3 = nn.Sequential(conv_bn(12, w["b3r"], 1), conv_bn(w["b3r"], w["b3"], 3))
+        self.b5 = nn.Sequential(conv_bn(12, w["b5r"], 1), conv_bn(w["b5r"], w["b5"], 5))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv_bn(12, w["bp"], 1))
+        self.head = conv_bn(w["b1"] + w["b3"] + w["b5"] + w["bp"], 16, 1)
+        self.fc = nn.Linear(16, classes)
+        self.layers_of = {"b1": (self.b1[0], self.b1[1]), "b3r": (self.b3[0][0], self.b3[0][1]),
+                          "b3": (self.b3[1][0], self.b3[1][1]), "b5r": (self.b5[0][0], self.b5[0][1]),
+                          "b5": (self.b5[1][0], self.b5[1][1]), "bp": (self.bp[1][0], self.bp[1][1])}
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1))
+
+
+ARCHITECTURES: dict[str, Callable[..., WidthModel]] = {
+    "mlp": MLP,
+    "lenet5": LeNet5,
+    "vgg16": VGG,
+    "resnet20": ResNet,
+    "resnet18": resnet18,
+    "mobilenetv2": MobileNetV2,
+    "densenet-block": DenseBlockNet,
+    "se-net": SENet,
+    "inception-block": InceptionNet,
+}
+
+
+@torch.no_grad()
+def kill_channels(model: WidthModel, keep: dict[str, list[int]], shift: float = 0.0) -> None:
+    """Zero every channel of ``model``'s width keys that is not in ``keep[key]``.
+
+    The layer's filter (and bias) go to zero; with a BatchNorm its scale goes to zero and its shift to
+    ``shift``: a non-zero ``shift`` makes the dead channel a non-zero constant, as in a real ticket.
+    """
+    for key, kept in keep.items():
+        layer, bn = model.channel_layers()[key]
+        dead = sorted(set(range(layer.weight.shape[0])) - set(kept))
+        layer.weight[dead] = 0
+        if layer.bias is not None:
+            layer.bias[dead] = shift if bn is None else 0
+        if bn is not None:
+            bn.weight[dead] = 0
+            bn.bias[dead] = shift

@@ -1,0 +1,1 @@
+"""torch -> ONNX export, and readers that turn mask files into ``{initializer name: bool array}``."""

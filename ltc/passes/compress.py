@@ -1,0 +1,130 @@
+"""The passes that turn a masked model into a physically smaller one, and ``compress()``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ltc.errors import LtcError
+from ltc.passes.base import Pass, PassResult
+from ltc.passes.channels import ChannelGraph
+from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.remove import apply_removal, layer_channels, plan_removal
+from ltc.passes.stats import model_stats
+from ltc.passes.verify import Verification, random_inputs, verify
+
+
+class ApplyMasks(Pass):
+    """Zero every initializer entry whose mask is False: the masked dense model."""
+
+    name = "apply-masks"
+
+    def __init__(self, masks: dict[str, np.ndarray]):
+        self.masks = masks
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        zeroed = 0
+        for i, t in enumerate(out.graph.initializer):
+            mask = self.masks.get(t.name)
+            if mask is None:
+                continue
+            w = numpy_helper.to_array(t)
+            if mask.shape != w.shape:
+                raise LtcError(f"mask for '{t.name}' has shape {tuple(mask.shape)} but the weight is "
+                               f"{tuple(w.shape)}; is the mask for another model?")
+            newly = int(np.count_nonzero(w[~mask]))
+            if newly:
+                out.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), t.name))
+                zeroed += newly
+        return PassResult(out, zeroed > 0, {"weights_zeroed": zeroed, "masked_tensors": len(self.masks)})
+
+
+class RemoveDeadChannels(Pass):
+    """Physically remove every channel class that no output depends on, exactly (see DESIGN.md)."""
+
+    name = "remove-dead-channels"
+
+    def __init__(self, allow_lossy: bool = False, round_to: int = 1):
+        if round_to < 1:
+            raise LtcError(f"round_to must be >= 1, got {round_to}")
+        self.allow_lossy = allow_lossy
+        self.round_to = round_to
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        graph = import_graph(model)
+        cg = ChannelGraph(graph)
+        plan = plan_removal(cg, self.allow_lossy, self.round_to)
+        layers = layer_channels(cg, plan)
+        frozen_by = Counter(cg.frozen_reason.values())
+        modified = apply_removal(cg, plan)
+        details = {
+            "layers": [asdict(layer) for layer in layers],
+            "classes": int(cg.n_classes),
+            "removed_classes": int(plan.removed.sum()),
+            "frozen": dict(frozen_by),
+            "notes": plan.notes,
+            "lossy": plan.lossy,
+        }
+        return PassResult(export_graph(graph, model) if modified else model, modified, details)
+
+
+@dataclass
+class CompressResult:
+    model: onnx.ModelProto
+    reference: onnx.ModelProto  # the masked dense model the result must match
+    layers: list[dict]
+    before: dict
+    after: dict
+    verification: Verification | None
+    seconds: float
+    lossy: bool
+    notes: list[str] = field(default_factory=list)
+    frozen: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "layers": self.layers,
+            "before": {k: v for k, v in self.before.items() if k != "layer_macs"},
+            "after": {k: v for k, v in self.after.items() if k != "layer_macs"},
+            "verification": self.verification.to_dict() if self.verification else None,
+            "seconds": self.seconds,
+            "lossy": self.lossy,
+            "notes": self.notes,
+            "frozen": self.frozen,
+        }
+
+
+def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None, *,
+             allow_lossy: bool = False, round_to: int = 1, check: bool = True,
+             feeds: dict[str, np.ndarray] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
+             inputs_label: str = "random") -> CompressResult:
+    """Apply ``masks`` (initializer name -> bool array), remove dead channels, verify.
+
+    Raises :class:`LtcError` if verification fails (unless the user allowed lossy folding, in which
+    case the measured error is reported).
+    """
+    start = time.perf_counter()
+    reference = ApplyMasks(masks)(model).model if masks else model
+    result = RemoveDeadChannels(allow_lossy, round_to)(reference)
+    d = result.details
+    verification = None
+    if check:
+        feeds = feeds if feeds is not None else random_inputs(reference)
+        verification = verify(reference, result.model, feeds, rtol, atol, inputs_label)
+        if not verification.passed and not d["lossy"]:
+            worst = max(verification.outputs.items(), key=lambda kv: kv[1]["max_abs"])
+            raise LtcError(
+                f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
+                f"(rtol {rtol}, atol {atol}); nothing written. This is a bug in ltc: please report it "
+                "with the model, or use --no-verify at your own risk")
+    seconds = time.perf_counter() - start
+    return CompressResult(result.model, reference, d["layers"], model_stats(reference),
+                          model_stats(result.model), verification, seconds, d["lossy"], d["notes"],
+                          d["frozen"])

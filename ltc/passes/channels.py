@@ -708,10 +708,7 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
         cg.rewrites.append(Rewrite("group", node, [y.name]))
         k = cg.const[x.name]
         wsum = w.reshape(c_out, -1).sum(axis=1).astype(np.float64)
-        if _no_padding(node):
-            through = k * wsum + bias
-        else:
-            through = np.where(k == 0, bias, NAN)
+        through = k * wsum + bias if _no_padding(node) else np.where(k == 0, bias, NAN)
         cg.const[y.name] = np.where(filt_zero, bias, through)
         return True
     if x.size % groups or c_out % groups:

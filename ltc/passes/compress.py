@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from ltc.errors import LtcError
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.channels import ChannelGraph
+from ltc.passes.channels import RULES, ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.remove import apply_removal, layer_channels, plan_removal
 from ltc.passes.stats import model_stats
@@ -128,3 +128,23 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     return CompressResult(result.model, reference, d["layers"], model_stats(reference),
                           model_stats(result.model), verification, seconds, d["lossy"], d["notes"],
                           d["frozen"])
+
+
+def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
+            allow_lossy: bool = False) -> dict:
+    """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers."""
+    reference = ApplyMasks(masks)(model).model if masks else model
+    cg = ChannelGraph(import_graph(reference))
+    plan = plan_removal(cg, allow_lossy, 1)
+    layers = [asdict(layer) for layer in layer_channels(cg, plan)]
+    frozen_classes = Counter(cg.frozen_reason[c] for c in range(cg.n_classes) if c in cg.frozen_reason)
+    return {
+        "layers": layers,
+        "classes": int(cg.n_classes),
+        "frozen_classes": int(cg.frozen.sum()),
+        "removable_classes": int(plan.removed.sum()),
+        "frozen_by": dict(frozen_classes),
+        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in RULES}),
+        "stats": {k: v for k, v in model_stats(reference).items() if k != "layer_macs"},
+        "notes": plan.notes,
+    }

@@ -127,11 +127,11 @@ class _Rewriter:
         """Give ``node`` its own copy of input ``index`` (shared or Constant-node inputs) and set it."""
         t = node.inputs[index]
         key = (id(node), index)
-        if key in self.private or (isinstance(t, gs.Constant) and len(t.outputs) <= 1):
-            if isinstance(t, gs.Constant):
-                t.values = value
-                self.private.add(key)
-                return
+        owned = key in self.private or len(t.outputs) <= 1
+        if isinstance(t, gs.Constant) and owned:
+            t.values = value
+            self.private.add(key)
+            return
         name = f"{t.name}__ltc_{len(self.private)}"
         while name in self.vars:
             name += "_"

@@ -1,0 +1,100 @@
+"""File-level entry points: what the CLI calls, and what a deployment script can call instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ltc.errors import LtcError
+from ltc.exporters.masks import match_masks, read_masks
+from ltc.passes import compress
+from ltc.passes.compress import inspect
+from ltc.passes.hardware import default_round_to
+from ltc.passes.onnx_io import check_output_path, load_model, save_model, uses_external_data
+from ltc.passes.verify import load_inputs
+
+
+def _file_size(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dict | None, dict]:
+    if mask is None:
+        return None, {"source": "zeros in the model's weights"}
+    ms = read_masks(mask)
+    m = match_masks(model, ms, strict)
+    return m.masks, {"source": f"{ms.source} ({mask})", "matched": len(m.matched), "unmatched": m.unmatched}
+
+
+def resolve_round_to(round_to: int | str, provider: str) -> int:
+    if round_to in ("auto", None):
+        return default_round_to(provider)
+    try:
+        value = int(round_to)
+    except ValueError:
+        raise LtcError(f"--round-to must be a positive integer or 'auto', got {round_to!r}") from None
+    if value < 1:
+        raise LtcError(f"--round-to must be >= 1, got {value}")
+    return value
+
+
+def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, mask: str | os.PathLike | None = None,
+                  *, allow_lossy: bool = False, round_to: int | str = "auto", provider: str = "cpu",
+                  verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = 1e-4,
+                  atol: float = 1e-5, strict_mask: bool = False, report: str | os.PathLike | None = None,
+                  external_data: bool | None = None) -> dict:
+    """Compress ``model_path`` into ``out_path``; returns the report dict (also written to ``report``).
+
+    Nothing is written unless every step succeeds; outputs are written atomically.
+    """
+    start = time.perf_counter()
+    model_path, out_path = Path(model_path), Path(out_path)
+    out_path = check_output_path(out_path, [model_path, mask, inputs])
+    if report is not None:
+        check_output_path(report, [model_path, mask, inputs, out_path])
+    rounding = resolve_round_to(round_to, provider)
+    model = load_model(model_path)
+    masks, mask_info = _masks_for(model, mask, strict_mask)
+    feeds = load_inputs(inputs, model) if inputs else None
+    result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
+                      rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)")
+    if external_data is None and uses_external_data(model):
+        external_data = True
+    save_model(result.model, out_path, external_data)
+    doc = {
+        "ltc_report": "compress", "version": 1,
+        "input": str(model_path), "output": str(out_path), "mask": mask_info,
+        "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify},
+        **result.to_dict(),
+        "file_size": {"before": _file_size(model_path), "after": _file_size(out_path)},
+    }
+    doc["seconds_total"] = time.perf_counter() - start
+    if report is not None:
+        _write_json(doc, Path(report))
+    return doc
+
+
+def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None = None,
+                 strict_mask: bool = False, allow_lossy: bool = False) -> dict:
+    model = load_model(model_path)
+    masks, mask_info = _masks_for(model, mask, strict_mask)
+    doc = inspect(model, masks, allow_lossy)
+    doc.update({"ltc_report": "inspect", "version": 1, "input": str(model_path), "mask": mask_info})
+    return doc
+
+
+def _write_json(doc: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)

@@ -1,0 +1,86 @@
+"""The ``ltc`` command: parses options, calls the library, prints. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ltc import __version__
+from ltc.errors import LtcError
+from ltc.passes.hardware import PROVIDERS
+
+
+class _Group(click.Group):
+    """Turn library errors into one line on stderr and exit code 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LtcError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="ltc")
+def main() -> None:
+    """ltc: lottery tickets that are really smaller and faster at deployment."""
+
+
+@main.command("compress")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--mask", type=click.Path(dir_okay=False), help="ticket.pt, prune state dict (.pt) or .npz; default: zeros in the weights")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="where to write the compressed model")
+@click.option("--allow-lossy", is_flag=True, help="fold dead-channel constants across zero padding too; the error is measured and reported")
+@click.option("--round-to", default="auto", show_default=True, help="keep channel counts a multiple of N (extra dead channels stay, exact); 'auto' picks per --provider")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True, help="deployment target that --round-to auto aligns for")
+@click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification (one array per model input)")
+@click.option("--rtol", type=float, default=1e-4, show_default=True)
+@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--no-verify", is_flag=True, help="skip numerical verification")
+@click.option("--strict-mask", is_flag=True, help="fail if any mask entry matches nothing in the model")
+@click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")
+@click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
+def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
+                 strict_mask, report, external_data, as_json) -> None:
+    """Physically remove pruned channels from MODEL, exactly, and verify the result."""
+    from ltc.api import compress_file
+    from ltc.render import print_compress
+
+    doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
+                        verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
+                        report=report, external_data=external_data)
+    if as_json:
+        from ltc.api import _json_default
+
+        click.echo(json.dumps(doc, indent=2, default=_json_default))
+    else:
+        print_compress(doc)
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--mask", type=click.Path(dir_okay=False), help="ticket.pt, prune state dict (.pt) or .npz")
+@click.option("--allow-lossy", is_flag=True, help="count channels removable with lossy folding as removable")
+@click.option("--strict-mask", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
+def inspect_cmd(model, mask, allow_lossy, strict_mask, as_json) -> None:
+    """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
+    from ltc.api import _json_default, inspect_file
+    from ltc.render import print_inspect
+
+    doc = inspect_file(model, mask, strict_mask, allow_lossy)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=_json_default))
+    else:
+        print_inspect(doc)
+
+
+if __name__ == "__main__":
+    main()

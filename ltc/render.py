@@ -1,0 +1,72 @@
+"""Human-readable tables for compress and inspect reports (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"{before / after:.2f}x" if after else "-"
+
+
+def _why(kept_because: dict[str, int]) -> str:
+    return "; ".join(f"{n}: {reason}" for reason, n in sorted(kept_because.items(), key=lambda kv: -kv[1]))
+
+
+def layer_table(layers: list[dict], title: str) -> Table:
+    table = Table(title=title, show_lines=False)
+    for col, justify in (("layer", "left"), ("op", "left"), ("in", "right"), ("out", "right"),
+                         ("dead out", "right"), ("why dead channels stayed", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for row in layers:
+        def span(a: int, b: int) -> str:
+            return f"{a}" if a == b else f"{a} -> {b}"
+        table.add_row(row["name"], row["op"], span(row["in_before"], row["in_after"]),
+                      span(row["out_before"], row["out_after"]), str(row["dead"]), _why(row["kept_because"]))
+    return table
+
+
+def print_compress(doc: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(layer_table(doc["layers"], f"ltc compress: {doc['input']} -> {doc['output']}"))
+    b, a = doc["before"], doc["after"]
+    summary = Table(show_header=True)
+    for col in ("", "before", "after", "ratio"):
+        summary.add_column(col, justify="right")
+    summary.add_row("parameters", _fmt_int(b["parameters"]), _fmt_int(a["parameters"]), _ratio(b["parameters"], a["parameters"]))
+    summary.add_row("MACs / sample", _fmt_int(b["macs"]), _fmt_int(a["macs"]), _ratio(b["macs"], a["macs"]))
+    fs = doc["file_size"]
+    summary.add_row("file bytes", _fmt_int(fs["before"]), _fmt_int(fs["after"]), _ratio(fs["before"], fs["after"]))
+    console.print(summary)
+    v = doc["verification"]
+    if v is None:
+        console.print("verification: skipped (--no-verify)")
+    else:
+        state = "passed" if v["passed"] else ("LOSSY (allowed)" if doc["lossy"] else "FAILED")
+        console.print(f"verification: {state}; max abs error {v['max_abs_error']:.3g}, max rel error "
+                      f"{v['max_rel_error']:.3g} (rtol {v['rtol']}, atol {v['atol']}, inputs: {v['inputs']})")
+    for note in doc["notes"]:
+        console.print(f"note: {note}")
+    if doc["mask"].get("unmatched"):
+        console.print(f"note: {len(doc['mask']['unmatched'])} mask(s) matched nothing in the graph "
+                      f"(e.g. BN folded by the exporter): {', '.join(doc['mask']['unmatched'][:6])}")
+    console.print(f"round-to {doc['options']['round_to']} ({doc['options']['provider']}); "
+                  f"time {doc['seconds_total']:.2f} s")
+
+
+def print_inspect(doc: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(layer_table(doc["layers"], f"ltc inspect: {doc['input']} (after -> = removable now)"))
+    console.print(f"channel classes: {doc['classes']}; frozen {doc['frozen_classes']}; removable now "
+                  f"{doc['removable_classes']}")
+    for reason, n in sorted(doc["frozen_by"].items(), key=lambda kv: -kv[1]):
+        console.print(f"  frozen ({n} classes): {reason}")
+    if doc["ops_not_in_rule_table"]:
+        console.print(f"ops not in the rule table: {', '.join(doc['ops_not_in_rule_table'])}")
+    s = doc["stats"]
+    console.print(f"parameters {_fmt_int(s['parameters'])}; MACs/sample {_fmt_int(s['macs'])}")

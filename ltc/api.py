@@ -65,7 +65,10 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                       rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)")
     if external_data is None and uses_external_data(model):
         external_data = True
-    save_model(result.model, out_path, external_data)
+    try:
+        save_model(result.model, out_path, external_data)
+    except OSError as exc:
+        raise LtcError(f"{out_path}: cannot write ({exc.strerror or exc}); choose another -o path") from None
     doc = {
         "ltc_report": "compress", "version": 1,
         "input": str(model_path), "output": str(out_path), "mask": mask_info,
@@ -75,7 +78,10 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     }
     doc["seconds_total"] = time.perf_counter() - start
     if report is not None:
-        _write_json(doc, Path(report))
+        try:
+            _write_json(doc, Path(report))
+        except OSError as exc:
+            raise LtcError(f"{report}: cannot write the report ({exc.strerror or exc})") from None
     return doc
 
 
@@ -90,8 +96,11 @@ def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None =
 
 def _write_json(doc: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_default(o):

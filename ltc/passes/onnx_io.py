@@ -18,14 +18,23 @@ _SMALL_INITIALIZER = 64
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model (with its external data) or raise a one-line :class:`LtcError`."""
+    """Load an ONNX model (with its external data) or raise a one-line :class:`LtcError`.
+
+    ``model.ltc_external_data`` is not settable on a protobuf, so whether the file stored its weights
+    externally is kept in the module-level ``EXTERNAL`` set, keyed by the model's id.
+    """
     path = Path(path)
     if not path.exists():
         raise LtcError(f"{path}: no such file; pass the path of an .onnx model")
     if path.is_dir():
         raise LtcError(f"{path}: is a directory; pass the path of an .onnx model")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        if external:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(path.parent))
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LtcError(
@@ -34,13 +43,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         ) from None
     if not model.graph.node:
         raise LtcError(f"{path}: not an ONNX model (no graph nodes found); pass an exported .onnx file")
+    if external:
+        EXTERNAL.add(id(model))
     return model
 
 
+EXTERNAL: set[int] = set()
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-    )
+    """Whether ``model`` was loaded by :func:`load_model` from a file with external data."""
+    return id(model) in EXTERNAL
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:

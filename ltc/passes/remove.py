@@ -251,7 +251,9 @@ class _Rewriter:
                     if len(rw.node.inputs) >= 2 and rw.node.inputs[1].name:
                         self.set_value(rw.node, 1, arr)
                     else:
-                        rw.node.inputs[1:] = [gs.Constant(f"{rw.node.name}__ltc_split", arr)]
+                        while len(rw.node.inputs) > 1:
+                            rw.node.inputs.pop()
+                        rw.node.inputs.append(gs.Constant(f"{rw.node.name}__ltc_split", arr))
                 else:
                     rw.node.attrs["split"] = sizes
             elif rw.kind == "slice":

@@ -1,0 +1,1 @@
+"""PyTorch side: models, masks and the ticket format."""

@@ -1,0 +1,119 @@
+"""Models built in torch, exported with both exporters, random dead channels: exact and as small as
+the natively narrow model."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ltc.compressor.models import (  # noqa: E402
+    MLP,
+    VGG,
+    DenseBlockNet,
+    InceptionNet,
+    LeNet5,
+    MobileNetV2,
+    ResNet,
+    SENet,
+    kill_channels,
+)
+from ltc.exporters.torch_export import export_onnx  # noqa: E402
+from ltc.passes import compress  # noqa: E402
+from ltc.passes.stats import count_parameters  # noqa: E402
+from tests.helpers import assert_equivalent  # noqa: E402
+
+logging.getLogger("torch").setLevel(logging.ERROR)
+
+MODELS = {
+    "mlp": lambda w=None: MLP(w, in_features=64, classes=10),
+    "lenet5": LeNet5,
+    "vgg": lambda w=None: VGG(w, cfg=[8, 8, "M", 16, "M", 16], image=16),
+    "resnet": lambda w=None: ResNet(w, (2, 2), (8, 16), image=16),  # identity and 1x1 projection shortcuts
+    "mobilenetv2": lambda w=None: MobileNetV2(w, settings=[(1, 8, 1, 1), (4, 16, 2, 2), (4, 16, 1, 1)],
+                                              image=32, stem=8, last=32),
+    "densenet": DenseBlockNet,
+    "se-linear": SENet,
+    "se-conv": lambda w=None: SENet(w, linear_se=False),
+    "inception": InceptionNet,
+}
+MLP_INPUT = (1, 8, 8)
+
+
+def _randomize_bn(model) -> None:
+    """Non-trivial BN statistics, so that folding and shifts are exercised."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+
+
+def _ticket(name: str, seed: int, shift: float):
+    torch.manual_seed(seed)
+    model = MODELS[name]()
+    _randomize_bn(model)
+    rng = random.Random(seed)
+    keep = {k: sorted(rng.sample(range(v), max(1, v // 2))) for k, v in model.widths.items()}
+    kill_channels(model, keep, shift)
+    narrow = MODELS[name]({k: len(v) for k, v in keep.items()})
+    _randomize_bn(narrow)
+    return model, narrow
+
+
+def _shape(model) -> tuple[int, ...]:
+    return MLP_INPUT if isinstance(model, MLP) else model.input_shape
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_dead_channels_compress_to_the_natively_narrow_model(name, exporter, tmp_path):
+    model, narrow = _ticket(name, seed=7, shift=0.0)
+    shape = _shape(model)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", shape, exporter=exporter))
+    small = onnx.load(export_onnx(narrow, tmp_path / "narrow.onnx", shape, exporter=exporter))
+    r = compress(full)
+    assert r.verification.passed
+    assert_equivalent(full, r.model, {"input": (None, *shape)})
+    assert r.after["parameters"] == count_parameters(small)
+    assert r.after["parameters"] < r.before["parameters"]
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_dead_channels_with_bn_shift_stay_exact(name, exporter, tmp_path):
+    """Dead channels whose BN shift makes them a non-zero constant: folded where exact, else kept."""
+    model, narrow = _ticket(name, seed=11, shift=0.4)
+    shape = _shape(model)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", shape, exporter=exporter))
+    r = compress(full)
+    assert r.verification.passed
+    assert_equivalent(full, r.model, {"input": (None, *shape)})
+    assert r.after["parameters"] <= r.before["parameters"]
+    kept_reasons = [reason for layer in r.layers for reason in layer["kept_because"]]
+    if r.after["parameters"] == r.before["parameters"]:
+        assert kept_reasons  # nothing removed: the report must say why
+
+
+def test_fc_models_with_bias_shift_still_compress_fully(tmp_path):
+    model, narrow = _ticket("lenet5", seed=5, shift=0.4)  # fc dead neurons output relu(0.4): folded
+    shape = _shape(model)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", shape))
+    small = onnx.load(export_onnx(narrow, tmp_path / "narrow.onnx", shape))
+    r = compress(full)
+    assert r.after["parameters"] == count_parameters(small)
+
+
+def test_static_batch_export_compresses_too(tmp_path):
+    model, narrow = _ticket("resnet", seed=2, shift=0.0)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", model.input_shape, dynamic_batch=False))
+    r = compress(full)
+    assert r.verification.passed and r.after["parameters"] < r.before["parameters"]

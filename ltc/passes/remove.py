@@ -48,11 +48,9 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1)
             removable[cls] = False
             if cls not in reasons:
                 if finite[u]:
-                    why = "zero padding" if c.kind in ("conv", "grouped") else "no bias to fold into"
-                    reasons[cls] = (f"constant {k[u]:.4g} cannot be folded into {c.node.op} "
-                                    f"'{c.node.name}' ({why}; --allow-lossy folds it)"
-                                    if c.kind in ("conv", "grouped") else
-                                    f"constant {k[u]:.4g} cannot be folded into {c.node.op} '{c.node.name}' ({why})")
+                    why = ("zero padding; --allow-lossy folds it" if c.kind in ("conv", "grouped")
+                           else "no bias to fold into")
+                    reasons[cls] = f"non-zero constant cannot be folded into {c.node.op} '{c.node.name}' ({why})"
                 else:
                     reasons[cls] = f"read by {c.node.op} '{c.node.name}'"
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})

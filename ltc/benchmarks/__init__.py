@@ -1,0 +1,1 @@
+"""Latency measurement for ONNX models (ONNX Runtime today; TensorRT and reports in later work)."""

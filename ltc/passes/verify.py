@@ -98,7 +98,7 @@ def _session(model: onnx.ModelProto, tmpdir: str, tag: str):
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
         first = str(exc).strip().splitlines()[0]
-        raise LtcError(f"ONNX Runtime cannot load the {tag} model ({first})") from None
+        raise LtcError(f"ONNX Runtime cannot load the {tag} model ({first}); --no-verify skips verification") from None
 
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tag: str = "model") -> dict[str, np.ndarray]:

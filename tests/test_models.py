@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 
+import numpy as np
 import onnx
 import pytest
 
@@ -117,3 +118,21 @@ def test_static_batch_export_compresses_too(tmp_path):
     full = onnx.load(export_onnx(model, tmp_path / "full.onnx", model.input_shape, dynamic_batch=False))
     r = compress(full)
     assert r.verification.passed and r.after["parameters"] < r.before["parameters"]
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "densenet"])
+def test_batchnorm_kept_as_nodes(name, tmp_path):
+    """Exported without constant folding, BN stays a node: its four parameter vectors are re-indexed."""
+    model, narrow = _ticket(name, seed=9, shift=0.0)
+    shape = _shape(model)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", shape, keep_batchnorm=True))
+    small = onnx.load(export_onnx(narrow, tmp_path / "narrow.onnx", shape, keep_batchnorm=True))
+    assert any(n.op_type == "BatchNormalization" for n in full.graph.node)
+    r = compress(full)
+    assert r.verification.passed
+    assert_equivalent(full, r.model, {"input": (None, *shape)})
+    # a dead channel's constant (BN shift of the depthwise) folds into a bias the next conv may lack:
+    # ltc adds one, which the natively narrow model does not have
+    added = sum(int(np.prod(t.dims)) for t in r.model.graph.initializer if t.name.endswith("__ltc_bias"))
+    assert (name == "mobilenetv2") == (added > 0)
+    assert r.after["parameters"] == count_parameters(small) + added

@@ -400,3 +400,38 @@ def test_rule_table_covers_the_required_ops():
                 "ReduceMean", "Flatten", "Reshape", "Add", "Sub", "Mul", "Sum", "Concat", "Split", "Slice",
                 "Dropout", "Identity", "Div"}
     assert required <= set(RULES)
+
+
+def test_grouped_conv_drops_whole_groups_and_updates_group():
+    # group=4 over 8 in / 8 out: group 1 (inputs 2,3 and outputs 2,3) is entirely dead
+    p, pi = producer(dead=[2, 3])
+    gw = conv_weight(8, 2)
+    gw[[2, 3]] = 0
+    nodes = p + [node("Conv", ["a", "gw"], ["g"], group=4, pads=[1] * 4)]
+    c, ci = consumer("g", cin=8)
+    r = compressed(make_model(nodes + c, X, ["y"], pi | ci | {"gw": gw}))
+    grouped = [n for n in r.model.graph.node if n.op_type == "Conv"][1]
+    assert {a.name: a.i for a in grouped.attribute}["group"] == 3
+    assert weight_shapes(r.model, "Conv") == [(6, 4, 3, 3), (6, 2, 3, 3), (5, 6, 1, 1)]
+
+
+def test_depthwise_with_channel_multiplier():
+    # group = C_in = 4, C_out = 8: input channel c feeds outputs 2c and 2c+1
+    dw = conv_weight(8, 1)
+    dw[[2, 3]] = 0  # both outputs of input channel 1 dead
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4),
+             node("Conv", ["a", "dw"], ["d"], group=4, pads=[1] * 4)]
+    c, ci = consumer("d", cin=8)
+    w0 = conv_weight(4, 4, dead=[1])
+    r = compressed(make_model(nodes + c, X, ["y"], ci | {"w0": w0, "dw": dw}))
+    assert weight_shapes(r.model, "Conv") == [(3, 4, 3, 3), (6, 1, 3, 3), (5, 6, 1, 1)]
+
+
+def test_spatial_attention_map_broadcast_over_channels():
+    # y = a * sigmoid(conv_to_1_channel(x)): the [N,1,H,W] map does not tie a's channels
+    p, pi = producer()
+    nodes = p + [node("Conv", ["x", "wm"], ["m"], pads=[1] * 4), node("Sigmoid", ["m"], ["sm"]),
+                 node("Mul", ["a", "sm"], ["g"])]
+    c, ci = consumer("g", k=3)
+    r = compressed(make_model(nodes + c, X, ["y"], pi | ci | {"wm": conv_weight(1, 4)}))
+    assert first_conv_out(r) == 5

@@ -57,7 +57,11 @@ class Member:
 
 @dataclass
 class GroupedWeight:
-    """Weight of a grouped Conv: rows follow ``out``, columns follow ``inp`` within each group."""
+    """Weight of a grouped Conv: rows follow ``out``, columns follow ``inp`` within each group.
+
+    Every remaining group must keep the same number of input and of output channels; a group whose
+    inputs and outputs all go is dropped and ``group`` shrinks.
+    """
 
     node: gs.Node
     inp: str
@@ -100,15 +104,6 @@ class Rewrite:
     detail: dict = field(default_factory=dict)
 
 
-@dataclass
-class Balance:
-    """Kept units of ``tensor`` must be spread evenly over ``groups`` contiguous blocks."""
-
-    tensor: str
-    groups: int
-    node: gs.Node
-
-
 class ChannelGraph:
     """The channel-class analysis of one graph (see the module docstring)."""
 
@@ -121,7 +116,6 @@ class ChannelGraph:
         self.contractions: list[Contraction] = []
         self.producers: list[Producer] = []
         self.rewrites: list[Rewrite] = []
-        self.balances: list[Balance] = []
         self.blocks: list[tuple[str, str]] = []  # (tensor, reason)
         self._edges_a: list[np.ndarray] = []
         self._edges_b: list[np.ndarray] = []
@@ -721,7 +715,6 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
     cg.producers.append(Producer(node, y.name, filt_zero))
     cg.contractions.append(Contraction(node, x.name, 1, 1, "grouped", _grouped_zero(w, x.size, groups),
                                        _no_padding(node), groups))
-    cg.balances += [Balance(x.name, groups, node), Balance(y.name, groups, node)]
     cg.const[y.name] = np.where(filt_zero, bias, NAN)
     return True
 

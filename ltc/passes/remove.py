@@ -84,17 +84,28 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int) -> None:
                 extra = np.flatnonzero(~kept)[: target - n_kept]
                 keep(name, extra, f"--round-to {round_to}")
                 changed = True
-        for b in cg.balances:
-            kept = plan.kept_units(cg, b.tensor).reshape(b.groups, -1)
-            per_group = kept.sum(axis=1)
-            target = per_group.max()
-            if np.all(per_group == target):
-                continue
-            block = kept.shape[1]
-            for g in np.flatnonzero(per_group < target):
-                missing = np.flatnonzero(~kept[g])[: target - per_group[g]] + g * block
-                keep(b.tensor, missing, f"grouped Conv '{b.node.name}' needs equal channels per group")
-            changed = True
+        for gw in cg.grouped:
+            changed |= _balance_groups(cg, plan, gw, keep)
+
+
+def _balance_groups(cg: ChannelGraph, plan: RemovalPlan, gw, keep) -> bool:
+    """Equal kept input and output channels in every group that stays (at least one of each)."""
+    kin = plan.kept_units(cg, gw.inp).reshape(gw.groups, -1)
+    kout = plan.kept_units(cg, gw.out).reshape(gw.groups, -1)
+    n_in, n_out = kin.sum(axis=1), kout.sum(axis=1)
+    alive = (n_in > 0) | (n_out > 0)
+    if not alive.any():
+        alive[0] = True
+    t_in, t_out = max(int(n_in[alive].max()), 1), max(int(n_out[alive].max()), 1)
+    reason = f"grouped Conv '{gw.node.name}' needs equal channels per group"
+    changed = False
+    for g in np.flatnonzero(alive):
+        for name, kept, n, target in ((gw.inp, kin, n_in, t_in), (gw.out, kout, n_out, t_out)):
+            if n[g] < target:
+                missing = np.flatnonzero(~kept[g])[: target - n[g]] + g * kept.shape[1]
+                keep(name, missing, reason)
+                changed = True
+    return changed
 
 
 # --------------------------------------------------------------------------- rewriting
@@ -219,8 +230,10 @@ class _Rewriter:
             for gi in range(g):
                 r = kout[(kout >= gi * rows) & (kout < (gi + 1) * rows)]
                 cols = kin[(kin >= gi * per_in) & (kin < (gi + 1) * per_in)] - gi * per_in
-                blocks.append(w[r][:, cols])
+                if len(r) or len(cols):  # a group with no channels left is dropped
+                    blocks.append(w[r][:, cols])
             self.set_value(gw.node, 1, np.concatenate(blocks, axis=0))
+            gw.node.attrs["group"] = len(blocks)
 
     def rewrite(self) -> None:
         opset = self.cg.graph.opset

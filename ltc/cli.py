@@ -82,5 +82,79 @@ def inspect_cmd(model, mask, allow_lossy, strict_mask, as_json) -> None:
         print_inspect(doc)
 
 
+def _search_options(fn):
+    from ltc.compressor.hparams import PruneHparams, TrainHparams, options
+
+    return options(TrainHparams)(options(PruneHparams)(fn))
+
+
+def _train_options(fn):
+    from ltc.compressor.hparams import TrainHparams, options
+
+    return options(TrainHparams)(fn)
+
+
+@main.command("train")
+@_train_options
+@click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the dataset's files")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True)
+@click.option("--progress/--no-progress", default=True, help="progress bar")
+def train_cmd(data_dir, out, progress, **kwargs) -> None:
+    """Train a dense model; writes a ticket.pt (all-ones masks, trained weights) and a JSONL log."""
+    from ltc.compressor.hparams import TrainHparams, from_kwargs
+    from ltc.compressor.workflows import train_dense
+
+    thp = from_kwargs(TrainHparams, kwargs)
+    doc = train_dense(thp, out, data_dir=data_dir, progress=progress)
+    click.echo(f"early stop at iteration {doc['early_stop_iteration']}: test accuracy "
+               f"{100 * doc['test_accuracy']:.2f}% (final {100 * doc['final_test_accuracy']:.2f}%, train "
+               f"{100 * doc['final_train_accuracy']:.2f}%); ticket {doc['ticket']}; log {doc['log']}")
+
+
+@main.command("ticket")
+@_search_options
+@click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the dataset's files")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="root folder; the run folder inside is named by the hyperparameters")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="use this run folder instead")
+@click.option("--progress/--no-progress", default=True, help="progress bars")
+def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
+    """Find lottery tickets by one-shot or iterative magnitude pruning, with the paper's controls.
+
+    Re-running the same command resumes after the last completed round.
+    """
+    from pathlib import Path
+
+    from ltc.compressor.hparams import PruneHparams, TrainHparams, from_kwargs
+    from ltc.compressor.search import summary_markdown, ticket_search
+    from ltc.compressor.training import distributed, init_distributed
+
+    init_distributed()
+    thp = from_kwargs(TrainHparams, kwargs)
+    php = from_kwargs(PruneHparams, kwargs)
+    summary = ticket_search(thp, php, Path(out), data_dir=data_dir, run_dir=Path(run_dir) if run_dir else None,
+                            progress=progress)
+    if distributed()[0] == 0:
+        click.echo(summary_markdown(summary))
+        click.echo(f"run folder: {summary['run_dir']}")
+
+
+@main.command("export")
+@click.argument("ticket", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Choice(["final", "init"]), default="final", show_default=True)
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: 17 legacy, 18 dynamo)")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True)
+@click.option("--fold-batchnorm", is_flag=True, help="fold BN into conv (BN masks then match nothing)")
+def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm) -> None:
+    """Export a ticket's masked model to ONNX, initializers named as the ticket's parameters."""
+    from ltc.exporters.ticket_export import export_ticket
+
+    out = export_ticket(ticket, output, weights=weights, exporter=exporter, opset=opset,
+                        dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm)
+    click.echo(f"wrote {out}; next: ltc compress {out} --mask {ticket} -o compressed.onnx")
+
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ that a compressed ticket must match parameter for parameter.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -54,9 +55,13 @@ class MLP(WidthModel):
         self.out = nn.Linear(w["fc2"], classes)
         self.layers_of = {"fc1": (self.fc1, None), "fc2": (self.fc2, None)}
 
+    dropout = 0.0
+
     def forward(self, x):
         x = torch.flatten(x, 1)
-        return self.out(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        drop = nn.functional.dropout
+        x = drop(torch.relu(self.fc1(x)), self.dropout, self.training)
+        return self.out(drop(torch.relu(self.fc2(x)), self.dropout, self.training))
 
 
 class LeNet5(WidthModel):
@@ -89,18 +94,19 @@ class VGG(WidthModel):
     input_shape = (3, 32, 32)
 
     def __init__(self, widths: Widths | None = None, cfg: list | None = None, classes: int = 10,
-                 image: int = 32):
+                 image: int = 32, in_channels: int = 3):
         cfg = cfg or VGG16_CFG
         convs = [c for c in cfg if c != "M"]
         self.default_widths = {f"conv{i}": c for i, c in enumerate(convs)}
         super().__init__(widths)
-        self.input_shape = (3, image, image)
+        self.input_shape = (in_channels, image, image)
         layers: list[nn.Module] = []
-        cin, i, size = 3, 0, image
+        cin, i, size = in_channels, 0, image
         for c in cfg:
             if c == "M":
-                layers.append(nn.MaxPool2d(2))
-                size //= 2
+                if size >= 2:  # small inputs (8x8 digits) skip the pools they cannot afford
+                    layers.append(nn.MaxPool2d(2))
+                    size //= 2
                 continue
             block = conv_bn(cin, self.widths[f"conv{i}"], 3)
             self.layers_of[f"conv{i}"] = (block[0], block[1])
@@ -132,16 +138,16 @@ class ResNet(WidthModel):
 
     def __init__(self, widths: Widths | None = None, blocks: tuple[int, ...] = (3, 3, 3),
                  stage_widths: tuple[int, ...] = (16, 32, 64), imagenet: bool = False, classes: int = 10,
-                 image: int = 32):
+                 image: int = 32, in_channels: int = 3):
         self.default_widths = {f"s{s}b{b}": w for s, (n, w) in enumerate(zip(blocks, stage_widths, strict=True))
                                for b in range(n)}
         super().__init__(widths)
-        self.input_shape = (3, image, image)
+        self.input_shape = (in_channels, image, image)
         stem = stage_widths[0]
         if imagenet:
-            self.stem = nn.Sequential(conv_bn(3, stem, 7, 2), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(conv_bn(in_channels, stem, 7, 2), nn.MaxPool2d(3, 2, 1))
         else:
-            self.stem = conv_bn(3, stem, 3)
+            self.stem = conv_bn(in_channels, stem, 3)
         stages = []
         cin = stem
         for s, (n, w) in enumerate(zip(blocks, stage_widths, strict=True)):
@@ -305,17 +311,130 @@ class InceptionNet(WidthModel):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1))
 
 
-ARCHITECTURES: dict[str, Callable[..., WidthModel]] = {
-    "mlp": MLP,
-    "lenet5": LeNet5,
-    "vgg16": VGG,
-    "resnet20": ResNet,
-    "resnet18": resnet18,
-    "mobilenetv2": MobileNetV2,
-    "densenet-block": DenseBlockNet,
-    "se-net": SENet,
-    "inception-block": InceptionNet,
+class ConvN(WidthModel):
+    """The LTH paper's Conv-2/4/6: pairs of 3x3 convs (64, 128, 256) each followed by a max pool,
+    then FC 256-256-classes. Glorot (normal) init as in the paper."""
+
+    def __init__(self, widths: Widths | None = None, pairs: int = 2, in_shape: tuple[int, ...] = (3, 32, 32),
+                 classes: int = 10, dropout: float = 0.0):
+        chans = [64, 64, 128, 128, 256, 256][: 2 * pairs]
+        self.default_widths = {**{f"conv{i}": c for i, c in enumerate(chans)}, "fc0": 256, "fc1": 256}
+        super().__init__(widths)
+        self.input_shape = tuple(in_shape)
+        w = self.widths
+        layers: list[nn.Module] = []
+        cin, size = in_shape[0], in_shape[1]
+        for i in range(2 * pairs):
+            conv = nn.Conv2d(cin, w[f"conv{i}"], 3, padding=1)
+            self.layers_of[f"conv{i}"] = (conv, None)
+            layers += [conv, nn.ReLU()]
+            if i % 2 == 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            cin = w[f"conv{i}"]
+        self.features = nn.Sequential(*layers)
+        self.fc0 = nn.Linear(cin * size * size, w["fc0"])
+        self.fc1 = nn.Linear(w["fc0"], w["fc1"])
+        self.out = nn.Linear(w["fc1"], classes)
+        self.layers_of |= {"fc0": (self.fc0, None), "fc1": (self.fc1, None)}
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        glorot_init(self)
+
+    def forward(self, x):
+        x = torch.flatten(self.features(x), 1)
+        x = self.dropout(torch.relu(self.fc0(x)))
+        return self.out(self.dropout(torch.relu(self.fc1(x))))
+
+
+def glorot_init(model: nn.Module) -> None:
+    """Glorot (Xavier) normal weights, zero biases: the LTH paper's init for LeNet and Conv-N."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """Kaiming (He) normal for convs, BN scale 1 / shift 0: the paper's init for VGG and ResNet."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+VGG_CFGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": VGG16_CFG,
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
 }
+
+
+def _lenet300(in_shape, classes, dropout):
+    m = MLP(in_features=math.prod(in_shape), classes=classes)
+    m.input_shape = tuple(in_shape)
+    m.dropout = dropout
+    glorot_init(m)
+    return m
+
+
+def _lenet5(in_shape, classes, dropout):
+    if tuple(in_shape[1:]) != (28, 28):
+        raise ValueError("lenet5 needs 28x28 inputs")
+    m = LeNet5(classes=classes)
+    glorot_init(m)
+    return m
+
+
+def _vgg(cfg):
+    def build(in_shape, classes, dropout):
+        m = VGG(cfg=VGG_CFGS[cfg], classes=classes, image=in_shape[1], in_channels=in_shape[0])
+        kaiming_init(m)
+        return m
+    return build
+
+
+def _resnet(blocks, widths, imagenet=False):
+    def build(in_shape, classes, dropout):
+        m = ResNet(None, blocks, widths, imagenet=imagenet, classes=classes, image=in_shape[1],
+                   in_channels=in_shape[0])
+        kaiming_init(m)
+        return m
+    return build
+
+
+# name -> builder(in_shape, classes, dropout); the ticket format stores the name and these kwargs
+REGISTRY: dict[str, Callable[..., WidthModel]] = {
+    "lenet300": _lenet300,
+    "lenet5": _lenet5,
+    "conv2": lambda in_shape, classes, dropout: ConvN(pairs=1, in_shape=in_shape, classes=classes, dropout=dropout),
+    "conv4": lambda in_shape, classes, dropout: ConvN(pairs=2, in_shape=in_shape, classes=classes, dropout=dropout),
+    "conv6": lambda in_shape, classes, dropout: ConvN(pairs=3, in_shape=in_shape, classes=classes, dropout=dropout),
+    "vgg11": _vgg("vgg11"),
+    "vgg16": _vgg("vgg16"),
+    "vgg19": _vgg("vgg19"),
+    "resnet20": _resnet((3, 3, 3), (16, 32, 64)),
+    "resnet56": _resnet((9, 9, 9), (16, 32, 64)),
+    "resnet18": _resnet((2, 2, 2, 2), (64, 128, 256, 512), imagenet=True),
+}
+
+
+def build_model(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0) -> WidthModel:
+    """Build a registered model for inputs of ``in_shape`` (C, H, W); unknown names list the choices."""
+    from ltc.errors import LtcError
+
+    if name not in REGISTRY:
+        raise LtcError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    try:
+        return REGISTRY[name](tuple(in_shape), classes, dropout)
+    except ValueError as exc:
+        raise LtcError(f"model {name!r} cannot take inputs of shape {tuple(in_shape)}: {exc}") from None
 
 
 @torch.no_grad()

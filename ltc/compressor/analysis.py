@@ -1,0 +1,131 @@
+"""The plots the LTH paper shows, from a ticket-search run folder (PNG, matplotlib Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random": "tab:green"}
+
+
+def _series(summary: dict, variant: str, key: str):
+    xs, mean, lo, hi = [], [], [], []
+    for row in summary["rounds"]:
+        s = row["variants"].get(variant)
+        if s is None:
+            continue
+        xs.append(100 * row["density"])
+        mean.append(s[key]["mean"])
+        lo.append(s[key]["min"])
+        hi.append(s[key]["max"])
+    return xs, mean, lo, hi
+
+
+def _variant_plot(summary: dict, key: str, ylabel: str, path: Path, scale: float = 1.0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in ("ticket", "reinit", "random"):
+        xs, mean, lo, hi = _series(summary, variant, key)
+        if not xs:
+            continue
+        label = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random pruning"}[variant]
+        ax.plot(xs, [scale * m for m in mean], "o-", color=COLORS[variant], label=label)
+        ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant], alpha=0.2)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("P_m: weights remaining (%)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _train_vs_test(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, style in (("ticket", "-"), ("reinit", "--")):
+        for key, marker in (("final_train_accuracy", "s"), ("final_test_accuracy", "o")):
+            xs, mean, _, _ = _series(summary, variant, key)
+            if xs:
+                ax.plot(xs, [100 * m for m in mean], marker + style, color=COLORS[variant],
+                        label=f"{variant} {'train' if 'train' in key else 'test'}")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("P_m: weights remaining (%)")
+    ax.set_ylabel("accuracy at the end of training (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def weight_change(run_dir: Path) -> dict | None:
+    """|final| - |init| of the dense training, for weights inside vs outside the last round's ticket."""
+    trial = run_dir / "trial0"
+    dense = trial / "dense.pt"
+    tickets = sorted(trial.glob("ticket_round*.pt"), key=lambda p: int(p.stem.rsplit("round", 1)[1]))
+    if not dense.exists() or len(tickets) < 2:
+        return None
+    d = torch.load(dense, map_location="cpu", weights_only=True)
+    masks = torch.load(tickets[-1], map_location="cpu", weights_only=True)["masks"]
+    inside, outside = [], []
+    for name, m in masks.items():
+        if not name.endswith(".weight") or name not in d["init"]:
+            continue
+        delta = d["final"][name].abs() - d["init"][name].abs()
+        inside.append(delta[m].flatten())
+        outside.append(delta[~m].flatten())
+    return {"inside": torch.cat(inside), "outside": torch.cat(outside), "ticket": tickets[-1].name}
+
+
+def _weight_change_plot(change: dict, path: Path) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lo = float(torch.quantile(torch.cat([change["inside"], change["outside"]]), 0.005))
+    hi = float(torch.quantile(torch.cat([change["inside"], change["outside"]]), 0.995))
+    for key, color in (("inside", "tab:blue"), ("outside", "tab:gray")):
+        ax.hist(change[key].numpy(), bins=80, range=(lo, hi), density=True, alpha=0.55, color=color,
+                label=f"{key} the ticket (n={len(change[key])}, mean {float(change[key].mean()):+.4f})")
+    ax.set_xlabel("|final weight| - |initial weight| (dense training)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return {"inside_mean": float(change["inside"].mean()), "outside_mean": float(change["outside"].mean()),
+            "ticket": change["ticket"]}
+
+
+def write_plots(run_dir: Path, summary: dict) -> dict[str, str]:
+    plots = {}
+    p = run_dir / "accuracy_vs_remaining.png"
+    _variant_plot(summary, "test_accuracy", "test accuracy at early stop (%)", p, 100)
+    plots["accuracy"] = str(p)
+    p = run_dir / "early_stop_vs_remaining.png"
+    _variant_plot(summary, "early_stop_iteration", "early-stop iteration", p)
+    plots["early_stop"] = str(p)
+    p = run_dir / "train_vs_test.png"
+    _train_vs_test(summary, p)
+    plots["generalization"] = str(p)
+    change = weight_change(run_dir)
+    if change is not None:
+        p = run_dir / "weight_change.png"
+        summary["weight_change"] = _weight_change_plot(change, p)
+        plots["weight_change"] = str(p)
+    return plots

@@ -1,0 +1,156 @@
+"""Masks and pruning strategies: layer-wise and global magnitude, whole-channel (L1), random controls.
+
+A mask is ``{parameter name: bool tensor}`` over the prunable parameters: Conv and Linear weights;
+channel pruning also masks the layer's bias and its BatchNorm scale and shift, so a pruned channel is
+exactly dead (its filter, bias and BN all zero) and `ltc compress` can remove it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Mask = dict[str, torch.Tensor]
+
+
+def prunable_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """Conv/Linear modules by name with their kind: conv, fc, or output (the last Linear)."""
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    last_fc = [n for n, m in layers.items() if isinstance(m, nn.Linear)][-1:]
+    return {n: (m, "output" if n in last_fc else ("conv" if isinstance(m, nn.Conv2d) else "fc"))
+            for n, m in layers.items()}
+
+
+def _following_bn(model: nn.Module) -> dict[str, str]:
+    """Conv name -> the BatchNorm that directly follows it in module order (same channel count)."""
+    names = list(dict(model.named_modules()).items())
+    out = {}
+    for (n, m), (n2, m2) in zip(names, names[1:], strict=False):
+        if isinstance(m, nn.Conv2d) and isinstance(m2, nn.BatchNorm2d) and m2.num_features == m.out_channels:
+            out[n] = n2
+    return out
+
+
+def full_mask(model: nn.Module, structure: str = "unstructured") -> Mask:
+    mask = {f"{n}.weight": torch.ones_like(m.weight, dtype=torch.bool) for n, (m, _) in prunable_layers(model).items()}
+    if structure == "channel":
+        params = dict(model.named_parameters())
+        bns = _following_bn(model)
+        for n, (m, kind) in prunable_layers(model).items():
+            if kind == "output":
+                continue
+            for extra in ([f"{n}.bias"] if m.bias is not None else []) + (
+                    [f"{bns[n]}.weight", f"{bns[n]}.bias"] if n in bns else []):
+                mask[extra] = torch.ones_like(params[extra], dtype=torch.bool)
+    return mask
+
+
+@torch.no_grad()
+def apply_mask(model: nn.Module, mask: Mask) -> None:
+    params = dict(model.named_parameters())
+    for name, m in mask.items():
+        params[name].mul_(m.to(params[name].dtype))
+
+
+def density(mask: Mask, names: list[str] | None = None) -> float:
+    names = names or [n for n in mask if n.endswith(".weight")]
+    total = sum(mask[n].numel() for n in names)
+    return sum(int(mask[n].sum()) for n in names) / total
+
+
+def layer_densities(mask: Mask) -> dict[str, float]:
+    return {n: float(m.float().mean()) for n, m in mask.items()}
+
+
+def _weight_names(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """weight parameter name -> (layer name, kind)."""
+    return {f"{n}.weight": (n, kind) for n, (_, kind) in prunable_layers(model).items()}
+
+
+@torch.no_grad()
+def prune_magnitude(model: nn.Module, mask: Mask, rates: dict[str, float]) -> Mask:
+    """Per layer, prune ``rates[kind]`` of the surviving weights with the smallest magnitude."""
+    params = dict(model.named_parameters())
+    new = {k: v.clone() for k, v in mask.items()}
+    for name, (_, kind) in _weight_names(model).items():
+        alive = mask[name]
+        n_prune = int(round(rates[kind] * int(alive.sum())))
+        if n_prune == 0:
+            continue
+        scores = params[name].abs().masked_fill(~alive, float("inf")).flatten()
+        idx = torch.topk(scores, n_prune, largest=False).indices
+        new[name].view(-1)[idx] = False
+    return new
+
+
+@torch.no_grad()
+def prune_global(model: nn.Module, mask: Mask, rates: dict[str, float]) -> Mask:
+    """One magnitude threshold over all conv and fc weights (rate of the conv/fc kinds, by count)."""
+    params = dict(model.named_parameters())
+    names = list(_weight_names(model))
+    alive_total = sum(int(mask[n].sum()) for n in names)
+    n_prune = int(round(max(rates["conv"], rates["fc"]) * alive_total))
+    scores = torch.cat([params[n].abs().masked_fill(~mask[n], float("inf")).flatten() for n in names])
+    new = {k: v.clone() for k, v in mask.items()}
+    if n_prune:
+        threshold = torch.kthvalue(scores, n_prune).values
+        for n in names:
+            new[n] &= params[n].abs() > threshold
+    return new
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, mask: Mask, rates: dict[str, float]) -> Mask:
+    """Per layer (not the output layer), prune ``rates[kind]`` of the surviving filters/neurons by L1 norm;
+    their bias and BN scale/shift masks go too."""
+    params = dict(model.named_parameters())
+    bns = _following_bn(model)
+    new = {k: v.clone() for k, v in mask.items()}
+    for name, (layer, kind) in _weight_names(model).items():
+        if kind == "output":
+            continue
+        w = params[name] * mask[name]
+        alive = mask[name].flatten(1).any(dim=1)
+        n_prune = int(round(rates[kind] * int(alive.sum())))
+        if n_prune == 0 or n_prune >= int(alive.sum()):
+            continue
+        scores = w.abs().flatten(1).sum(1).masked_fill(~alive, float("inf"))
+        dead = torch.topk(scores, n_prune, largest=False).indices
+        _kill(new, layer, bns, dead)
+    return new
+
+
+def _kill(mask: Mask, layer: str, bns: dict[str, str], channels: torch.Tensor) -> None:
+    mask[f"{layer}.weight"][channels] = False
+    for extra in (f"{layer}.bias", f"{bns.get(layer)}.weight", f"{bns.get(layer)}.bias"):
+        if extra in mask:
+            mask[extra][channels] = False
+
+
+def random_like(model: nn.Module, mask: Mask, structure: str, generator: torch.Generator) -> Mask:
+    """The random-pruning control: the same number of surviving weights (or channels) per layer."""
+    new = {k: torch.ones_like(v) for k, v in mask.items()}
+    bns = _following_bn(model)
+    for name, (layer, _kind) in _weight_names(model).items():
+        m = mask[name]
+        if structure == "channel":
+            alive = m.flatten(1).any(dim=1)
+            perm = torch.randperm(len(alive), generator=generator)
+            dead = perm[: int((~alive).sum())]
+            _kill(new, layer, bns, dead)
+        else:
+            keep = int(m.sum())
+            perm = torch.randperm(m.numel(), generator=generator)
+            flat = torch.zeros(m.numel(), dtype=torch.bool)
+            flat[perm[:keep]] = True
+            new[name] = flat.view_as(m)
+    return new
+
+
+STRATEGIES: dict[str, Callable[[nn.Module, Mask, dict[str, float]], Mask]] = {
+    "magnitude": prune_magnitude,
+    "global": prune_global,
+    "channel": prune_channels,
+}

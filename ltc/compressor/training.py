@@ -1,0 +1,192 @@
+"""One training loop: masked weights stay exactly zero, validation every N iterations, early stopping
+recorded as the paper does (iteration of minimum validation loss, test accuracy there).
+
+Under ``torchrun`` (torch.distributed initialised) the loop runs DistributedDataParallel: every rank
+draws the same seeded global batch and trains on its own slice of it, so the averaged gradient is the
+global batch's gradient; only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ltc.compressor.data import Splits, augment_batch
+from ltc.compressor.hparams import TrainHparams
+from ltc.compressor.pruning import Mask, apply_mask
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    early_stop_iteration: int
+    early_stop_val_loss: float
+    test_accuracy: float  # at the early-stop iteration
+    final_test_accuracy: float
+    final_train_accuracy: float
+    iterations: int
+    final_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    rewind_state: dict[str, torch.Tensor] | None = field(repr=False, default=None)
+
+    def summary(self) -> dict:
+        return {"early_stop_iteration": self.early_stop_iteration, "early_stop_val_loss": self.early_stop_val_loss,
+                "test_accuracy": self.test_accuracy, "final_test_accuracy": self.final_test_accuracy,
+                "final_train_accuracy": self.final_train_accuracy, "iterations": self.iterations}
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not under torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> None:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on GPUs)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+def total_iterations(hp: TrainHparams, n_train: int) -> int:
+    if hp.iterations:
+        return hp.iterations
+    return max(1, math.ceil(hp.epochs * math.ceil(n_train / hp.batch_size)))
+
+
+def _lr_factor(hp: TrainHparams, it: int, total: int) -> float:
+    f = 1.0
+    if hp.schedule == "step":
+        for m in (int(s) for s in hp.milestones.split(",") if s.strip()):
+            if it >= m:
+                f *= hp.gamma
+    elif hp.schedule == "cosine":
+        f = 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+    if hp.warmup and it < hp.warmup:
+        f *= (it + 1) / hp.warmup
+    return f
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy)."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch):
+        out = model(x[i:i + batch])
+        loss += nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum").item()
+        correct += int((out.argmax(1) == y[i:i + batch]).sum())
+    model.train()
+    return loss / len(x), correct / len(x)
+
+
+def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = None, *,
+          log_path: Path | None = None, rewind_iteration: int | None = None, progress: bool = False,
+          label: str = "train", on_eval: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place; masked entries are zero before training and after every step."""
+    rank, world = distributed()
+    torch.manual_seed(hp.seed)
+    if mask is not None:
+        apply_mask(model, mask)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hp.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    named = dict(model.named_parameters())
+    masked = [(named[n], m.to(named[n].dtype)) for n, m in (mask or {}).items()]
+    total = total_iterations(hp, len(data.train_x))
+    gen = torch.Generator().manual_seed(hp.seed)  # identical on every rank: the same global batches
+    augment = hp.augment or data.augment
+    if hp.batch_size % world:
+        from ltc.errors import LtcError
+
+        raise LtcError(f"--batch-size {hp.batch_size} must be divisible by the {world} ranks")
+    history: list[dict] = []
+    best = (float("inf"), 0, float("nan"))
+    rewind_state = None
+    log = open(log_path, "a") if (log_path is not None and rank == 0) else None  # noqa: SIM115
+    bar = _progress(progress and rank == 0, label, total)
+    order = torch.randperm(len(data.train_x), generator=gen)
+    pos = 0
+    model.train()
+    try:
+        for it in range(total + 1):
+            if rewind_iteration is not None and it == rewind_iteration:
+                rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if it % hp.eval_every == 0 or it == total:
+                row = _eval_row(model, data, it)
+                history.append(row)
+                if row["val_loss"] < best[0] or math.isnan(best[0]):
+                    best = (row["val_loss"], it, row["test_acc"])
+                if log:
+                    log.write(json.dumps({"label": label, **row}) + "\n")
+                    log.flush()
+                if on_eval:
+                    on_eval(row)
+            if it == total:
+                break
+            if pos + hp.batch_size > len(order):
+                order, pos = torch.randperm(len(data.train_x), generator=gen), 0
+            idx = order[pos:pos + hp.batch_size][rank::world]
+            pos += hp.batch_size
+            x, y = data.train_x[idx], data.train_y[idx]
+            if augment:
+                x = augment_batch(x, gen)
+            for g in opt.param_groups:
+                g["lr"] = hp.lr * _lr_factor(hp, it, total)
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for p, m in masked:
+                    p.mul_(m)
+            if bar:
+                bar[0].update(bar[1], advance=1)
+    finally:
+        if log:
+            log.close()
+        if bar:
+            bar[0].stop()
+    final = history[-1]
+    if math.isnan(best[0]):  # no validation set: early stop = end
+        best = (float("nan"), total, final["test_acc"])
+    _, train_acc = evaluate(model, data.train_x[:10000], data.train_y[:10000])
+    return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, total,
+                       {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
+
+
+def _eval_row(model: nn.Module, data: Splits, it: int) -> dict:
+    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+    test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
+    return {"iteration": it, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+def _progress(enabled: bool, label: str, total: int):
+    if not enabled:
+        return None
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    task = p.add_task(label, total=total)
+    p.start()
+    return p, task

@@ -22,6 +22,18 @@ def _series(summary: dict, variant: str, key: str):
     return xs, mean, lo, hi
 
 
+def _percent_axis(ax) -> None:
+    """Log-scaled remaining-weights axis, decreasing to the right, plain percentages."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(fmt)
+    ax.xaxis.set_minor_formatter(fmt)
+    ax.set_xlabel("P_m: weights remaining (%)")
+
+
 def _variant_plot(summary: dict, key: str, ylabel: str, path: Path, scale: float = 1.0) -> None:
     import matplotlib
 
@@ -36,9 +48,7 @@ def _variant_plot(summary: dict, key: str, ylabel: str, path: Path, scale: float
         label = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random pruning"}[variant]
         ax.plot(xs, [scale * m for m in mean], "o-", color=COLORS[variant], label=label)
         ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant], alpha=0.2)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("P_m: weights remaining (%)")
+    _percent_axis(ax)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -60,9 +70,7 @@ def _train_vs_test(summary: dict, path: Path) -> None:
             if xs:
                 ax.plot(xs, [100 * m for m in mean], marker + style, color=COLORS[variant],
                         label=f"{variant} {'train' if 'train' in key else 'test'}")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("P_m: weights remaining (%)")
+    _percent_axis(ax)
     ax.set_ylabel("accuracy at the end of training (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -35,6 +35,8 @@ class TrainHparams:
     gamma: float = _help("step schedule factor", default=0.1)
     warmup: int = _help("linear lr warm-up iterations", default=0)
     eval_every: int = _help("evaluate validation and test every N iterations", default=100)
+    patience: int = _help("stop after N evaluations without a lower validation loss (0: train to the end)",
+                          default=0)
     dropout: float = _help("dropout on fully connected layers (paper: 0.5)", default=0.0)
     augment: bool = _help("random crop + flip (on by default for cifar10)", default=False)
     seed: int = _help("random seed (init, data order)", default=0)

@@ -136,6 +136,8 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
                     log.flush()
                 if on_eval:
                     on_eval(row)
+                if hp.patience and (it - best[1]) >= hp.patience * hp.eval_every:
+                    break  # early-stopped: the minimum is patience evaluations behind
             if it == total:
                 break
             if pos + hp.batch_size > len(order):
@@ -165,7 +167,7 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     if math.isnan(best[0]):  # no validation set: early stop = end
         best = (float("nan"), total, final["test_acc"])
     _, train_acc = evaluate(model, data.train_x[:10000], data.train_y[:10000])
-    return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, total,
+    return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
                        {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
 
 

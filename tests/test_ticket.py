@@ -238,3 +238,26 @@ def test_cifar_batches_load_without_running_code(tmp_path):
     (tmp_path / "test_batch").write_bytes(pickle.dumps(batch))
     d = load_dataset("cifar10", val_size=4, data_dir=tmp_path)
     assert d.train_x.shape == (16, 3, 32, 32) and d.augment
+
+
+@pytest.mark.parametrize("args,words", [
+    (["ticket", "--model", "nonet", "--iterations", "5"], ["unknown model 'nonet'", "lenet300"]),
+    (["ticket", "--dataset", "imagenet", "--iterations", "5"], ["unknown dataset", "fashion-mnist"]),
+    (["ticket", "--iterations", "5", "--rate-fc", "1.2"], ["--rate-fc"]),
+    (["train", "--iterations", "5", "--dataset", "fashion-mnist", "--data-dir", "/nonexistent"],
+     ["/nonexistent", "dataset-fashion-mnist"]),
+    (["export", "/nonexistent.pt", "-o", "x.onnx"], ["no such ticket"]),
+])
+def test_cli_bad_input_is_one_line(args, words, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ltc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path)] if args[0] != "export" else args,
+                           catch_exceptions=False)
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error:")
+    for w in words:
+        assert w in r.output
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -42,8 +42,14 @@ class TrainHparams:
     seed: int = _help("random seed (init, data order)", default=0)
 
     def validate(self) -> None:
+        from ltc.compressor.data import DATASETS
+        from ltc.compressor.models import REGISTRY
         from ltc.errors import LtcError
 
+        if self.model not in REGISTRY:
+            raise LtcError(f"unknown model {self.model!r}; choose one of {', '.join(REGISTRY)}")
+        if self.dataset not in DATASETS:
+            raise LtcError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.optimizer not in ("sgd", "adam"):
             raise LtcError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
         if self.schedule not in ("constant", "step", "cosine"):

@@ -107,3 +107,16 @@ def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o).__name__)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename; a one-line error if it cannot."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -156,5 +156,42 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
     click.echo(f"wrote {out}; next: ltc compress {out} --mask {ticket} -o compressed.onnx")
 
 
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
+              type=click.Choice(["cpu", "cuda", "tensorrt", "trt"]),
+              help="cpu/cuda/tensorrt: ONNX Runtime execution providers; trt: native TensorRT (repeatable)")
+@click.option("--batch", "batches", multiple=True, type=int, default=[1], show_default=True, help="batch size (repeatable: a sweep)")
+@click.option("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
+@click.option("--warmup", type=int, default=5, show_default=True)
+@click.option("--iterations", type=int, default=20, show_default=True, help="timed runs per model per round")
+@click.option("--rounds", type=int, default=5, show_default=True, help="interleaved rounds (A B A B ...)")
+@click.option("--time-budget", type=float, default=0.0, help="seconds per model per round instead of --iterations")
+@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True)
+@click.option("--fp16", is_flag=True, help="fp16 where supported (TensorRT EP and native TensorRT)")
+@click.option("--io-binding", is_flag=True, help="GPU: keep inputs/outputs on the device (copies not timed)")
+@click.option("--profile", is_flag=True, help="per-operator profile (ONNX Runtime profiling)")
+@click.option("--engine-cache", default=".ltc-trt-cache", show_default=True, help="TensorRT engine cache folder")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON (schema v1)")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the report as Markdown")
+def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, time_budget, opt_level, fp16,
+              io_binding, profile, engine_cache, json_out, md_out) -> None:
+    """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
+    from ltc.api import write_text_atomic
+    from ltc.benchmarks.bench import BenchOptions, bench, markdown
+
+    if rounds < 2 and len(models) > 1:
+        raise LtcError("--rounds must be >= 2 to compare models (the confidence interval is over rounds)")
+    opts = BenchOptions(tuple(batches), tuple(providers), threads, warmup, iterations, rounds, time_budget,
+                        opt_level, fp16, io_binding, profile, engine_cache)
+    report = bench(list(models), opts)
+    text = markdown(report)
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=2))
+    if md_out:
+        write_text_atomic(md_out, text)
+    click.echo(text)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,515 @@
+"""`ltc bench`: deployment latency of ONNX models on ONNX Runtime (CPU, CUDA, TensorRT EP) and native
+TensorRT, measured so that the numbers hold on a noisy machine.
+
+Hygiene (DESIGN.md): one session alive at a time; warm-up; models interleaved round by round
+(A B A B ...); statistics over all timed runs; comparisons as the ratio of per-round medians to the
+first model, with a bootstrap confidence interval over rounds. A GPU provider that silently fell back
+to the CPU is reported as a fallback, never as a GPU number.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ltc.errors import LtcError
+
+SCHEMA_VERSION = 1
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": None,  # native TensorRT (tensorrt Python API), not through ONNX Runtime
+}
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass
+class BenchOptions:
+    batches: tuple[int, ...] = (1,)
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int = 0  # 0: ONNX Runtime's default
+    warmup: int = 5
+    iterations: int = 20  # timed runs per model per round
+    rounds: int = 5
+    time_budget: float = 0.0  # seconds per model per round; overrides iterations when > 0
+    opt_level: str = "all"
+    fp16: bool = False
+    io_binding: bool = False
+    profile: bool = False
+    engine_cache: str = ".ltc-trt-cache"
+    seed: int = 0
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
+
+
+def latency_stats(seconds: list[float], batch: int) -> dict:
+    """Like onnxruntime_perf_test and trtexec: min, mean, median, p90/p95/p99, max (ms), throughput."""
+    ms = [s * 1e3 for s in seconds]
+    med = statistics.median(ms)
+    return {"n": len(ms), "min_ms": min(ms), "mean_ms": statistics.fmean(ms), "median_ms": med,
+            "p90_ms": percentile(ms, 90), "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99),
+            "max_ms": max(ms), "std_ms": statistics.pstdev(ms),
+            "throughput_per_s": batch / (med / 1e3) if med > 0 else float("inf")}
+
+
+def ratio_ci(base_rounds: list[float], other_rounds: list[float], seed: int = 0, samples: int = 2000,
+             level: float = 0.95) -> dict:
+    """Median over rounds of other/base per-round medians, with a bootstrap CI over rounds."""
+    ratios = [o / b for b, o in zip(base_rounds, other_rounds, strict=True)]
+    rng = random.Random(seed)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(samples))
+    lo = boot[int((1 - level) / 2 * samples)]
+    hi = boot[min(samples - 1, int((1 + level) / 2 * samples))]
+    return {"ratio": statistics.median(ratios), "ci_low": lo, "ci_high": hi, "level": level, "rounds": len(ratios)}
+
+
+def interleave_order(names: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, model) in the order they run: every round runs every model, A B C A B C ..."""
+    return [(r, n) for r in range(rounds) for n in names]
+
+
+# ----------------------------------------------------------------------------------------- runners
+class ProviderUnavailable(Exception):
+    """The provider cannot run here; the message is the reason reported instead of a number."""
+
+
+class OrtRunner:
+    """One ONNX Runtime session for one model, provider and batch; checks it got the provider asked."""
+
+    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions):
+        import onnxruntime as ort
+
+        wanted = PROVIDERS[provider]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            raise ProviderUnavailable(f"{wanted} is not available in this onnxruntime build "
+                                      f"(available: {', '.join(available)}); install onnxruntime-gpu")
+        so = ort.SessionOptions()
+        so.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[opts.opt_level]
+        if opts.threads:
+            so.intra_op_num_threads = opts.threads
+        so.log_severity_level = 3
+        self.provider_options = provider_options(provider, opts)
+        providers = [(wanted, self.provider_options)] + ([("CPUExecutionProvider", {})] if provider != "cpu" else [])
+        t0 = time.perf_counter()
+        import warnings
+
+        with warnings.catch_warnings():  # ORT warns, then falls back; the fallback is checked below
+            warnings.simplefilter("ignore")
+            self.sess = ort.InferenceSession(path, so, providers=providers)
+        self.session_seconds = time.perf_counter() - t0
+        got = self.sess.get_providers()
+        self.fallback = got[0] != wanted
+        self.providers = got
+        if self.fallback:
+            raise ProviderUnavailable(f"asked for {wanted} but the session got {got[0]} (onnxruntime-gpu without "
+                                      "CUDA/cuDNN libraries falls back silently); no GPU number reported")
+        self.feeds = make_feeds([(i.name, i.shape, i.type) for i in self.sess.get_inputs()], batch, opts.seed)
+        self.binding = None
+        if opts.io_binding and provider != "cpu":
+            self.binding = self.sess.io_binding()
+            for name, arr in self.feeds.items():
+                self.binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0))
+            for o in self.sess.get_outputs():
+                self.binding.bind_output(o.name, "cuda", 0)
+
+    def run(self) -> None:
+        if self.binding is not None:
+            self.binding.synchronize_inputs()
+            self.sess.run_with_iobinding(self.binding)
+            self.binding.synchronize_outputs()
+        else:
+            self.sess.run(None, self.feeds)
+
+    def close(self) -> None:
+        del self.sess
+
+
+def provider_options(provider: str, opts: BenchOptions) -> dict:
+    if provider == "tensorrt":
+        cache = str(Path(opts.engine_cache).resolve())
+        return {"trt_fp16_enable": opts.fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache}
+    if provider == "cuda":
+        return {"cudnn_conv_algo_search": "EXHAUSTIVE"}
+    return {}
+
+
+def make_feeds(inputs: list[tuple[str, list, str]], batch: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, typ in inputs:
+        dims = []
+        for i, d in enumerate(shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif i == 0:
+                dims.append(batch)
+            else:
+                raise LtcError(f"input '{name}' has a symbolic dimension {i}; only the batch may be dynamic")
+        dtype = np.float16 if "float16" in typ else np.float32
+        feeds[name] = rng.standard_normal(dims).astype(dtype)
+    return feeds
+
+
+class TrtRunner:
+    """Native TensorRT: build (or load the cached) engine from the ONNX file and time execute_async_v3.
+
+    Device memory comes from torch (CUDA build) so that no extra CUDA binding is needed.
+    """
+
+    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise ProviderUnavailable("the tensorrt Python package is not installed (its wheels come from "
+                                      "NVIDIA's index: pip install tensorrt)") from None
+        try:
+            import torch
+        except ImportError:
+            raise ProviderUnavailable("native TensorRT timing allocates device memory with torch; install a "
+                                      "CUDA build of torch") from None
+        if not torch.cuda.is_available():
+            raise ProviderUnavailable("no CUDA device visible (torch.cuda.is_available() is False)")
+        self.trt, self.torch = trt, torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        t0 = time.perf_counter()
+        engine_bytes = self._engine(path, batch, opts, trt, logger)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)
+        self.context = self.engine.create_execution_context()
+        self.session_seconds = time.perf_counter() - t0
+        self.providers = [f"TensorRT {trt.__version__}"]
+        self.fallback = False
+        self.stream = torch.cuda.Stream()
+        self.buffers = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = [batch if d == -1 else d for d in self.engine.get_tensor_shape(name)]
+                self.context.set_input_shape(name, shape)
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+                     trt.int64: torch.int64}[self.engine.get_tensor_dtype(name)]
+            buf = torch.randn(shape, device="cuda").to(dtype) if dtype.is_floating_point else \
+                torch.zeros(shape, device="cuda", dtype=dtype)
+            self.buffers[name] = buf
+            self.context.set_tensor_address(name, buf.data_ptr())
+        self.io_binding = not opts.io_binding  # host copies are timed only when io_binding is False
+        self.host = {n: b.cpu() for n, b in self.buffers.items()}
+
+    @staticmethod
+    def _engine(path: str, batch: int, opts: BenchOptions, trt, logger) -> bytes:
+        data = Path(path).read_bytes()
+        key = hashlib.sha256(data + f"{batch}-{opts.fp16}-{trt.__version__}".encode()).hexdigest()[:16]
+        cache = Path(opts.engine_cache) / f"{Path(path).stem}-{key}.engine"
+        if cache.exists():
+            return cache.read_bytes()
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise LtcError(f"TensorRT cannot parse {path}: {errors}")
+        config = builder.create_builder_config()
+        if opts.fp16 and hasattr(trt.BuilderFlag, "FP16"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            shape = [batch if d == -1 else d for d in t.shape]
+            profile.set_shape(t.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            raise LtcError(f"TensorRT failed to build an engine for {path}")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(bytes(engine))
+        os.replace(tmp, cache)
+        return bytes(engine)
+
+    def run(self) -> None:
+        torch = self.torch
+        if not self.io_binding:
+            for name, host in self.host.items():
+                self.buffers[name].copy_(host, non_blocking=False)
+        self.context.execute_async_v3(self.stream.cuda_stream)
+        self.stream.synchronize()
+        if not self.io_binding:
+            for name in self.buffers:
+                self.host[name] = self.buffers[name].cpu()
+        torch.cuda.synchronize()
+
+    def close(self) -> None:
+        del self.context, self.engine, self.buffers
+
+
+def _runner(path: str, provider: str, batch: int, opts: BenchOptions):
+    return (TrtRunner if provider == "trt" else OrtRunner)(path, provider, batch, opts)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _time_runs(runner, opts: BenchOptions) -> list[float]:
+    for _ in range(opts.warmup):
+        runner.run()
+    times = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        runner.run()
+        times.append(time.perf_counter() - t0)
+        if opts.time_budget > 0:
+            if time.perf_counter() - start >= opts.time_budget and len(times) >= 3:
+                break
+        elif len(times) >= opts.iterations:
+            break
+    return times
+
+
+def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: int = 10) -> list[dict]:
+    """ONNX Runtime's per-node profile, summed per operator type: the top operators by time."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.log_severity_level = 3
+    if opts.threads:
+        so.intra_op_num_threads = opts.threads
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = os.path.join(tmp, "ltc-profile")
+        sess = ort.InferenceSession(path, so, providers=[PROVIDERS[provider]])
+        feeds = make_feeds([(i.name, i.shape, i.type) for i in sess.get_inputs()], batch, opts.seed)
+        for _ in range(max(opts.warmup, 1) + max(opts.iterations // 2, 3)):
+            sess.run(None, feeds)
+        trace = json.loads(Path(sess.end_profiling()).read_text())
+        del sess
+    totals: dict[str, dict] = {}
+    for ev in trace:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        op = ev.get("args", {}).get("op_name", "?")
+        t = totals.setdefault(op, {"op": op, "total_us": 0.0, "calls": 0})
+        t["total_us"] += ev.get("dur", 0)
+        t["calls"] += 1
+    all_us = sum(t["total_us"] for t in totals.values()) or 1.0
+    rows = sorted(totals.values(), key=lambda t: -t["total_us"])[:top]
+    for r in rows:
+        r["share"] = r["total_us"] / all_us
+    return rows
+
+
+@dataclass
+class ModelResult:
+    path: str
+    stats: dict
+    samples: dict = field(default_factory=dict)  # (provider, batch) -> list of per-round sample lists
+
+
+def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
+    """Benchmark ``paths`` on every provider and batch; returns the report (schema version 1)."""
+    from ltc.passes.onnx_io import load_model
+    from ltc.passes.stats import model_stats
+
+    if not paths:
+        raise LtcError("no model given; pass one or more .onnx files")
+    if opts.opt_level not in OPT_LEVELS:
+        raise LtcError(f"--opt-level must be one of {', '.join(OPT_LEVELS)}")
+    unknown = [p for p in opts.providers if p not in PROVIDERS]
+    if unknown:
+        raise LtcError(f"unknown provider(s) {unknown}; choose from {', '.join(PROVIDERS)}")
+    names = _names(paths)
+    models = {}
+    for name, path in zip(names, paths, strict=True):
+        m = load_model(path)
+        s = model_stats(m)
+        models[name] = {"path": str(path), "file_bytes": _file_bytes(Path(path)), "parameters": s["parameters"],
+                        "macs_per_sample": s["macs"]}
+        del m
+    runs = []
+    skipped = []
+    for provider in opts.providers:
+        for batch in opts.batches:
+            per_round: dict[str, list[list[float]]] = {n: [] for n in names}
+            session_s: dict[str, list[float]] = {n: [] for n in names}
+            rss: dict[str, int] = {n: 0 for n in names}
+            reason = None
+            for _r, name in interleave_order(names, opts.rounds):
+                before = _rss_bytes()
+                try:
+                    runner = _runner(models[name]["path"], provider, batch, opts)
+                except ProviderUnavailable as exc:
+                    reason = str(exc)
+                    break
+                session_s[name].append(runner.session_seconds)
+                per_round[name].append(_time_runs(runner, opts))
+                rss[name] = max(rss[name], _rss_bytes() - before)
+                actual = runner.providers
+                runner.close()
+                del runner
+                gc.collect()
+                if progress:
+                    progress()
+            if reason:
+                skipped.append({"provider": provider, "batch": batch, "reason": reason})
+                continue
+            run = {"provider": provider, "provider_name": PROVIDERS[provider] or "TensorRT",
+                   "providers_used": actual, "batch": batch, "io_binding": opts.io_binding and provider != "cpu",
+                   "copies_timed": not (opts.io_binding and provider != "cpu"),
+                   "provider_options": provider_options(provider, opts), "models": {}}
+            base = names[0]
+            for name in names:
+                flat = [t for rnd in per_round[name] for t in rnd]
+                entry = {"latency": latency_stats(flat, batch),
+                         "round_medians_ms": [statistics.median(r) * 1e3 for r in per_round[name]],
+                         "session_create_s": statistics.median(session_s[name]),
+                         "rss_increase_bytes": rss[name]}
+                if name != base:
+                    entry["vs_first"] = ratio_ci(
+                        [statistics.median(r) for r in per_round[base]],
+                        [statistics.median(r) for r in per_round[name]], seed=opts.seed)
+                    entry["vs_first"]["speedup"] = 1 / entry["vs_first"]["ratio"]
+                run["models"][name] = entry
+            if opts.profile and provider != "trt":
+                run["profile"] = {n: profile_ops(models[n]["path"], provider, batch, opts) for n in names}
+            runs.append(run)
+    return {"ltc_report": "bench", "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": environment(opts), "options": _options_dict(opts), "models": models, "runs": runs,
+            "skipped": skipped}
+
+
+def _names(paths: list[str]) -> list[str]:
+    names = []
+    for p in paths:
+        base = Path(p).stem
+        name, i = base, 2
+        while name in names:
+            name, i = f"{base}#{i}", i + 1
+        names.append(name)
+    return names
+
+
+def _file_bytes(path: Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def _options_dict(opts: BenchOptions) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(opts)
+    d["batches"], d["providers"] = list(opts.batches), list(opts.providers)
+    return d
+
+
+def environment(opts: BenchOptions | None = None) -> dict:
+    """CPU model and flags, cores, GPU and driver, CUDA, ONNX Runtime and TensorRT versions."""
+    import onnxruntime as ort
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
+           "cpu_flags": sorted(_cpu_flags() & {"avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                               "avx512_bf16", "amx_tile", "fma", "f16c", "sse4_2", "neon", "asimd"}),
+           "logical_cores": os.cpu_count(), "onnxruntime": ort.__version__,
+           "onnxruntime_providers": ort.get_available_providers(), "gpu": _gpu(), "tensorrt": None}
+    try:
+        import tensorrt
+
+        env["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_flags() -> set[str]:
+    from ltc.passes.hardware import cpu_flags
+
+    return cpu_flags()
+
+
+def _gpu() -> dict | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, driver, mem = (s.strip() for s in out.splitlines()[0].split(","))
+    cuda = None
+    try:
+        head = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10).stdout
+        if "CUDA Version:" in head:
+            cuda = head.split("CUDA Version:")[1].split()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"name": name, "driver": driver, "memory": mem, "cuda": cuda}
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    gpu = env.get("gpu") or {}
+    lines = [f"# ltc bench ({report['created']})", "",
+             f"CPU: {env['cpu']} ({env['logical_cores']} logical cores; {', '.join(env['cpu_flags'])}); "
+             f"GPU: {gpu.get('name', 'none')}{' driver ' + gpu['driver'] if gpu.get('driver') else ''}"
+             f"{' CUDA ' + gpu['cuda'] if gpu.get('cuda') else ''}; onnxruntime {env['onnxruntime']}; "
+             f"TensorRT {env['tensorrt'] or 'not installed'}", "",
+             "| model | parameters | MACs/sample | file bytes |", "|---|---|---|---|"]
+    for name, m in report["models"].items():
+        lines.append(f"| {name} | {m['parameters']:,} | {m['macs_per_sample']:,} | {m['file_bytes']:,} |")
+    o = report["options"]
+    for run in report["runs"]:
+        lines += ["", f"## {run['provider_name']}, batch {run['batch']} (opt level {o['opt_level']}, threads "
+                  f"{o['threads'] or 'default'}, {o['rounds']} rounds interleaved; "
+                  f"{'host<->device copies timed' if run['copies_timed'] and run['provider'] != 'cpu' else 'no copies timed' if run['provider'] != 'cpu' else 'CPU'})", "",
+                  "| model | median ms | p90 | p99 | min | mean | throughput/s | session s | vs first (95% CI) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, e in run["models"].items():
+            s = e["latency"]
+            vs = e.get("vs_first")
+            cmp = (f"{vs['speedup']:.2f}x faster (time ratio {vs['ratio']:.3f} [{vs['ci_low']:.3f}, "
+                   f"{vs['ci_high']:.3f}])" if vs else "baseline")
+            lines.append(f"| {name} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | {s['min_ms']:.3f} | "
+                         f"{s['mean_ms']:.3f} | {s['throughput_per_s']:.1f} | {e['session_create_s']:.3f} | {cmp} |")
+        for name, ops in run.get("profile", {}).items():
+            lines += ["", f"Top operators, {name}: " + ", ".join(
+                f"{op['op']} {100 * op['share']:.0f}%" for op in ops[:6])]
+    for s in report["skipped"]:
+        lines += ["", f"skipped {s['provider']} batch {s['batch']}: {s['reason']}"]
+    return "\n".join(lines) + "\n"

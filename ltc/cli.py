@@ -179,6 +179,11 @@ def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, t
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
     from ltc.api import write_text_atomic
     from ltc.benchmarks.bench import BenchOptions, bench, markdown
+    from ltc.passes.onnx_io import check_output_path
+
+    for path in (json_out, md_out):
+        if path:
+            check_output_path(path, list(models))
 
     if rounds < 2 and len(models) > 1:
         raise LtcError("--rounds must be >= 2 to compare models (the confidence interval is over rounds)")
@@ -191,6 +196,31 @@ def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, t
     if md_out:
         write_text_atomic(md_out, text)
     click.echo(text)
+
+
+@main.command("report")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), help="ticket-search run folder (ltc ticket)")
+@click.option("--bench", "benches", multiple=True, type=click.Path(dir_okay=False), help="ltc bench --json output (repeatable)")
+@click.option("--compress", "compresses", multiple=True, type=click.Path(dir_okay=False),
+              help="ltc compress --report output (repeatable): per-layer channel tables")
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="also write Markdown (plots as PNG beside it)")
+def report_cmd(run_dir, benches, compresses, output, md_out) -> None:
+    """A self-contained HTML report (plots embedded) and Markdown, from runs and bench results."""
+    from pathlib import Path
+
+    from ltc.api import write_text_atomic
+    from ltc.benchmarks.report import build_report, render_html, render_markdown
+    from ltc.passes.onnx_io import check_output_path
+
+    for path in (output, md_out):
+        if path:
+            check_output_path(path, [run_dir, *benches, *compresses])
+    rep = build_report(run_dir, list(benches), list(compresses))
+    write_text_atomic(output, render_html(rep))
+    if md_out:
+        write_text_atomic(md_out, render_markdown(rep, Path(md_out).resolve().parent))
+    click.echo(f"wrote {output}" + (f" and {md_out}" if md_out else ""))
 
 
 if __name__ == "__main__":

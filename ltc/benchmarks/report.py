@@ -1,0 +1,287 @@
+"""`ltc report`: one self-contained HTML page (plots embedded) and Markdown from a ticket-search run
+folder, bench results and compress reports.
+
+Models in a bench report are tied to ticket rounds by name: a model whose file name contains
+``round<N>`` gets the accuracy of round N of the run, so the report can draw latency against remaining
+weights and the Pareto front of accuracy against latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+from ltc.errors import LtcError
+
+KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
+               "model": "tab:orange"}
+
+
+def _load_json(path: str | Path, kind: str) -> dict:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LtcError(f"{path}: not a readable {kind} JSON ({exc})") from None
+    return doc
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def model_kind(name: str) -> str:
+    low = name.lower()
+    for kind in ("group", "channel", "unstructured", "dense"):
+        if kind in low:
+            return kind
+    if "compressed" in low:
+        return "channel"
+    if re.search(r"round0(?!\d)", low):
+        return "dense"
+    return "unstructured" if re.search(r"round\d+", low) else "model"
+
+
+def latency_points(bench: dict, run: dict | None) -> list[dict]:
+    """One point per (model, provider, batch): remaining parameters vs the first model, latency, accuracy."""
+    points = []
+    names = list(bench["models"])
+    base_params = bench["models"][names[0]]["parameters"] if names else 1
+    for run_ in bench["runs"]:
+        for name, e in run_["models"].items():
+            m = bench["models"][name]
+            acc = _round_accuracy(name, run)
+            points.append({"model": name, "kind": model_kind(name), "provider": run_["provider"],
+                           "batch": run_["batch"], "median_ms": e["latency"]["median_ms"],
+                           "p90_ms": e["latency"]["p90_ms"], "params_remaining": m["parameters"] / base_params,
+                           "accuracy": acc})
+    return points
+
+
+def _round_accuracy(name: str, run: dict | None) -> float | None:
+    if run is None:
+        return None
+    match = re.search(r"round(\d+)", name)
+    if not match:
+        return None
+    for row in run["rounds"]:
+        if row["round"] == int(match.group(1)) and "ticket" in row["variants"]:
+            return row["variants"]["ticket"]["test_accuracy"]["mean"]
+    return None
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """Points not beaten on both accuracy (higher) and latency (lower)."""
+    pts = [p for p in points if p["accuracy"] is not None]
+    front = [p for p in pts if not any(
+        q["accuracy"] >= p["accuracy"] and q["median_ms"] <= p["median_ms"] and
+        (q["accuracy"] > p["accuracy"] or q["median_ms"] < p["median_ms"]) for q in pts)]
+    return sorted(front, key=lambda p: p["median_ms"])
+
+
+def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ltc.compressor.analysis import COLORS, _percent_axis, _series
+
+    plots: dict[str, bytes] = {}
+    if run is not None:
+        for key, label, scale, fname in (("test_accuracy", "test accuracy at early stop (%)", 100, "accuracy"),
+                                         ("early_stop_iteration", "early-stop iteration", 1, "early_stop")):
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            for variant in ("ticket", "reinit", "random"):
+                xs, mean, lo, hi = _series(run, variant, key)
+                if xs:
+                    ax.plot(xs, [scale * v for v in mean], "o-", color=COLORS[variant], label=variant)
+                    ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant],
+                                    alpha=0.2)
+            _percent_axis(ax)
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+            fig.tight_layout()
+            plots[fname] = _png(fig)
+    points = [p for b in benches for p in latency_points(b, run)]
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for (provider, batch) in sorted({(p["provider"], p["batch"]) for p in points}):
+            sel = [p for p in points if p["provider"] == provider and p["batch"] == batch]
+            for p in sel:
+                ax.scatter(100 * p["params_remaining"], p["median_ms"], color=KIND_COLORS[p["kind"]], s=40)
+                ax.annotate(p["model"], (100 * p["params_remaining"], p["median_ms"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+            ax.plot([100 * p["params_remaining"] for p in sel], [p["median_ms"] for p in sel], ":", alpha=0.4,
+                    label=f"{provider} batch {batch}")
+        for kind, color in KIND_COLORS.items():
+            if any(p["kind"] == kind for p in points):
+                ax.scatter([], [], color=color, label=kind)
+        _percent_axis(ax)
+        ax.set_xlabel("parameters remaining (% of the first model)")
+        ax.set_ylabel("median latency (ms)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        plots["latency"] = _png(fig)
+        acc_points = [p for p in points if p["accuracy"] is not None]
+        if acc_points:
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            for p in acc_points:
+                ax.scatter(p["median_ms"], 100 * p["accuracy"], color=KIND_COLORS[p["kind"]], s=40)
+                ax.annotate(f"{p['model']} ({p['provider']} b{p['batch']})", (p["median_ms"], 100 * p["accuracy"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+            front = pareto(acc_points)
+            ax.plot([p["median_ms"] for p in front], [100 * p["accuracy"] for p in front], "-", color="tab:red",
+                    label="Pareto front")
+            ax.set_xlabel("median latency (ms)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            plots["pareto"] = _png(fig)
+    return plots
+
+
+CAPTIONS = {"accuracy": "Test accuracy at early stop vs weights remaining (winning ticket and controls)",
+            "early_stop": "Early-stop iteration vs weights remaining",
+            "latency": "Latency vs parameters remaining (dense, unstructured, channel, group tickets)",
+            "pareto": "Accuracy vs latency, with the Pareto front"}
+
+
+def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | None = None,
+                 compress_paths: list[str] | None = None) -> dict:
+    """Collect everything the report shows; raises a one-line error on unreadable inputs."""
+    run = None
+    if run_dir is not None:
+        summary = Path(run_dir) / "summary.json"
+        if not summary.exists():
+            raise LtcError(f"{run_dir}: no summary.json; pass a run folder made by `ltc ticket`")
+        run = _load_json(summary, "ticket-search summary")
+    benches = []
+    for p in bench_paths or []:
+        b = _load_json(p, "bench")
+        if b.get("ltc_report") != "bench":
+            raise LtcError(f"{p}: not an `ltc bench --json` report")
+        benches.append(b)
+    compresses = []
+    for p in compress_paths or []:
+        c = _load_json(p, "compress")
+        if c.get("ltc_report") != "compress":
+            raise LtcError(f"{p}: not an `ltc compress --report` file")
+        compresses.append(c)
+    if run is None and not benches and not compresses:
+        raise LtcError("nothing to report: pass --run, --bench or --compress")
+    points = [p for b in benches for p in latency_points(b, run)]
+    return {"run": run, "benches": benches, "compresses": compresses, "points": points,
+            "pareto": pareto(points), "plots": _plots(run, benches)}
+
+
+def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
+    h = "<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in headers) + "</tr></thead><tbody>"
+    h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    h += "</tbody></table>"
+    md = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
+    md += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+    return h, md
+
+
+def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list]]], list[str]]]:
+    """(title, tables [(caption, headers, rows)], plot keys) per section."""
+    out = []
+    run = rep["run"]
+    if run is not None:
+        rows = []
+        for row in run["rounds"]:
+            for variant, s in row["variants"].items():
+                a, it = s["test_accuracy"], s["early_stop_iteration"]
+                rows.append([row["round"], f"{100 * row['density']:.1f}%", variant,
+                             f"{100 * a['mean']:.2f}% [{100 * a['min']:.2f}, {100 * a['max']:.2f}]",
+                             f"{it['mean']:.0f} [{it['min']:.0f}, {it['max']:.0f}]",
+                             f"{100 * s['final_train_accuracy']['mean']:.2f}%"])
+        out.append((f"Ticket search ({run['run_dir']})",
+                    [("Per round: mean [min, max] over trials", ["round", "P_m", "variant", "test acc", "early stop",
+                                                                 "train acc"], rows)], ["accuracy", "early_stop"]))
+    for b in rep["benches"]:
+        env = b["environment"]
+        tables = []
+        for r in b["runs"]:
+            rows = []
+            for name, e in r["models"].items():
+                s, vs = e["latency"], e.get("vs_first")
+                rows.append([name, f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
+                             f"{s['throughput_per_s']:.1f}",
+                             f"{vs['speedup']:.2f}x [{1 / vs['ci_high']:.2f}, {1 / vs['ci_low']:.2f}]" if vs else "baseline"])
+            tables.append((f"{r['provider_name']}, batch {r['batch']}" + ("" if r["provider"] == "cpu" else
+                           "; host-device copies " + ("timed" if r["copies_timed"] else "not timed")),
+                           ["model", "median ms", "p90 ms", "p99 ms", "throughput/s", "speed-up vs first (95% CI)"], rows))
+        for s in b["skipped"]:
+            tables.append((f"skipped: {s['provider']} batch {s['batch']}", ["reason"], [[s["reason"]]]))
+        out.append((f"Latency ({env['cpu']}; onnxruntime {env['onnxruntime']}; GPU "
+                    f"{(env.get('gpu') or {}).get('name', 'none')})", tables, ["latency", "pareto"]))
+    if rep["pareto"]:
+        out.append(("Pareto front: accuracy vs latency", [("Models no other model beats on both",
+                    ["model", "kind", "provider", "batch", "median ms", "accuracy"],
+                    [[p["model"], p["kind"], p["provider"], p["batch"], f"{p['median_ms']:.3f}",
+                      f"{100 * p['accuracy']:.2f}%"] for p in rep["pareto"]])], []))
+    for c in rep["compresses"]:
+        rows = [[la["name"], la["op"], f"{la['in_before']} -> {la['in_after']}", f"{la['out_before']} -> {la['out_after']}",
+                 la["dead"], "; ".join(f"{n}: {r}" for r, n in la["kept_because"].items())] for la in c["layers"]]
+        v = c.get("verification") or {}
+        out.append((f"Channels per layer: {c['input']} -> {c['output']} (parameters {c['before']['parameters']:,} -> "
+                    f"{c['after']['parameters']:,}; MACs {c['before']['macs']:,} -> {c['after']['macs']:,}; max abs "
+                    f"error {v.get('max_abs_error', float('nan')):.2g})",
+                    [("", ["layer", "op", "in", "out", "dead out", "why dead channels stayed"], rows)], []))
+    return out
+
+
+def render_html(rep: dict) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ltc report</title><style>",
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+             "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}"
+             "th{background:#f3f3f3}td:first-child{text-align:left}figure{display:inline-block;margin:0 1em 1em 0}"
+             "figcaption{font-size:13px;color:#555}</style></head><body><h1>ltc report</h1>"]
+    shown = set()
+    for title, tables, plot_keys in _sections(rep):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for key in plot_keys:
+            if key in rep["plots"] and key not in shown:
+                shown.add(key)
+                data = base64.b64encode(rep["plots"][key]).decode()
+                parts.append(f"<figure><img class='plot' alt='{key}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>")
+        for caption, headers, rows in tables:
+            if caption:
+                parts.append(f"<h3>{html.escape(caption)}</h3>")
+            parts.append(_table(headers, rows)[0])
+    # marks every plot that decoded, so a headless browser can check that the page shows its images
+    parts.append("<script>window.addEventListener('load',()=>{for(const i of document.images)"
+                 "{i.dataset.loaded=i.naturalWidth>0?'1':'0'}document.body.dataset.ready='1'})</script>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+def render_markdown(rep: dict, image_dir: Path) -> str:
+    lines = ["# ltc report", ""]
+    shown = set()
+    for title, tables, plot_keys in _sections(rep):
+        lines += [f"## {title}", ""]
+        for key in plot_keys:
+            if key in rep["plots"] and key not in shown:
+                shown.add(key)
+                (image_dir / f"{key}.png").write_bytes(rep["plots"][key])
+                lines += [f"![{CAPTIONS[key]}]({key}.png)", ""]
+        for caption, headers, rows in tables:
+            if caption:
+                lines += [f"**{caption}**", ""]
+            lines += [_table(headers, rows)[1]]
+    return "\n".join(lines)

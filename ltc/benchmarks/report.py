@@ -125,7 +125,9 @@ def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
                     label=f"{provider} batch {batch}")
         for kind, color in KIND_COLORS.items():
             if any(p["kind"] == kind for p in points):
-                ax.scatter([], [], color=color, label=kind)
+                label = {"unstructured": "unstructured / zeros only", "channel": "channel (compressed)",
+                         "group": "group (compressed)"}.get(kind, kind)
+                ax.scatter([], [], color=color, label=label)
         _percent_axis(ax)
         ax.set_xlabel("parameters remaining (% of the first model)")
         ax.set_ylabel("median latency (ms)")

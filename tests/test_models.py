@@ -136,3 +136,47 @@ def test_batchnorm_kept_as_nodes(name, tmp_path):
     added = sum(int(np.prod(t.dims)) for t in r.model.graph.initializer if t.name.endswith("__ltc_bias"))
     assert (name == "mobilenetv2") == (added > 0)
     assert r.after["parameters"] == count_parameters(small) + added
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_grouped_conv_model_matches_narrow_when_dead_channels_are_balanced(exporter, tmp_path):
+    from ltc.compressor.models import ResNeXtNet
+
+    torch.manual_seed(4)
+    model = ResNeXtNet()
+    _randomize_bn(model)
+    rng = random.Random(4)
+    # half of each group's 4 channels dead: the grouped conv keeps 2 per group
+    keep = {k: sorted(g * 4 + i for g in range(4) for i in rng.sample(range(4), 2)) for k in model.widths}
+    kill_channels(model, keep)
+    with torch.no_grad():  # the grouped conv's outputs for the same channels die too (mid -> mid)
+        for key, block in zip(("mid0", "mid1"), model.blocks, strict=True):
+            dead = sorted(set(range(16)) - set(keep[key]))
+            block[1][0].weight[dead] = 0
+            block[1][1].weight[dead] = 0
+            block[1][1].bias[dead] = 0
+    narrow = ResNeXtNet({k: 8 for k in keep})
+    _randomize_bn(narrow)
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", model.input_shape, exporter=exporter))
+    small = onnx.load(export_onnx(narrow, tmp_path / "narrow.onnx", model.input_shape, exporter=exporter))
+    r = compress(full)
+    assert r.verification.passed
+    assert_equivalent(full, r.model, {"input": (None, *model.input_shape)})
+    assert r.after["parameters"] == count_parameters(small)
+
+
+def test_grouped_conv_unbalanced_dead_channels_stay_exact(tmp_path):
+    from ltc.compressor.models import ResNeXtNet
+
+    torch.manual_seed(5)
+    model = ResNeXtNet()
+    _randomize_bn(model)
+    kill_channels(model, {"mid0": [0, 1, 2, 3, 4, 8, 12], "mid1": list(range(8, 16))})
+    full = onnx.load(export_onnx(model, tmp_path / "full.onnx", model.input_shape))
+    r = compress(full)
+    assert r.verification.passed
+    assert_equivalent(full, r.model, {"input": (None, *model.input_shape)})
+    groups = [a.i for n in r.model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
+    assert 2 in groups  # mid1: groups 2 and 3 entirely dead -> dropped, group 4 -> 2
+    kept = [la for la in r.layers if any("equal channels per group" in k for k in la["kept_because"])]
+    assert kept  # mid0: unbalanced, extras kept and the report says why

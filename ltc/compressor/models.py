@@ -311,6 +311,30 @@ class InceptionNet(WidthModel):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.head(x), 1), 1))
 
 
+class ResNeXtNet(WidthModel):
+    """Two ResNeXt-style bottlenecks: 1x1 reduce, grouped 3x3 (``groups``), 1x1 expand, residual."""
+
+    default_widths = {"mid0": 16, "mid1": 16}
+    input_shape = (3, 16, 16)
+
+    def __init__(self, widths: Widths | None = None, classes: int = 10, groups: int = 4):
+        super().__init__(widths)
+        self.stem = conv_bn(3, 32, 3)
+        self.blocks = nn.ModuleList()
+        for key in ("mid0", "mid1"):
+            mid = self.widths[key]
+            block = nn.Sequential(conv_bn(32, mid, 1), conv_bn(mid, mid, 3, groups=groups), conv_bn(mid, 32, 1, act=None))
+            self.layers_of[key] = (block[0][0], block[0][1])
+            self.blocks.append(block)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
 class ConvN(WidthModel):
     """The LTH paper's Conv-2/4/6: pairs of 3x3 convs (64, 128, 256) each followed by a max pool,
     then FC 256-256-classes. Glorot (normal) init as in the paper."""

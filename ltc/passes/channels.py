@@ -691,7 +691,7 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
         cg.producers.append(Producer(node, y.name, filt_zero))
         cg.contractions.append(Contraction(node, x.name, 1, 1, "conv", _zero_rows(w, 1, x.units),
                                            _no_padding(node)))
-        cg.const[y.name] = np.where(filt_zero, bias, NAN)
+        cg.const[y.name] = _conv_const(w, cg.const[x.name], bias, 1, _no_padding(node))
         return True
     if groups == x.size == c_out:  # depthwise, multiplier 1: channel c in, channel c out
         y = cg.add(node.outputs[0], c_out)
@@ -715,8 +715,35 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
     cg.producers.append(Producer(node, y.name, filt_zero))
     cg.contractions.append(Contraction(node, x.name, 1, 1, "grouped", _grouped_zero(w, x.size, groups),
                                        _no_padding(node), groups))
-    cg.const[y.name] = np.where(filt_zero, bias, NAN)
+    cg.const[y.name] = _conv_const(w, cg.const[x.name], bias, groups, _no_padding(node))
     return True
+
+
+def _conv_const(w: np.ndarray, k_in: np.ndarray, bias: np.ndarray, groups: int, no_padding: bool) -> np.ndarray:
+    """Per output channel: its value if every input it reads is a known constant, else NaN.
+
+    An all-zero filter outputs its bias; otherwise ``bias + sum_c k_c * sum(W[o, c])``, exact only
+    without zero padding (or when every constant read is 0: padding adds zeros to zeros).
+    """
+    c_out, per_in = w.shape[0], w.shape[1]
+    w3 = w.reshape(c_out, per_in, -1).astype(np.float64)
+    reads = np.any(w3 != 0, axis=2)
+    k = np.repeat(k_in.reshape(groups, per_in), c_out // groups, axis=0)
+    finite = np.isfinite(k)
+    ok = np.all(~reads | (finite if no_padding else (k == 0)), axis=1)
+    value = bias + np.sum(np.where(reads & finite, k * w3.sum(axis=2), 0.0), axis=1)
+    return np.where(ok, value, NAN)
+
+
+def _dense_const(w_mk: np.ndarray, k_units: np.ndarray, stride: int, bias: np.ndarray, scale: float) -> np.ndarray:
+    """Gemm/MatMul: output m is constant if every input feature it reads is (W as [M, K])."""
+    k = np.repeat(k_units, stride)
+    reads = w_mk != 0
+    finite = np.isfinite(k)[None, :]
+    ok = np.all(~reads | finite, axis=1)
+    value = bias + scale * np.sum(np.where(reads & finite, w_mk.astype(np.float64) * np.nan_to_num(k)[None, :], 0.0),
+                                  axis=1)
+    return np.where(ok, value, NAN)
 
 
 def _grouped_zero(w: np.ndarray, c_in: int, groups: int) -> np.ndarray:
@@ -775,7 +802,8 @@ def _gemm(cg: ChannelGraph, node: gs.Node) -> bool:
     cg.producers.append(Producer(node, y.name, filt_zero))
     cg.contractions.append(Contraction(node, x.name, 1, in_axis, "gemm", _zero_rows(w, in_axis, x.units),
                                        beta != 0 and alpha != 0))
-    cg.const[y.name] = np.where(filt_zero, bias, NAN)
+    w_mk = w if trans_b else w.T
+    cg.const[y.name] = _dense_const(w_mk, cg.const[x.name], x.stride, bias, alpha)
     return True
 
 
@@ -793,7 +821,7 @@ def _matmul(cg: ChannelGraph, node: gs.Node) -> bool:
     cg.producers.append(Producer(node, y.name, filt_zero))
     cg.contractions.append(Contraction(node, x.name, 1, 0, "matmul", _zero_rows(w, 0, x.units),
                                        bias_node is not None, 1, bias_node, bias_index))
-    cg.const[y.name] = np.where(filt_zero, 0.0, NAN)
+    cg.const[y.name] = _dense_const(w.T, cg.const[x.name], x.stride, np.zeros(m), 1.0)
     return True
 
 

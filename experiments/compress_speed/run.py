@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import random
 import statistics
 import subprocess
@@ -28,6 +27,7 @@ import onnx
 import onnxruntime
 import torch
 
+from ltc.benchmarks.bench import cpu_model
 from ltc.benchmarks.latency import interleaved_latency
 from ltc.compressor.models import VGG, MobileNetV2, kill_channels, resnet18
 from ltc.exporters.torch_export import export_onnx
@@ -79,16 +79,6 @@ def time_compress(path: Path, out: Path, repeats: int, verify: bool) -> float:
     return statistics.median(samples)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -96,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("torch").setLevel(logging.ERROR)
     rounds, iters = (2, 3) if args.quick else (5, 10)
-    results = {"env": {"cpu": cpu_name(), "threads": 2, "onnxruntime": onnxruntime.__version__,
+    results = {"env": {"cpu": cpu_model(), "threads": 2, "onnxruntime": onnxruntime.__version__,
                        "torch": torch.__version__, "python": sys.version.split()[0]},
                "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -433,7 +433,7 @@ def environment(opts: BenchOptions | None = None) -> dict:
     """CPU model and flags, cores, GPU and driver, CUDA, ONNX Runtime and TensorRT versions."""
     import onnxruntime as ort
 
-    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu_model(),
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),
            "cpu_flags": sorted(_cpu_flags() & {"avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                                                "avx512_bf16", "amx_tile", "fma", "f16c", "sse4_2", "neon", "asimd"}),
            "logical_cores": os.cpu_count(), "onnxruntime": ort.__version__,
@@ -447,7 +447,7 @@ def environment(opts: BenchOptions | None = None) -> dict:
     return env
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

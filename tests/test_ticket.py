@@ -112,6 +112,8 @@ def test_search_with_controls_and_trials(tmp_path):
     assert summary["rounds"][2]["density"] == pytest.approx(0.8**2, abs=0.01)
     ticket = load_ticket(run / "trial1" / "ticket_round2.pt")
     assert ticket["structure"]["round"] == 2 and ticket["seed"] == 1
+    assert [h["round"] for h in ticket["history"]] == [0, 1, 2]
+    assert ticket["history"][2]["density"] == pytest.approx(0.8**2, abs=0.01)
     for name, m in ticket["masks"].items():  # the reset weights carry the mask
         assert torch.count_nonzero(ticket["init"][name][~m]) == 0
     for png in ("accuracy_vs_remaining.png", "early_stop_vs_remaining.png", "train_vs_test.png", "weight_change.png"):

@@ -100,12 +100,14 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
     prev_final: dict[str, torch.Tensor] | None = None
     log = trial_dir / "train.jsonl"
     arch = _arch(thp, data)
+    history: list[dict] = []  # every round so far: each ticket carries the path that led to it
     for r in range(php.rounds + 1):
         record_path = trial_dir / f"round{r}.json"
         ticket_path = trial_dir / f"ticket_round{r}.pt"
         if record_path.exists() and ticket_path.exists():  # completed earlier: resume after it
             t = torch.load(ticket_path, map_location="cpu", weights_only=True)
             mask, prev_final, start = t["masks"], t["final"], t["init"]
+            history = list(t["history"])
             continue
         if r > 0:
             pruned_from = _fresh(thp, data, seed)
@@ -132,13 +134,14 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
                 record["results"][control] = _control(control, thp, thp_t, data, mask, start, structure, seed,
                                                       r, log, progress)
         prev_final = res.final_state
+        history.append(record)
         if rank == 0:
             masked_start = {k: v.clone() for k, v in start.items()}
             for name, m in mask.items():
                 masked_start[name] = masked_start[name] * m
             ticket = make_ticket(thp.model, arch, mask, masked_start, res.final_state,
                                  structure={"kind": structure, "strategy": php.strategy, "round": r},
-                                 history=[record], hparams=to_dict(thp, php), seed=seed)
+                                 history=history, hparams=to_dict(thp, php), seed=seed)
             save_ticket(ticket, ticket_path)
             _write_json(record_path, record)  # written last: marks the round complete
         if world > 1:

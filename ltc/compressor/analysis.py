@@ -24,13 +24,13 @@ def _series(summary: dict, variant: str, key: str):
 
 def _percent_axis(ax) -> None:
     """Log-scaled remaining-weights axis, decreasing to the right, plain percentages."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_xscale("log")
     ax.invert_xaxis()
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(fmt)
-    ax.xaxis.set_minor_formatter(fmt)
+    ax.xaxis.set_major_locator(FixedLocator([100, 50, 30, 20, 10, 5, 3, 2, 1, 0.5, 0.3, 0.2, 0.1]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("P_m: weights remaining (%)")
 
 

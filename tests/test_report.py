@@ -63,6 +63,10 @@ def test_kinds_and_pareto_front():
     pts = [{"model": "a", "accuracy": 0.9, "median_ms": 1.0}, {"model": "b", "accuracy": 0.95, "median_ms": 2.0},
            {"model": "c", "accuracy": 0.89, "median_ms": 1.5}]
     assert [p["model"] for p in pareto(pts)] == ["a", "b"]
+    # latencies of different batch sizes are not compared with each other
+    b32 = [{**p, "batch": 32, "median_ms": 10 * p["median_ms"]} for p in pts]
+    b1 = [{**p, "batch": 1} for p in pts]
+    assert [(p["model"], p["batch"]) for p in pareto(b1 + b32)] == [("a", 1), ("b", 1), ("a", 32), ("b", 32)]
 
 
 def test_report_html_and_markdown(tmp_path):

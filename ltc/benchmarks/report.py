@@ -79,12 +79,16 @@ def _round_accuracy(name: str, run: dict | None) -> float | None:
 
 
 def pareto(points: list[dict]) -> list[dict]:
-    """Points not beaten on both accuracy (higher) and latency (lower)."""
-    pts = [p for p in points if p["accuracy"] is not None]
-    front = [p for p in pts if not any(
-        q["accuracy"] >= p["accuracy"] and q["median_ms"] <= p["median_ms"] and
-        (q["accuracy"] > p["accuracy"] or q["median_ms"] < p["median_ms"]) for q in pts)]
-    return sorted(front, key=lambda p: p["median_ms"])
+    """Per provider and batch (latencies are only comparable there): the points no other point beats on
+    both accuracy (higher) and latency (lower)."""
+    front = []
+    for key in sorted({(p.get("provider"), p.get("batch")) for p in points}, key=str):
+        pts = [p for p in points if p["accuracy"] is not None and (p.get("provider"), p.get("batch")) == key]
+        front += sorted((p for p in pts if not any(
+            q["accuracy"] >= p["accuracy"] and q["median_ms"] <= p["median_ms"] and
+            (q["accuracy"] > p["accuracy"] or q["median_ms"] < p["median_ms"]) for q in pts)),
+            key=lambda p: p["median_ms"])
+    return front
 
 
 def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
@@ -143,8 +147,10 @@ def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
                 ax.annotate(f"{p['model']} ({p['provider']} b{p['batch']})", (p["median_ms"], 100 * p["accuracy"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
             front = pareto(acc_points)
-            ax.plot([p["median_ms"] for p in front], [100 * p["accuracy"] for p in front], "-", color="tab:red",
-                    label="Pareto front")
+            for provider, batch in sorted({(p["provider"], p["batch"]) for p in front}):
+                sel = [p for p in front if (p["provider"], p["batch"]) == (provider, batch)]
+                ax.plot([p["median_ms"] for p in sel], [100 * p["accuracy"] for p in sel], "-",
+                        label=f"Pareto front, {provider} batch {batch}")
             ax.set_xlabel("median latency (ms)")
             ax.set_ylabel("test accuracy (%)")
             ax.grid(True, alpha=0.3)
@@ -236,7 +242,10 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
                     [[p["model"], p["kind"], p["provider"], p["batch"], f"{p['median_ms']:.3f}",
                       f"{100 * p['accuracy']:.2f}%"] for p in rep["pareto"]])], []))
     for c in rep["compresses"]:
-        rows = [[la["name"], la["op"], f"{la['in_before']} -> {la['in_after']}", f"{la['out_before']} -> {la['out_after']}",
+        def span(a: int, b: int) -> str:
+            return str(a) if a == b else f"{a} -> {b}"
+
+        rows = [[la["name"], la["op"], span(la["in_before"], la["in_after"]), span(la["out_before"], la["out_after"]),
                  la["dead"], "; ".join(f"{n}: {r}" for r, n in la["kept_because"].items())] for la in c["layers"]]
         v = c.get("verification") or {}
         out.append((f"Channels per layer: {c['input']} -> {c['output']} (parameters {c['before']['parameters']:,} -> "

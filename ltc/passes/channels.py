@@ -726,18 +726,22 @@ def _conv_const(w: np.ndarray, k_in: np.ndarray, bias: np.ndarray, groups: int, 
     without zero padding (or when every constant read is 0: padding adds zeros to zeros).
     """
     c_out, per_in = w.shape[0], w.shape[1]
-    w3 = w.reshape(c_out, per_in, -1).astype(np.float64)
+    w3 = w.reshape(c_out, per_in, -1)
+    if not np.isfinite(k_in).any():  # the common case: only all-zero filters are constant
+        return np.where(~np.any(w3 != 0, axis=(1, 2)), bias, NAN)
     reads = np.any(w3 != 0, axis=2)
     k = np.repeat(k_in.reshape(groups, per_in), c_out // groups, axis=0)
     finite = np.isfinite(k)
     ok = np.all(~reads | (finite if no_padding else (k == 0)), axis=1)
-    value = bias + np.sum(np.where(reads & finite, k * w3.sum(axis=2), 0.0), axis=1)
+    value = bias + np.sum(np.where(reads & finite, k * w3.sum(axis=2, dtype=np.float64), 0.0), axis=1)
     return np.where(ok, value, NAN)
 
 
 def _dense_const(w_mk: np.ndarray, k_units: np.ndarray, stride: int, bias: np.ndarray, scale: float) -> np.ndarray:
     """Gemm/MatMul: output m is constant if every input feature it reads is (W as [M, K])."""
     k = np.repeat(k_units, stride)
+    if not np.isfinite(k).any():
+        return np.where(~np.any(w_mk != 0, axis=1), bias, NAN)
     reads = w_mk != 0
     finite = np.isfinite(k)[None, :]
     ok = np.all(~reads | finite, axis=1)

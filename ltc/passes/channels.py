@@ -682,16 +682,16 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
     groups = int(node.attrs.get("group", 1))
     c_out = w.shape[0]
     bias = b.astype(np.float64) if b is not None else np.zeros(c_out)
-    filt_zero = _zero_rows(w, 0, c_out)
+    nz = np.any(w.reshape(c_out, w.shape[1], -1) != 0, axis=2)  # [C_out, C_in/G]: kernel reads channel
+    filt_zero = ~nz.any(axis=1)
     if groups == 1:
         y = cg.add(node.outputs[0], c_out)
         cg.members += [Member(node, 1, 0, y.name), Member(node, 1, 1, x.name)]
         if b is not None:
             cg.members.append(Member(node, 2, 0, y.name))
         cg.producers.append(Producer(node, y.name, filt_zero))
-        cg.contractions.append(Contraction(node, x.name, 1, 1, "conv", _zero_rows(w, 1, x.units),
-                                           _no_padding(node)))
-        cg.const[y.name] = _conv_const(w, cg.const[x.name], bias, 1, _no_padding(node))
+        cg.contractions.append(Contraction(node, x.name, 1, 1, "conv", ~nz.any(axis=0), _no_padding(node)))
+        cg.const[y.name] = _conv_const(w, nz, cg.const[x.name], bias, 1, _no_padding(node))
         return True
     if groups == x.size == c_out:  # depthwise, multiplier 1: channel c in, channel c out
         y = cg.add(node.outputs[0], c_out)
@@ -713,50 +713,43 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> bool:
     if b is not None:
         cg.members.append(Member(node, 2, 0, y.name))
     cg.producers.append(Producer(node, y.name, filt_zero))
-    cg.contractions.append(Contraction(node, x.name, 1, 1, "grouped", _grouped_zero(w, x.size, groups),
-                                       _no_padding(node), groups))
-    cg.const[y.name] = _conv_const(w, cg.const[x.name], bias, groups, _no_padding(node))
+    zero_in = ~nz.reshape(groups, c_out // groups, -1).any(axis=1).reshape(-1)  # W[g rows, c mod C_in/G]
+    cg.contractions.append(Contraction(node, x.name, 1, 1, "grouped", zero_in, _no_padding(node), groups))
+    cg.const[y.name] = _conv_const(w, nz, cg.const[x.name], bias, groups, _no_padding(node))
     return True
 
 
-def _conv_const(w: np.ndarray, k_in: np.ndarray, bias: np.ndarray, groups: int, no_padding: bool) -> np.ndarray:
+def _conv_const(w: np.ndarray, nz: np.ndarray, k_in: np.ndarray, bias: np.ndarray, groups: int,
+                no_padding: bool) -> np.ndarray:
     """Per output channel: its value if every input it reads is a known constant, else NaN.
 
     An all-zero filter outputs its bias; otherwise ``bias + sum_c k_c * sum(W[o, c])``, exact only
     without zero padding (or when every constant read is 0: padding adds zeros to zeros).
+    ``nz[o, c]``: the kernel of output o reads input c (of its group).
     """
-    c_out, per_in = w.shape[0], w.shape[1]
-    w3 = w.reshape(c_out, per_in, -1)
-    if not np.isfinite(k_in).any():  # the common case: only all-zero filters are constant
-        return np.where(~np.any(w3 != 0, axis=(1, 2)), bias, NAN)
-    reads = np.any(w3 != 0, axis=2)
+    c_out, per_in = nz.shape
     k = np.repeat(k_in.reshape(groups, per_in), c_out // groups, axis=0)
     finite = np.isfinite(k)
-    ok = np.all(~reads | (finite if no_padding else (k == 0)), axis=1)
-    value = bias + np.sum(np.where(reads & finite, k * w3.sum(axis=2, dtype=np.float64), 0.0), axis=1)
-    return np.where(ok, value, NAN)
+    ok = np.all(~nz | (finite if no_padding else (k == 0)), axis=1)
+    value = np.full(c_out, NAN)
+    rows = np.flatnonzero(ok)
+    if len(rows):
+        sums = w.reshape(c_out, per_in, -1)[rows].sum(axis=2, dtype=np.float64)
+        value[rows] = bias[rows] + np.where(nz[rows] & finite[rows], np.nan_to_num(k[rows]) * sums, 0.0).sum(axis=1)
+    return value
 
 
-def _dense_const(w_mk: np.ndarray, k_units: np.ndarray, stride: int, bias: np.ndarray, scale: float) -> np.ndarray:
-    """Gemm/MatMul: output m is constant if every input feature it reads is (W as [M, K])."""
+def _dense_const(nz: np.ndarray, w_mk: np.ndarray, k_units: np.ndarray, stride: int, bias: np.ndarray,
+                 scale: float) -> np.ndarray:
+    """Gemm/MatMul: output m is constant if every input feature it reads is (``nz``, W as [M, K])."""
     k = np.repeat(k_units, stride)
-    if not np.isfinite(k).any():
-        return np.where(~np.any(w_mk != 0, axis=1), bias, NAN)
-    reads = w_mk != 0
-    finite = np.isfinite(k)[None, :]
-    ok = np.all(~reads | finite, axis=1)
-    value = bias + scale * np.sum(np.where(reads & finite, w_mk.astype(np.float64) * np.nan_to_num(k)[None, :], 0.0),
-                                  axis=1)
-    return np.where(ok, value, NAN)
-
-
-def _grouped_zero(w: np.ndarray, c_in: int, groups: int) -> np.ndarray:
-    """Per input channel c: the weights W[g rows, c mod (C_in/G)] that read it are all zero."""
-    per_in = c_in // groups
-    rows = w.shape[0] // groups
-    blocks = w.reshape(groups, rows, per_in, -1)
-    zero = ~np.any(blocks != 0, axis=(1, 3))  # [groups, per_in]
-    return zero.reshape(-1)
+    finite = np.isfinite(k)
+    ok = ~np.any(nz & ~finite[None, :], axis=1)
+    value = np.full(len(ok), NAN)
+    rows = np.flatnonzero(ok)
+    if len(rows):
+        value[rows] = bias[rows] + scale * (w_mk[rows].astype(np.float64) @ np.nan_to_num(k))
+    return value
 
 
 def _conv_transpose(cg: ChannelGraph, node: gs.Node) -> bool:
@@ -802,12 +795,12 @@ def _gemm(cg: ChannelGraph, node: gs.Node) -> bool:
         cg.members.append(Member(node, 2, c.ndim - 1, y.name))
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     bias = beta * np.broadcast_to(c.astype(np.float64).reshape(-1), (m,)) if c is not None else np.zeros(m)
-    filt_zero = _zero_rows(w, out_axis, m)
-    cg.producers.append(Producer(node, y.name, filt_zero))
-    cg.contractions.append(Contraction(node, x.name, 1, in_axis, "gemm", _zero_rows(w, in_axis, x.units),
-                                       beta != 0 and alpha != 0))
     w_mk = w if trans_b else w.T
-    cg.const[y.name] = _dense_const(w_mk, cg.const[x.name], x.stride, bias, alpha)
+    nz = w_mk != 0
+    cg.producers.append(Producer(node, y.name, ~nz.any(axis=1)))
+    zero_in = ~nz.reshape(m, x.units, x.stride).any(axis=(0, 2))
+    cg.contractions.append(Contraction(node, x.name, 1, in_axis, "gemm", zero_in, beta != 0 and alpha != 0))
+    cg.const[y.name] = _dense_const(nz, w_mk, cg.const[x.name], x.stride, bias, alpha)
     return True
 
 
@@ -821,11 +814,12 @@ def _matmul(cg: ChannelGraph, node: gs.Node) -> bool:
     y = cg.add(node.outputs[0], m)
     cg.members += [Member(node, 1, 1, y.name), Member(node, 1, 0, x.name)]
     bias_node, bias_index = _following_bias(node, m)
-    filt_zero = _zero_rows(w, 1, m)
-    cg.producers.append(Producer(node, y.name, filt_zero))
-    cg.contractions.append(Contraction(node, x.name, 1, 0, "matmul", _zero_rows(w, 0, x.units),
-                                       bias_node is not None, 1, bias_node, bias_index))
-    cg.const[y.name] = _dense_const(w.T, cg.const[x.name], x.stride, np.zeros(m), 1.0)
+    nz = w.T != 0
+    cg.producers.append(Producer(node, y.name, ~nz.any(axis=1)))
+    zero_in = ~nz.reshape(m, x.units, x.stride).any(axis=(0, 2))
+    cg.contractions.append(Contraction(node, x.name, 1, 0, "matmul", zero_in, bias_node is not None, 1,
+                                       bias_node, bias_index))
+    cg.const[y.name] = _dense_const(nz, w.T, cg.const[x.name], x.stride, np.zeros(m), 1.0)
     return True
 
 

@@ -219,7 +219,7 @@ def const_value(t: gs.Tensor | None) -> np.ndarray | None:
     if t is None:
         return None
     if isinstance(t, gs.Constant):
-        return np.asarray(t.values)
+        return _constant_array(t)
     if len(t.inputs) == 1 and t.inputs[0].op == "Identity":  # the legacy exporter dedups this way
         return const_value(t.inputs[0].inputs[0])
     if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
@@ -227,6 +227,22 @@ def const_value(t: gs.Tensor | None) -> np.ndarray | None:
         if isinstance(v, gs.Constant):
             return np.asarray(v.values)
     return None
+
+
+def _constant_array(c: gs.Constant) -> np.ndarray:
+    """The constant's values without making graphsurgeon materialise them.
+
+    ``Constant.values`` replaces the lazily loaded TensorProto by a numpy copy, and export must then
+    serialise it again; reading the proto directly leaves untouched weights as they were, so export
+    reuses them as they are.
+    """
+    from onnx import numpy_helper
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    lazy = getattr(c, "_values", None)
+    if isinstance(lazy, LazyValues) and hasattr(lazy.tensor, "raw_data"):
+        return numpy_helper.to_array(lazy.tensor)
+    return np.asarray(c.values)
 
 
 def is_empty(t: gs.Tensor | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -24,6 +25,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
+            if os.environ.get("LTC_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: internal error ({type(exc).__name__}: {first}); nothing was written. Please "
+                       "report it; LTC_DEBUG=1 shows the traceback", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Group)

@@ -267,3 +267,20 @@ def test_real_inputs_for_verification(dense_and_ticket, tmp_path):
     np.savez(tmp_path / "wrong.npz", other=np.zeros(3, np.float32))
     _fails(invoke("compress", dense_and_ticket / "pruned.onnx", "-o", tmp_path / "p.onnx", "--inputs",
                   tmp_path / "wrong.npz"), "input")
+
+
+def test_internal_errors_are_one_line_with_a_way_to_the_traceback(dense_and_ticket, tmp_path, monkeypatch):
+    import importlib
+
+    c = importlib.import_module("ltc.passes.compress")
+
+    def boom(self, model):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(c.RemoveDeadChannels, "call", boom)
+    r = CliRunner().invoke(main, ["compress", str(dense_and_ticket / "pruned.onnx"), "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "error: internal error (RuntimeError: simulated bug); nothing was written. Please report it; "
+        "LTC_DEBUG=1 shows the traceback"]
+    assert not (tmp_path / "o.onnx").exists()

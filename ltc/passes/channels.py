@@ -744,6 +744,8 @@ def _conv_const(w: np.ndarray, nz: np.ndarray, k_in: np.ndarray, bias: np.ndarra
     ``nz[o, c]``: the kernel of output o reads input c (of its group).
     """
     c_out, per_in = nz.shape
+    if not np.isfinite(k_in).any():  # the common case: only all-zero filters give constants
+        return np.where(nz.any(axis=1), NAN, bias)
     k = np.repeat(k_in.reshape(groups, per_in), c_out // groups, axis=0)
     finite = np.isfinite(k)
     ok = np.all(~nz | (finite if no_padding else (k == 0)), axis=1)

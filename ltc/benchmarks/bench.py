@@ -18,7 +18,7 @@ import random
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -324,13 +324,6 @@ def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: i
     for r in rows:
         r["share"] = r["total_us"] / all_us
     return rows
-
-
-@dataclass
-class ModelResult:
-    path: str
-    stats: dict
-    samples: dict = field(default_factory=dict)  # (provider, batch) -> list of per-round sample lists
 
 
 def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 
@@ -153,7 +152,3 @@ def options(cls):
         return fn
 
     return decorate
-
-
-def dumps(d: dict) -> str:
-    return json.dumps(d, indent=2, sort_keys=True)

@@ -279,7 +279,7 @@ def _no_padding(node: gs.Node) -> bool:
     return not any(node.attrs.get("pads", []))
 
 
-def _zero_rows(w: np.ndarray, axis: int, units: int, stride: int = 1) -> np.ndarray:
+def _zero_rows(w: np.ndarray, axis: int, units: int) -> np.ndarray:
     """Per unit: every weight along ``axis`` belonging to the unit is exactly zero."""
     moved = np.moveaxis(w, axis, 0).reshape(units, -1)
     return ~np.any(moved != 0, axis=1)

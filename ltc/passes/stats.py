@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import onnx
-from onnx import numpy_helper
 
 from ltc.passes.onnx_io import infer_shapes
 
@@ -68,10 +67,3 @@ def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
 def model_stats(model: onnx.ModelProto) -> dict:
     macs = layer_macs(model)
     return {"parameters": count_parameters(model), "macs": sum(macs.values()), "layer_macs": macs}
-
-
-def initializer_array(model: onnx.ModelProto, name: str):
-    for t in model.graph.initializer:
-        if t.name == name:
-            return numpy_helper.to_array(t)
-    raise KeyError(name)

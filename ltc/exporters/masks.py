@@ -53,27 +53,36 @@ def read_masks(path: str | os.PathLike) -> MaskSet:
     return _read_torch(path)
 
 
-def _read_torch(path: Path) -> MaskSet:
+def load_torch_data(path: Path, what: str = "torch file"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, a one-line error otherwise."""
     try:
         import torch
     except ImportError:
-        raise LtcError(f"{path}: reading .pt masks needs torch (pip install torch), or save the masks "
-                       "as .npz") from None
+        raise LtcError(f"{path}: reading a .pt {what} needs torch (pip install torch); masks can also be "
+                       "given as .npz") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise LtcError(f"{path}: refused: the file contains pickled Python objects, not only tensors "
                            "(loaded with weights_only=True); save plain tensors and dicts") from None
-        raise LtcError(f"{path}: not a readable torch file ({msg})") from None
+        raise LtcError(f"{path}: not a readable {what} ({msg}); is the file complete?") from None
+
+
+def check_ticket_version(ticket: dict, path: Path) -> None:
+    version = ticket.get("version")
+    if version != TICKET_VERSION:
+        raise LtcError(f"{path}: ticket format version {version} is not supported (this ltc reads "
+                       f"version {TICKET_VERSION}); re-create the ticket with this ltc")
+
+
+def _read_torch(path: Path) -> MaskSet:
+    obj = load_torch_data(path)
     if not isinstance(obj, dict):
         raise LtcError(f"{path}: expected a dict of masks, found {type(obj).__name__}")
     if obj.get("format") == TICKET_FORMAT:
-        version = obj.get("version")
-        if version != TICKET_VERSION:
-            raise LtcError(f"{path}: ticket format version {version} is not supported (this ltc reads "
-                           f"version {TICKET_VERSION}); re-create the ticket with this ltc")
+        check_ticket_version(obj, path)
         if not isinstance(obj.get("masks"), dict):
             raise LtcError(f"{path}: ticket has no 'masks' dict")
         weights = obj.get("final") or obj.get("init") or {}

@@ -7,28 +7,18 @@ import tempfile
 from pathlib import Path
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import TICKET_FORMAT, TICKET_VERSION
+from ltc.exporters.masks import TICKET_FORMAT, check_ticket_version, load_torch_data
 
 
 def load_ticket(path: str | os.PathLike) -> dict:
     """Load and check a ticket (weights_only=True: a ticket from a stranger cannot run code)."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise LtcError(f"{path}: no such ticket file")
-    try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise LtcError(f"{path}: refused: the file contains pickled Python objects (weights_only=True)") from None
-        raise LtcError(f"{path}: not a readable ticket ({msg}); is the file complete?") from None
+    t = load_torch_data(path, "ticket")
     if not isinstance(t, dict) or t.get("format") != TICKET_FORMAT:
         raise LtcError(f"{path}: not an ltc ticket (no format: {TICKET_FORMAT!r})")
-    if t.get("version") != TICKET_VERSION:
-        raise LtcError(f"{path}: ticket format version {t.get('version')} is not supported (this ltc reads "
-                       f"version {TICKET_VERSION}); re-create it with this ltc")
+    check_ticket_version(t, path)
     for key in ("arch", "masks", "init"):
         if key not in t:
             raise LtcError(f"{path}: ticket has no '{key}'")

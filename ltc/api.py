@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 
 from ltc.errors import LtcError
 from ltc.exporters.masks import match_masks, read_masks
+from ltc.fileio import write_json_atomic
 from ltc.passes import compress
 from ltc.passes.compress import inspect
 from ltc.passes.hardware import default_round_to
@@ -78,10 +78,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     }
     doc["seconds_total"] = time.perf_counter() - start
     if report is not None:
-        try:
-            _write_json(doc, Path(report))
-        except OSError as exc:
-            raise LtcError(f"{report}: cannot write the report ({exc.strerror or exc})") from None
+        write_json_atomic(report, doc, default=_json_default)
     return doc
 
 
@@ -94,29 +91,8 @@ def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None =
     return doc
 
 
-def _write_json(doc: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, default=_json_default))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o).__name__)
 
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename; a one-line error if it cannot."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise LtcError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -187,8 +187,8 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, time_budget, opt_level, fp16,
               io_binding, profile, engine_cache, json_out, md_out) -> None:
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
-    from ltc.api import write_text_atomic
     from ltc.benchmarks.bench import BenchOptions, bench, markdown
+    from ltc.fileio import write_text_atomic
     from ltc.passes.onnx_io import check_output_path
 
     for path in (json_out, md_out):
@@ -219,8 +219,8 @@ def report_cmd(run_dir, benches, compresses, output, md_out) -> None:
     """A self-contained HTML report (plots embedded) and Markdown, from runs and bench results."""
     from pathlib import Path
 
-    from ltc.api import write_text_atomic
     from ltc.benchmarks.report import build_report, render_html, render_markdown
+    from ltc.fileio import write_text_atomic
     from ltc.passes.onnx_io import check_output_path
 
     for path in (output, md_out):

@@ -22,12 +22,13 @@ def _step(text: str) -> None:
 
 
 def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
-    from ltc.api import compress_file, write_text_atomic
+    from ltc.api import compress_file
     from ltc.benchmarks.bench import BenchOptions, bench, markdown
     from ltc.benchmarks.report import build_report, render_html, render_markdown
     from ltc.compressor.hparams import PruneHparams, TrainHparams
     from ltc.compressor.search import summary_markdown, ticket_search
     from ltc.exporters.ticket_export import export_ticket
+    from ltc.fileio import write_text_atomic
     from ltc.render import print_compress
 
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 from pathlib import Path
 
@@ -26,18 +25,13 @@ from ltc.compressor.pruning import (
 from ltc.compressor.ticket import make_ticket, save_ticket
 from ltc.compressor.training import distributed, train
 from ltc.errors import LtcError
+from ltc.fileio import write_json_atomic, write_text_atomic
 
 VARIANTS = ("ticket", "reinit", "random")
 
 
 def run_folder(root: Path, thp: TrainHparams, php: PruneHparams) -> Path:
     return root / f"{thp.model}-{thp.dataset}-{run_hash(thp, php)}"
-
-
-def _write_json(path: Path, doc) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
 
 
 def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> None:
@@ -51,7 +45,7 @@ def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> None:
                            f" vs {mine['canonical'] or 'defaults'}); choose another --run-dir or --out")
     elif distributed()[0] == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(path, mine)
+        write_json_atomic(path, mine)
 
 
 def _arch(thp: TrainHparams, data: Splits) -> dict:
@@ -82,8 +76,8 @@ def ticket_search(thp: TrainHparams, php: PruneHparams, out: Path, *, data_dir: 
         from ltc.compressor.analysis import write_plots
 
         summary["plots"] = write_plots(run_dir, summary)
-        _write_json(run_dir / "summary.json", summary)
-        (run_dir / "summary.md").write_text(summary_markdown(summary))
+        write_json_atomic(run_dir / "summary.json", summary)
+        write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
     return summary
 
 
@@ -143,7 +137,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
                                  structure={"kind": structure, "strategy": php.strategy, "round": r},
                                  history=history, hparams=to_dict(thp, php), seed=seed)
             save_ticket(ticket, ticket_path)
-            _write_json(record_path, record)  # written last: marks the round complete
+            write_json_atomic(record_path, record)  # written last: marks the round complete
         if world > 1:
             torch.distributed.barrier()
 

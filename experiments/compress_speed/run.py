@@ -27,8 +27,7 @@ import onnx
 import onnxruntime
 import torch
 
-from ltc.benchmarks.bench import cpu_model
-from ltc.benchmarks.latency import interleaved_latency
+from ltc.benchmarks.bench import BenchOptions, bench, cpu_model
 from ltc.compressor.models import VGG, MobileNetV2, kill_channels, resnet18
 from ltc.exporters.torch_export import export_onnx
 from ltc.passes.stats import count_parameters, layer_macs
@@ -116,16 +115,19 @@ def main() -> None:
                 },
                 "latency_ms": {},
             }
+            roles = {"dense": dense_p, "compressed": comp_p, "narrow": narrow_p}
             for batch in (1, 32):
-                times = interleaved_latency({"dense": dense_p, "compressed": comp_p, "narrow": narrow_p}, batch,
-                                            rounds=rounds, iters=iters if batch == 1 else max(2, iters // 3))
-                med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+                opts = BenchOptions(batches=(batch,), threads=2, warmup=3, rounds=rounds,
+                                    iterations=iters if batch == 1 else max(2, iters // 3))
+                run = bench([str(p) for p in roles.values()], opts)["runs"][0]["models"]
+                lat = {role: run[path.stem]["latency"] for role, path in roles.items()}
+                med = {role: s["median_ms"] for role, s in lat.items()}
                 entry["latency_ms"][f"batch{batch}"] = {
                     "median": med,
-                    "p90": {k: sorted(v)[int(0.9 * (len(v) - 1))] * 1e3 for k, v in times.items()},
+                    "p90": {role: s["p90_ms"] for role, s in lat.items()},
                     "compressed_over_narrow": med["compressed"] / med["narrow"],
                     "dense_over_compressed": med["dense"] / med["compressed"],
-                    "samples": len(times["dense"]),
+                    "samples": lat["dense"]["n"],
                 }
             s = entry["seconds"]
             s["compress_no_verify_over_load_save"] = s["compress_no_verify"] / s["load_save"]

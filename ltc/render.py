@@ -14,7 +14,12 @@ def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "-"
 
 
-def _why(kept_because: dict[str, int]) -> str:
+def span(before: int, after: int) -> str:
+    """A channel count before -> after, or one number when it did not change."""
+    return str(before) if before == after else f"{before} -> {after}"
+
+
+def kept_reasons(kept_because: dict[str, int]) -> str:
     return "; ".join(f"{n}: {reason}" for reason, n in sorted(kept_because.items(), key=lambda kv: -kv[1]))
 
 
@@ -24,10 +29,8 @@ def layer_table(layers: list[dict], title: str) -> Table:
                          ("dead out", "right"), ("why dead channels stayed", "left")):
         table.add_column(col, justify=justify, overflow="fold")
     for row in layers:
-        def span(a: int, b: int) -> str:
-            return f"{a}" if a == b else f"{a} -> {b}"
         table.add_row(row["name"], row["op"], span(row["in_before"], row["in_after"]),
-                      span(row["out_before"], row["out_after"]), str(row["dead"]), _why(row["kept_because"]))
+                      span(row["out_before"], row["out_after"]), str(row["dead"]), kept_reasons(row["kept_because"]))
     return table
 
 

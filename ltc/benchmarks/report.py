@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from ltc.errors import LtcError
+from ltc.render import kept_reasons, span
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}
@@ -242,11 +243,8 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
                     [[p["model"], p["kind"], p["provider"], p["batch"], f"{p['median_ms']:.3f}",
                       f"{100 * p['accuracy']:.2f}%"] for p in rep["pareto"]])], []))
     for c in rep["compresses"]:
-        def span(a: int, b: int) -> str:
-            return str(a) if a == b else f"{a} -> {b}"
-
         rows = [[la["name"], la["op"], span(la["in_before"], la["in_after"]), span(la["out_before"], la["out_after"]),
-                 la["dead"], "; ".join(f"{n}: {r}" for r, n in la["kept_because"].items())] for la in c["layers"]]
+                 la["dead"], kept_reasons(la["kept_because"])] for la in c["layers"]]
         v = c.get("verification") or {}
         out.append((f"Channels per layer: {c['input']} -> {c['output']} (parameters {c['before']['parameters']:,} -> "
                     f"{c['after']['parameters']:,}; MACs {c['before']['macs']:,} -> {c['after']['macs']:,}; max abs "

@@ -802,23 +802,17 @@ def _gemm(cg: ChannelGraph, node: gs.Node) -> bool:
         cg.block_node(node, f"Gemm '{node.name}': transposed or non-constant operands")
         return False
     trans_b = node.attrs.get("transB", 0)
-    out_axis, in_axis = (0, 1) if trans_b else (1, 0)
+    out_axis = 0 if trans_b else 1
     m = w.shape[out_axis]
     y = cg.add(node.outputs[0], m)
     if c is not None and c.size not in (1, m):
         cg.block_node(node, f"Gemm '{node.name}': bias shape {c.shape} is not per-output")
         return False
-    cg.members += [Member(node, 1, out_axis, y.name), Member(node, 1, in_axis, x.name)]
     if c is not None and c.size == m and m > 1:
         cg.members.append(Member(node, 2, c.ndim - 1, y.name))
     alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
     bias = beta * np.broadcast_to(c.astype(np.float64).reshape(-1), (m,)) if c is not None else np.zeros(m)
-    w_mk = w if trans_b else w.T
-    nz = w_mk != 0
-    cg.producers.append(Producer(node, y.name, ~nz.any(axis=1)))
-    zero_in = ~nz.reshape(m, x.units, x.stride).any(axis=(0, 2))
-    cg.contractions.append(Contraction(node, x.name, 1, in_axis, "gemm", zero_in, beta != 0 and alpha != 0))
-    cg.const[y.name] = _dense_const(nz, w_mk, cg.const[x.name], x.stride, bias, alpha)
+    _dense_layer(cg, node, x, y, w, out_axis, "gemm", beta != 0 and alpha != 0, bias, alpha)
     return True
 
 
@@ -830,15 +824,24 @@ def _matmul(cg: ChannelGraph, node: gs.Node) -> bool:
         return False
     m = w.shape[1]
     y = cg.add(node.outputs[0], m)
-    cg.members += [Member(node, 1, 1, y.name), Member(node, 1, 0, x.name)]
     bias_node, bias_index = _following_bias(node, m)
-    nz = w.T != 0
-    cg.producers.append(Producer(node, y.name, ~nz.any(axis=1)))
-    zero_in = ~nz.reshape(m, x.units, x.stride).any(axis=(0, 2))
-    cg.contractions.append(Contraction(node, x.name, 1, 0, "matmul", zero_in, bias_node is not None, 1,
-                                       bias_node, bias_index))
-    cg.const[y.name] = _dense_const(nz, w.T, cg.const[x.name], x.stride, np.zeros(m), 1.0)
+    _dense_layer(cg, node, x, y, w, 1, "matmul", bias_node is not None, np.zeros(m), 1.0, bias_node, bias_index)
     return True
+
+
+def _dense_layer(cg: ChannelGraph, node: gs.Node, x: ChannelTensor, y: ChannelTensor, w: np.ndarray, out_axis: int,
+                 kind: str, foldable: bool, bias: np.ndarray, scale: float, bias_node: gs.Node | None = None,
+                 bias_index: int | None = None) -> None:
+    """What Gemm and MatMul share: the weight follows ``y`` on ``out_axis`` and ``x`` on the other; the
+    layer produces ``y``'s channels and sums over ``x``'s."""
+    in_axis = 1 - out_axis
+    cg.members += [Member(node, 1, out_axis, y.name), Member(node, 1, in_axis, x.name)]
+    w_mk = w if out_axis == 0 else w.T
+    nz = w_mk != 0
+    cg.producers.append(Producer(node, y.name, ~nz.any(axis=1)))
+    zero_in = ~nz.reshape(y.units, x.units, x.stride).any(axis=(0, 2))
+    cg.contractions.append(Contraction(node, x.name, 1, in_axis, kind, zero_in, foldable, 1, bias_node, bias_index))
+    cg.const[y.name] = _dense_const(nz, w_mk, cg.const[x.name], x.stride, bias, scale)
 
 
 def _following_bias(node: gs.Node, m: int) -> tuple[gs.Node | None, int | None]:

@@ -527,8 +527,7 @@ def _merge(cg: ChannelGraph, node: gs.Node) -> bool:
         cg.block_node(node, f"{node.op} '{node.name}': output shape unknown")
         return False
     rank, size = len(out.shape), out.shape[1]
-    tied = [cg.tensor(t) for t in node.inputs if cg.tensor(t) is not None and cg.tensor(t).size == size
-            and cg.tensor(t).rank == rank]
+    tied = [ct for ct in map(cg.tensor, node.inputs) if ct is not None and ct.size == size and ct.rank == rank]
     if not tied or any(t.stride != tied[0].stride for t in tied):
         cg.block_node(node, f"{node.op} '{node.name}': operands do not share a channel layout")
         return False

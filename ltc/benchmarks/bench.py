@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ltc.errors import LtcError
+from ltc.passes.hardware import cpu_flags
 
 SCHEMA_VERSION = 1
 PROVIDERS = {
@@ -427,7 +428,7 @@ def environment(opts: BenchOptions | None = None) -> dict:
     import onnxruntime as ort
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),
-           "cpu_flags": sorted(_cpu_flags() & {"avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+           "cpu_flags": sorted(cpu_flags() & {"avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                                                "avx512_bf16", "amx_tile", "fma", "f16c", "sse4_2", "neon", "asimd"}),
            "logical_cores": os.cpu_count(), "onnxruntime": ort.__version__,
            "onnxruntime_providers": ort.get_available_providers(), "gpu": _gpu(), "tensorrt": None}
@@ -448,12 +449,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> set[str]:
-    from ltc.passes.hardware import cpu_flags
-
-    return cpu_flags()
 
 
 def _gpu() -> dict | None:

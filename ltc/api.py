@@ -14,13 +14,14 @@ from ltc.fileio import write_json_atomic
 from ltc.passes import compress
 from ltc.passes.compress import inspect
 from ltc.passes.hardware import default_round_to
-from ltc.passes.onnx_io import check_output_path, load_model, save_model, uses_external_data
+from ltc.passes.onnx_io import (
+    check_output_path,
+    file_bytes,
+    load_model,
+    save_model,
+    uses_external_data,
+)
 from ltc.passes.verify import load_inputs
-
-
-def _file_size(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dict | None, dict]:
@@ -74,7 +75,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
         "input": str(model_path), "output": str(out_path), "mask": mask_info,
         "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify},
         **result.to_dict(),
-        "file_size": {"before": _file_size(model_path), "after": _file_size(out_path)},
+        "file_size": {"before": file_bytes(model_path), "after": file_bytes(out_path)},
     }
     doc["seconds_total"] = time.perf_counter() - start
     if report is not None:

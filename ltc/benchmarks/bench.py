@@ -329,7 +329,7 @@ def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: i
 
 def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
     """Benchmark ``paths`` on every provider and batch; returns the report (schema version 1)."""
-    from ltc.passes.onnx_io import load_model
+    from ltc.passes.onnx_io import file_bytes, load_model
     from ltc.passes.stats import model_stats
 
     if not paths:
@@ -344,7 +344,7 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
     for name, path in zip(names, paths, strict=True):
         m = load_model(path)
         s = model_stats(m)
-        models[name] = {"path": str(path), "file_bytes": _file_bytes(Path(path)), "parameters": s["parameters"],
+        models[name] = {"path": str(path), "file_bytes": file_bytes(path), "parameters": s["parameters"],
                         "macs_per_sample": s["macs"]}
         del m
     runs = []
@@ -408,11 +408,6 @@ def _names(paths: list[str]) -> list[str]:
             name, i = f"{base}#{i}", i + 1
         names.append(name)
     return names
-
-
-def _file_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
 def _options_dict(opts: BenchOptions) -> dict:

@@ -67,6 +67,13 @@ def model_size_bytes(model: onnx.ModelProto) -> int:
     return total + rest.ByteSize()
 
 
+def file_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model: the .onnx file plus ``<name>.data`` if it stores its weights there."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model``'s graph structure with inferred value_info.
 

@@ -98,25 +98,12 @@ def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ltc.compressor.analysis import COLORS, _percent_axis, _series
+    from ltc.compressor.analysis import VARIANT_PLOTS, _percent_axis, variant_figure
 
     plots: dict[str, bytes] = {}
     if run is not None:
-        for key, label, scale, fname in (("test_accuracy", "test accuracy at early stop (%)", 100, "accuracy"),
-                                         ("early_stop_iteration", "early-stop iteration", 1, "early_stop")):
-            fig, ax = plt.subplots(figsize=(6, 3.6))
-            for variant in ("ticket", "reinit", "random"):
-                xs, mean, lo, hi = _series(run, variant, key)
-                if xs:
-                    ax.plot(xs, [scale * v for v in mean], "o-", color=COLORS[variant], label=variant)
-                    ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant],
-                                    alpha=0.2)
-            _percent_axis(ax)
-            ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-            ax.legend()
-            fig.tight_layout()
-            plots[fname] = _png(fig)
+        for key, ylabel, scale, name in VARIANT_PLOTS:
+            plots[name] = _png(variant_figure(run, key, ylabel, scale))
     points = [p for b in benches for p in latency_points(b, run)]
     if points:
         fig, ax = plt.subplots(figsize=(6, 3.6))

@@ -34,7 +34,8 @@ def _percent_axis(ax) -> None:
     ax.set_xlabel("P_m: weights remaining (%)")
 
 
-def _variant_plot(summary: dict, key: str, ylabel: str, path: Path, scale: float = 1.0) -> None:
+def variant_figure(summary: dict, key: str, ylabel: str, scale: float = 1.0):
+    """``key`` (mean, min-max band) vs remaining weights for the ticket and each control."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +54,17 @@ def _variant_plot(summary: dict, key: str, ylabel: str, path: Path, scale: float
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+# (summary key, y label, scale, plot name) of the two per-round plots the run folder and the report show
+VARIANT_PLOTS = (("test_accuracy", "test accuracy at early stop (%)", 100, "accuracy"),
+                 ("early_stop_iteration", "early-stop iteration", 1, "early_stop"))
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -75,8 +87,7 @@ def _train_vs_test(summary: dict, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def weight_change(run_dir: Path) -> dict | None:
@@ -114,20 +125,18 @@ def _weight_change_plot(change: dict, path: Path) -> dict:
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return {"inside_mean": float(change["inside"].mean()), "outside_mean": float(change["outside"].mean()),
             "ticket": change["ticket"]}
 
 
 def write_plots(run_dir: Path, summary: dict) -> dict[str, str]:
     plots = {}
-    p = run_dir / "accuracy_vs_remaining.png"
-    _variant_plot(summary, "test_accuracy", "test accuracy at early stop (%)", p, 100)
-    plots["accuracy"] = str(p)
-    p = run_dir / "early_stop_vs_remaining.png"
-    _variant_plot(summary, "early_stop_iteration", "early-stop iteration", p)
-    plots["early_stop"] = str(p)
+    files = {"accuracy": "accuracy_vs_remaining.png", "early_stop": "early_stop_vs_remaining.png"}
+    for key, ylabel, scale, name in VARIANT_PLOTS:
+        p = run_dir / files[name]
+        _save(variant_figure(summary, key, ylabel, scale), p)
+        plots[name] = str(p)
     p = run_dir / "train_vs_test.png"
     _train_vs_test(summary, p)
     plots["generalization"] = str(p)

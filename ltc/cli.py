@@ -9,31 +9,63 @@ import sys
 import click
 
 from ltc import __version__
-from ltc.errors import LtcError
+from ltc.errors import InternalError, LtcError, first_line
 from ltc.passes.hardware import PROVIDERS
+
+# Modules that only the `torch` extra installs: a command that needs one says how to get it.
+_EXTRAS = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch",
+           "matplotlib": "torch", "jsonschema": "torch"}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 class _Group(click.Group):
-    """Turn library errors into one line on stderr and exit code 1, never a traceback."""
+    """Every failure is one line on stderr, never a traceback. Exit 1: the input is wrong (library
+    errors, bad options, missing extras); exit 2: ltc is wrong (LTC_DEBUG=1 shows the traceback)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "ltc"
+            _fail(f"{where}: {exc.format_message()} (see {where} --help)", 1)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), 1)
+        except click.Abort:
+            _fail("interrupted; nothing was written", 130)
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LtcError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            _fail(first_line(exc), 1)
+        except InternalError as exc:
+            _fail(f"{first_line(exc)}; nothing was written. This is a bug in ltc: please report it", 2)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            _fail("interrupted; nothing was written", 130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root in _EXTRAS and not os.environ.get("LTC_DEBUG"):
+                _fail(f"this command needs the '{_EXTRAS[root]}' extra (no module named {root}): "
+                      f"pip install 'ltc[{_EXTRAS[root]}]'", 1)
+            return self._internal(exc)
         except Exception as exc:  # noqa: BLE001 - a bug: still one line, the traceback on request
-            if os.environ.get("LTC_DEBUG"):
-                raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"error: internal error ({type(exc).__name__}: {first}); nothing was written. Please "
-                       "report it; LTC_DEBUG=1 shows the traceback", err=True)
-            sys.exit(2)
+            return self._internal(exc)
+
+    @staticmethod
+    def _internal(exc: Exception) -> None:
+        if os.environ.get("LTC_DEBUG"):
+            raise exc
+        _fail(f"internal error ({type(exc).__name__}: {first_line(exc)}); nothing was written. Please "
+              "report it; LTC_DEBUG=1 shows the traceback", 2)
 
 
 @click.group(cls=_Group)

@@ -1,26 +1,165 @@
-"""Atomic writes of text and JSON: a temp file beside the target, then a rename; never half a file."""
+"""Every file ltc writes goes through here: inputs are checked, outputs are planned, writes are atomic.
+
+- :func:`check_input_file` refuses what is not a regular file (a FIFO would hang, ``/dev/zero`` would
+  fill memory) before anything reads it.
+- :func:`check_outputs` compares every file a command will write with every file it reads, after
+  resolving symlinks (and by inode), before anything is written: ltc never writes over or through an
+  input.
+- :func:`atomic_path` gives a temporary name created with exclusive creation and an unpredictable name
+  in the target folder, then renames it over the target (a rename never follows a symlink at the
+  target) with the permissions the user's umask asks for. On any failure the temporary is removed.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ltc.errors import LtcError
 
+PathLike = str | os.PathLike
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename; a one-line error if it cannot."""
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_input_file(path: PathLike, what: str = "file", hint: str = "") -> Path:
+    """``path`` exists and is a regular file (symlinks to one are fine); a one-line error otherwise."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    way = f"; {hint}" if hint else ""
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        st = path.stat()
+    except FileNotFoundError:
+        raise LtcError(f"{path}: no such {what}{way}") from None
     except OSError as exc:
-        raise LtcError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise LtcError(f"{path}: cannot read {what} ({exc.strerror or exc}){way}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LtcError(f"{path}: is {_kind(st.st_mode)}, not a regular {what}{way}")
+    if not os.access(path, os.R_OK):
+        raise LtcError(f"{path}: {what} is not readable (permission denied)")
+    return path
+
+
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """The resolved path, and (device, inode) when the file exists."""
+    resolved = path.resolve()
+    try:
+        st = resolved.stat()
+        return resolved, (st.st_dev, st.st_ino)
+    except OSError:
+        return resolved, None
+
+
+def _expand(paths: Iterable[PathLike | None]) -> list[Path]:
+    """Input paths, with the files inside any input folder (a run folder, an image folder)."""
+    out: list[Path] = []
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        if p.is_dir():
+            out.extend(f for f in p.rglob("*") if f.is_file())
+        else:
+            out.append(p)
+    return out
+
+
+def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None]) -> list[Path]:
+    """Refuse, before anything is written, any output that is an input, another output, a directory,
+    or in a folder that does not exist or cannot be written. Returns the outputs as paths."""
+    sources = [(p, *_identity(p)) for p in _expand(inputs)]
+    planned: list[tuple[Path, Path, tuple[int, int] | None]] = []
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        resolved, ident = _identity(out)
+        for src, src_resolved, src_ident in sources:
+            if resolved == src_resolved or (ident is not None and ident == src_ident):
+                raise LtcError(f"{out}: this output would overwrite the input {src}; choose another output "
+                               "path (ltc never writes over its inputs)")
+        for other, other_resolved, other_ident in planned:
+            if resolved == other_resolved or (ident is not None and ident == other_ident):
+                raise LtcError(f"{out}: the same file is asked for two outputs ({other} and {out}); give "
+                               "each output its own path")
+        if resolved.is_dir():
+            raise LtcError(f"{out}: is a directory; give a file path for the output")
+        parent = resolved.parent
+        if not parent.is_dir():
+            raise LtcError(f"{out}: directory {out.parent} does not exist; create it or choose another path")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise LtcError(f"{out}: directory {out.parent} is not writable; choose another path")
+        planned.append((out, resolved, ident))
+    return [p[0] for p in planned]
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def _atomic(path: PathLike) -> Iterator[tuple[int, Path]]:
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot write ({exc.strerror or exc}); choose another output path") from None
+    tmp_path = Path(tmp)
+    try:
+        yield fd, tmp_path
+        os.chmod(tmp_path, _umask_mode())
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot write ({exc.strerror or exc}); choose another output path") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
 
 
-def write_json_atomic(path: str | os.PathLike, doc, default=None) -> None:
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path`` (for writers that need a path); on success it is
+    renamed over ``path``.
+
+    The temporary is created exclusively (``mkstemp``), so a file or symlink planted beside the
+    output is never followed; the final file gets the umask's permissions, not mkstemp's 0600; the
+    rename replaces a symlink at ``path`` instead of writing through it.
+    """
+    with _atomic(path) as (_fd, tmp):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike) -> Iterator:
+    """Yield a binary file open on the exclusive temporary itself; on success it becomes ``path``."""
+    with _atomic(path) as (fd, _tmp), os.fdopen(os.dup(fd), "wb") as f:
+        yield f
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through an exclusive temp file and a rename; never half a file."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: PathLike, doc, default=None) -> None:
     write_text_atomic(path, json.dumps(doc, indent=2, default=default))

@@ -8,8 +8,10 @@ conventions), then by shape and values (the legacy exporter renames BN-folded we
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
+from ltc.fileio import check_input_file
 
 TICKET_FORMAT = "ltc.ticket"
 TICKET_VERSION = 1
@@ -40,62 +43,166 @@ class MaskMatch:
 
 
 def read_masks(path: str | os.PathLike) -> MaskSet:
-    path = Path(path)
-    if not path.is_file():
-        raise LtcError(f"{path}: no such mask file; pass a ticket.pt, a prune state dict (.pt) or an .npz")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                raw = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise LtcError(f"{path}: not a readable .npz mask file ({exc})") from None
-        return MaskSet(_as_masks(raw, path), source="npz")
+    path = check_input_file(path, "mask file", "pass a ticket.pt, a prune state dict (.pt) or an .npz")
+    kind = sniff(path)
+    if kind == "npz":
+        return MaskSet(_as_masks(load_npz(path, "mask file"), path), source="npz")
+    if kind != "torch":
+        raise LtcError(f"{path}: {_not_torch(kind)}; pass a ticket.pt, a prune state dict (.pt) or an .npz")
     return _read_torch(path)
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes: torch, npz, onnx, npy, text or unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "broken zip"
+        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
+            return "npz"
+        return "torch"
+    if head[:1] == b"\x80":  # a pickle protocol header: torch's legacy (non-zip) format
+        return "torch"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head[:1] == b"\x08" and b"\x12" in head[:64]:  # ir_version then producer/graph: an ONNX protobuf
+        return "onnx"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
+        return "text"
+    return "unknown"
+
+
+def _not_torch(kind: str) -> str:
+    return {"onnx": "is an ONNX model, not a mask or ticket file (the model is the first argument)",
+            "npy": "is a single .npy array; save the masks with numpy.savez as {name: mask}",
+            "broken zip": "is a damaged zip archive (truncated download?)",
+            "text": "is a text file, not a torch or .npz file",
+            }.get(kind, "is neither a torch file (.pt) nor an .npz archive")
+
+
+def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Arrays of an .npz, no pickles, each array's declared size checked before it is allocated."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    shape, _fortran, dtype = read_header(f)
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise LtcError(f"{path}: '{info.filename}' holds Python objects; save plain numeric arrays")
+                declared = math.prod(shape) * dtype.itemsize
+                stored = info.file_size - header
+                if declared > stored:
+                    raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes but the "
+                                   f"archive holds {stored:,}; the file is corrupt or forged")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except LtcError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise LtcError(f"{path}: not a readable .npz {what} ({first_line(exc)})") from None
 
 
 def load_torch_data(path: Path, what: str = "torch file"):
     """``torch.load(weights_only=True)``: tensors and plain containers only, a one-line error otherwise."""
+    path = check_input_file(path, what)
+    kind = sniff(path)
+    if kind != "torch":
+        raise LtcError(f"{path}: {_not_torch(kind)}; pass a {what} saved with torch.save")
     try:
         import torch
     except ImportError:
-        raise LtcError(f"{path}: reading a .pt {what} needs torch (pip install torch); masks can also be "
-                       "given as .npz") from None
+        raise LtcError(f"{path}: reading a .pt {what} needs torch (pip install 'ltc[torch]'); masks can "
+                       "also be given as .npz") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise LtcError(f"{path}: refused: the file contains pickled Python objects, not only tensors "
                            "(loaded with weights_only=True); save plain tensors and dicts") from None
-        raise LtcError(f"{path}: not a readable {what} ({msg}); is the file complete?") from None
+        raise LtcError(f"{path}: not a readable {what} ({first_line(exc)}); is the file complete?") from None
 
 
 def check_ticket_version(ticket: dict, path: Path) -> None:
     version = ticket.get("version")
     if version != TICKET_VERSION:
-        raise LtcError(f"{path}: ticket format version {version} is not supported (this ltc reads "
+        raise LtcError(f"{path}: ticket format version {version!r} is not supported (this ltc reads "
                        f"version {TICKET_VERSION}); re-create the ticket with this ltc")
 
 
+def _is_tensor(v) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
+def _check_tensor_dict(d, field_name: str, path: Path, required: bool) -> None:
+    if d is None and not required:
+        return
+    if not isinstance(d, dict):
+        raise LtcError(f"{path}: ticket field '{field_name}' must be a dict of name -> tensor, found "
+                       f"{type(d).__name__}; the ticket is damaged or was not written by ltc")
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise LtcError(f"{path}: ticket field '{field_name}' has a key {k!r} that is not a string "
+                           "(parameter names are strings)")
+        if not _is_tensor(v):
+            raise LtcError(f"{path}: ticket field '{field_name}' entry '{k}' is a {type(v).__name__}, not a "
+                           "tensor")
+
+
+def validate_ticket(t, path: Path) -> dict:
+    """Check the ticket format (DESIGN.md) field by field; a one-line error names the wrong field."""
+    if not isinstance(t, dict) or t.get("format") != TICKET_FORMAT:
+        raise LtcError(f"{path}: not an ltc ticket (no format: {TICKET_FORMAT!r})")
+    check_ticket_version(t, path)
+    for key in ("arch", "masks", "init"):
+        if key not in t:
+            raise LtcError(f"{path}: ticket has no '{key}'")
+    arch = t["arch"]
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) \
+            or not isinstance(arch.get("kwargs", {}), dict):
+        raise LtcError(f"{path}: ticket field 'arch' must be {{'name': str, 'kwargs': dict}}, found "
+                       f"{type(arch).__name__}; the ticket is damaged or was not written by ltc")
+    _check_tensor_dict(t["masks"], "masks", path, True)
+    _check_tensor_dict(t["init"], "init", path, True)
+    _check_tensor_dict(t.get("final"), "final", path, False)
+    for key, typ in (("structure", dict), ("history", list), ("hparams", dict)):
+        if key in t and t[key] is not None and not isinstance(t[key], typ):
+            raise LtcError(f"{path}: ticket field '{key}' must be a {typ.__name__}, found {type(t[key]).__name__}")
+    return t
+
+
 def _read_torch(path: Path) -> MaskSet:
-    obj = load_torch_data(path)
+    obj = load_torch_data(path, "mask file")
     if not isinstance(obj, dict):
         raise LtcError(f"{path}: expected a dict of masks, found {type(obj).__name__}")
     if obj.get("format") == TICKET_FORMAT:
-        check_ticket_version(obj, path)
-        if not isinstance(obj.get("masks"), dict):
-            raise LtcError(f"{path}: ticket has no 'masks' dict")
+        validate_ticket(obj, path)
         weights = obj.get("final") or obj.get("init") or {}
         return MaskSet(_as_masks(obj["masks"], path), _as_arrays(weights), source="ticket")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
+    bad = [k for k in obj if not isinstance(k, str)]
+    if bad:
+        raise LtcError(f"{path}: mask names must be strings, found the key {bad[0]!r}; save {{name: mask}}")
     if any(k.endswith("_mask") for k in obj):
         masks = {k[: -len("_mask")]: v for k, v in obj.items() if k.endswith("_mask")}
         weights = {}
         for name, m in masks.items():
             orig = obj.get(name + "_orig")
-            if orig is not None:
-                weights[name] = (orig * m).detach().cpu().numpy()
+            if _is_tensor(orig) and _is_tensor(m) and tuple(orig.shape) == tuple(m.shape):
+                weights[name] = _to_numpy(orig) * (_to_numpy(m) != 0)
         return MaskSet(_as_masks(masks, path), weights, source="torch.nn.utils.prune")
     return MaskSet(_as_masks(obj, path), source="pt")
 
@@ -116,10 +223,14 @@ def _as_arrays(d: dict) -> dict[str, np.ndarray]:
 def _as_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
     out = {}
     for name, v in d.items():
-        if not hasattr(v, "shape"):
+        if not isinstance(name, str):
+            raise LtcError(f"{path}: mask names must be strings, found the key {name!r}")
+        if not _is_tensor(v):
             continue
         a = _to_numpy(v)
         if a.dtype != np.bool_:
+            if a.dtype.kind not in "biuf":
+                raise LtcError(f"{path}: mask '{name}' has dtype {a.dtype}; masks are bool or 0/1 numbers")
             if not np.all((a == 0) | (a == 1)):
                 raise LtcError(f"{path}: mask '{name}' has values other than 0 and 1; is this a weight "
                                "file rather than a mask file?")

@@ -7,22 +7,13 @@ import tempfile
 from pathlib import Path
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import TICKET_FORMAT, check_ticket_version, load_torch_data
+from ltc.exporters.masks import load_torch_data, validate_ticket
 
 
 def load_ticket(path: str | os.PathLike) -> dict:
     """Load and check a ticket (weights_only=True: a ticket from a stranger cannot run code)."""
     path = Path(path)
-    if not path.is_file():
-        raise LtcError(f"{path}: no such ticket file")
-    t = load_torch_data(path, "ticket")
-    if not isinstance(t, dict) or t.get("format") != TICKET_FORMAT:
-        raise LtcError(f"{path}: not an ltc ticket (no format: {TICKET_FORMAT!r})")
-    check_ticket_version(t, path)
-    for key in ("arch", "masks", "init"):
-        if key not in t:
-            raise LtcError(f"{path}: ticket has no '{key}'")
-    return t
+    return validate_ticket(load_torch_data(path, "ticket"), path)
 
 
 def model_from_ticket(ticket: dict, weights: str = "final"):

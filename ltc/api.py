@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -10,17 +11,11 @@ import numpy as np
 
 from ltc.errors import LtcError
 from ltc.exporters.masks import match_masks, read_masks
-from ltc.fileio import write_json_atomic
+from ltc.fileio import check_outputs, write_json_atomic
 from ltc.passes import compress
 from ltc.passes.compress import inspect
 from ltc.passes.hardware import default_round_to
-from ltc.passes.onnx_io import (
-    check_output_path,
-    file_bytes,
-    load_model,
-    save_model,
-    uses_external_data,
-)
+from ltc.passes.onnx_io import TWO_GB, model_size_bytes, read_model, save_model
 from ltc.passes.verify import load_inputs
 
 
@@ -51,41 +46,51 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                   external_data: bool | None = None) -> dict:
     """Compress ``model_path`` into ``out_path``; returns the report dict (also written to ``report``).
 
-    Nothing is written unless every step succeeds; outputs are written atomically.
+    Nothing is written unless every step succeeds; no output may be an input (checked after
+    resolving links, external-data files included); outputs are written atomically.
     """
     start = time.perf_counter()
     model_path, out_path = Path(model_path), Path(out_path)
-    out_path = check_output_path(out_path, [model_path, mask, inputs])
-    if report is not None:
-        check_output_path(report, [model_path, mask, inputs, out_path])
+    check_tolerances(rtol, atol)
     rounding = resolve_round_to(round_to, provider)
-    model = load_model(model_path)
+    data_out = out_path.with_name(out_path.name + ".data")
+    check_outputs([out_path, report], [model_path, mask, inputs])
+    model, source = read_model(model_path)
+    read = [*source.files, mask, inputs]
+    if external_data is None and source.external:
+        external_data = True
+    check_outputs([out_path, report, data_out if external_data is not False else None], read)
     masks, mask_info = _masks_for(model, mask, strict_mask)
     feeds = load_inputs(inputs, model) if inputs else None
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
                       rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)")
-    if external_data is None and uses_external_data(model):
-        external_data = True
-    try:
-        save_model(result.model, out_path, external_data)
-    except OSError as exc:
-        raise LtcError(f"{out_path}: cannot write ({exc.strerror or exc}); choose another -o path") from None
+    if external_data is None:
+        external_data = model_size_bytes(result.model) > TWO_GB
+    check_outputs([out_path, report, data_out if external_data else None], read)
     doc = {
         "ltc_report": "compress", "version": 1,
         "input": str(model_path), "output": str(out_path), "mask": mask_info,
         "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify},
         **result.to_dict(),
-        "file_size": {"before": file_bytes(model_path), "after": file_bytes(out_path)},
+        "file_size": {"before": source.bytes, "after": None},
     }
+    save_model(result.model, out_path, external_data)
+    doc["file_size"]["after"] = out_path.stat().st_size + (data_out.stat().st_size if external_data else 0)
     doc["seconds_total"] = time.perf_counter() - start
     if report is not None:
         write_json_atomic(report, doc, default=_json_default)
     return doc
 
 
+def check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise LtcError(f"--{name} must be a finite number >= 0, got {value!r}")
+
+
 def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None = None,
                  strict_mask: bool = False, allow_lossy: bool = False) -> dict:
-    model = load_model(model_path)
+    model, _source = read_model(model_path)
     masks, mask_info = _masks_for(model, mask, strict_mask)
     doc = inspect(model, masks, allow_lossy)
     doc.update({"ltc_report": "inspect", "version": 1, "input": str(model_path), "mask": mask_info})

@@ -10,11 +10,12 @@ import click
 
 from ltc import __version__
 from ltc.errors import InternalError, LtcError, first_line
+from ltc.options import NON_NEGATIVE, POSITIVE_INT
 from ltc.passes.hardware import PROVIDERS
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
 _EXTRAS = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch",
-           "matplotlib": "torch", "jsonschema": "torch"}
+           "matplotlib": "torch"}
 
 
 def _fail(message: str, code: int) -> None:
@@ -82,8 +83,8 @@ def main() -> None:
 @click.option("--round-to", default="auto", show_default=True, help="keep channel counts a multiple of N (extra dead channels stay, exact); 'auto' picks per --provider")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True, help="deployment target that --round-to auto aligns for")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification (one array per model input)")
-@click.option("--rtol", type=float, default=1e-4, show_default=True)
-@click.option("--atol", type=float, default=1e-5, show_default=True)
+@click.option("--rtol", type=NON_NEGATIVE, default=1e-4, show_default=True, help="relative tolerance of verification")
+@click.option("--atol", type=NON_NEGATIVE, default=1e-5, show_default=True, help="absolute tolerance of verification")
 @click.option("--no-verify", is_flag=True, help="skip numerical verification")
 @click.option("--strict-mask", is_flag=True, help="fail if any mask entry matches nothing in the model")
 @click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")
@@ -203,41 +204,31 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
               type=click.Choice(["cpu", "cuda", "tensorrt", "trt"]),
               help="cpu/cuda/tensorrt: ONNX Runtime execution providers; trt: native TensorRT (repeatable)")
-@click.option("--batch", "batches", multiple=True, type=int, default=[1], show_default=True, help="batch size (repeatable: a sweep)")
-@click.option("--threads", type=int, default=0, help="intra-op threads (0: ONNX Runtime's default)")
-@click.option("--warmup", type=int, default=5, show_default=True)
-@click.option("--iterations", type=int, default=20, show_default=True, help="timed runs per model per round")
-@click.option("--rounds", type=int, default=5, show_default=True, help="interleaved rounds (A B A B ...)")
-@click.option("--time-budget", type=float, default=0.0, help="seconds per model per round instead of --iterations")
+@click.option("--batch", "batches", multiple=True, type=POSITIVE_INT, default=[1], show_default=True,
+              help="batch size (repeatable: a sweep)")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="intra-op threads (0: ONNX Runtime's default)")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True)
+@click.option("--iterations", type=POSITIVE_INT, default=20, show_default=True, help="timed runs per model per round")
+@click.option("--rounds", type=POSITIVE_INT, default=5, show_default=True,
+              help="interleaved rounds (A B A B ...); >= 2 to compare models")
+@click.option("--time-budget", type=NON_NEGATIVE, default=0.0, help="seconds per model per round instead of --iterations")
 @click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True)
 @click.option("--fp16", is_flag=True, help="fp16 where supported (TensorRT EP and native TensorRT)")
 @click.option("--io-binding", is_flag=True, help="GPU: keep inputs/outputs on the device (copies not timed)")
 @click.option("--profile", is_flag=True, help="per-operator profile (ONNX Runtime profiling)")
-@click.option("--engine-cache", default=".ltc-trt-cache", show_default=True, help="TensorRT engine cache folder")
+@click.option("--engine-cache", default=".ltc-trt-cache", show_default=True, type=click.Path(dir_okay=True, file_okay=False),
+              help="TensorRT engine cache folder")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON (schema v1)")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the report as Markdown")
 def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, time_budget, opt_level, fp16,
               io_binding, profile, engine_cache, json_out, md_out) -> None:
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
-    from ltc.benchmarks.bench import BenchOptions, bench, markdown
-    from ltc.fileio import write_text_atomic
-    from ltc.passes.onnx_io import check_output_path
+    from ltc.benchmarks.bench import BenchOptions, bench_files, markdown
 
-    for path in (json_out, md_out):
-        if path:
-            check_output_path(path, list(models))
-
-    if rounds < 2 and len(models) > 1:
-        raise LtcError("--rounds must be >= 2 to compare models (the confidence interval is over rounds)")
     opts = BenchOptions(tuple(batches), tuple(providers), threads, warmup, iterations, rounds, time_budget,
                         opt_level, fp16, io_binding, profile, engine_cache)
-    report = bench(list(models), opts)
-    text = markdown(report)
-    if json_out:
-        write_text_atomic(json_out, json.dumps(report, indent=2))
-    if md_out:
-        write_text_atomic(md_out, text)
-    click.echo(text)
+    report = bench_files(list(models), opts, json_out=json_out, md_out=md_out)
+    click.echo(markdown(report))
 
 
 @main.command("report")
@@ -249,20 +240,10 @@ def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, t
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="also write Markdown (plots as PNG beside it)")
 def report_cmd(run_dir, benches, compresses, output, md_out) -> None:
     """A self-contained HTML report (plots embedded) and Markdown, from runs and bench results."""
-    from pathlib import Path
+    from ltc.benchmarks.report import write_report
 
-    from ltc.benchmarks.report import build_report, render_html, render_markdown
-    from ltc.fileio import write_text_atomic
-    from ltc.passes.onnx_io import check_output_path
-
-    for path in (output, md_out):
-        if path:
-            check_output_path(path, [run_dir, *benches, *compresses])
-    rep = build_report(run_dir, list(benches), list(compresses))
-    write_text_atomic(output, render_html(rep))
-    if md_out:
-        write_text_atomic(md_out, render_markdown(rep, Path(md_out).resolve().parent))
-    click.echo(f"wrote {output}" + (f" and {md_out}" if md_out else ""))
+    written = write_report(run_dir, list(benches), list(compresses), output, md_out)
+    click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

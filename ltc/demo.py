@@ -24,7 +24,7 @@ def _step(text: str) -> None:
 def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     from ltc.api import compress_file
     from ltc.benchmarks.bench import BenchOptions, bench, markdown
-    from ltc.benchmarks.report import build_report, render_html, render_markdown
+    from ltc.benchmarks.report import write_report
     from ltc.compressor.hparams import PruneHparams, TrainHparams
     from ltc.compressor.search import summary_markdown, ticket_search
     from ltc.exporters.ticket_export import export_ticket
@@ -63,9 +63,8 @@ def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     print(markdown(report))
 
     _step(f"ltc report --run {summary['run_dir']} --bench {out / 'bench.json'} --compress {out / 'compress.json'}")
-    rep = build_report(summary["run_dir"], [str(out / "bench.json")], [str(out / "compress.json")])
-    write_text_atomic(out / "report.html", render_html(rep))
-    write_text_atomic(out / "report.md", render_markdown(rep, out))
+    write_report(summary["run_dir"], [str(out / "bench.json")], [str(out / "compress.json")], out / "report.html",
+                 out / "report.md")
     print(f"\nreport: {(out / 'report.html').resolve()}  (Markdown: {(out / 'report.md').resolve()})")
     return out / "report.html"
 

@@ -17,10 +17,11 @@ import json
 import os
 import stat
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
 
 PathLike = str | os.PathLike
 
@@ -41,7 +42,7 @@ def check_input_file(path: PathLike, what: str = "file", hint: str = "") -> Path
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise LtcError(f"{path}: no such {what}{way}") from None
+        raise LtcError(f"{path}: no such file (expected the {what}){way}") from None
     except OSError as exc:
         raise LtcError(f"{path}: cannot read {what} ({exc.strerror or exc}){way}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -163,3 +164,47 @@ def write_text_atomic(path: PathLike, text: str) -> None:
 
 def write_json_atomic(path: PathLike, doc, default=None) -> None:
     write_text_atomic(path, json.dumps(doc, indent=2, default=default))
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def load_npz(path: PathLike, what: str) -> dict:
+    """Arrays of an .npz (name -> numpy array): no pickles, each array's declared size checked against
+    the archive before it is allocated (a forged header cannot make ltc allocate terabytes)."""
+    import math
+
+    import numpy as np
+
+    path = check_input_file(path, what)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                        else np.lib.format.read_array_header_2_0
+                    shape, _fortran, dtype = read_header(f)
+                    header = f.tell()
+                if dtype.hasobject:
+                    raise LtcError(f"{path}: '{info.filename}' holds Python objects; save plain numeric arrays")
+                declared = math.prod(shape) * dtype.itemsize
+                stored = info.file_size - header
+                if declared > _memory_bytes() // 2:
+                    raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes, more than "
+                                   "half of this machine's memory; refused")
+                if declared > stored:
+                    raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes but the "
+                                   f"archive holds {stored:,}; the file is corrupt or forged")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except LtcError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise LtcError(f"{path}: not a readable .npz {what} ({first_line(exc)})") from None

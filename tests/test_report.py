@@ -42,15 +42,18 @@ def _bench(tmp: Path) -> Path:
     doc = {"ltc_report": "bench", "schema_version": 1, "created": "now",
            "environment": {"cpu": "test cpu", "cpu_flags": [], "logical_cores": 2, "onnxruntime": "x",
                            "onnxruntime_providers": [], "gpu": None, "tensorrt": None},
-           "options": {"opt_level": "all", "threads": 0, "rounds": 3},
+           "options": {"opt_level": "all", "threads": 0, "rounds": 3, "batches": [1], "providers": ["cpu", "cuda"],
+                       "warmup": 1, "iterations": 10, "fp16": False, "io_binding": False},
            "models": {n: {"path": n, "file_bytes": 1, "parameters": p, "macs_per_sample": p}
                       for n, p in (("round0", 100), ("round2", 100), ("round2-compressed", 30))},
            "runs": [{"provider": "cpu", "provider_name": "CPUExecutionProvider", "providers_used": ["CPU"],
                      "batch": 1, "io_binding": False, "copies_timed": True, "models": {
                          "round0": model(2.0), "round2": {**model(2.0), "vs_first": {"ratio": 1.0, "ci_low": 0.9,
-                                                                                     "ci_high": 1.1, "speedup": 1.0}},
+                                                                                     "ci_high": 1.1, "speedup": 1.0,
+                                                                                     "level": 0.95, "rounds": 3}},
                          "round2-compressed": {**model(0.5), "vs_first": {"ratio": 0.25, "ci_low": 0.2,
-                                                                          "ci_high": 0.3, "speedup": 4.0}}}}],
+                                                                          "ci_high": 0.3, "speedup": 4.0,
+                                                                          "level": 0.95, "rounds": 3}}}}],
            "skipped": [{"provider": "cuda", "batch": 1, "reason": "no GPU"}]}
     path = tmp / "bench.json"
     path.write_text(json.dumps(doc))
@@ -85,7 +88,7 @@ def test_report_html_and_markdown(tmp_path):
     assert "Pareto front" in page and "no GPU" in page
     md = (tmp_path / "md" / "r.md").read_text()
     for name in ("accuracy", "early_stop", "latency", "pareto"):
-        assert f"({name}.png)" in md and (tmp_path / "md" / f"{name}.png").stat().st_size > 1000
+        assert f"(r-{name}.png)" in md and (tmp_path / "md" / f"r-{name}.png").stat().st_size > 1000
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -153,21 +154,21 @@ def provider_options(provider: str, opts: BenchOptions) -> dict:
     return {}
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(bool)": "bool"}
+
+
 def make_feeds(inputs: list[tuple[str, list, str]], batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feeds = {}
+    """Seeded feeds for ONNX Runtime's (name, shape, type) inputs (see ``verify.random_feeds``)."""
+    from ltc.passes.verify import random_feeds
+
+    specs = []
     for name, shape, typ in inputs:
-        dims = []
-        for i, d in enumerate(shape):
-            if isinstance(d, int) and d > 0:
-                dims.append(d)
-            elif i == 0:
-                dims.append(batch)
-            else:
-                raise LtcError(f"input '{name}' has a symbolic dimension {i}; only the batch may be dynamic")
-        dtype = np.float16 if "float16" in typ else np.float32
-        feeds[name] = rng.standard_normal(dims).astype(dtype)
-    return feeds
+        if typ not in _ORT_TYPES:
+            raise LtcError(f"input '{name}' has type {typ}, which ltc bench cannot generate")
+        specs.append((name, [d if isinstance(d, int) else None for d in shape], np.dtype(_ORT_TYPES[typ])))
+    return random_feeds(specs, batch, seed)
 
 
 class TrtRunner:
@@ -242,10 +243,10 @@ class TrtRunner:
         engine = builder.build_serialized_network(network, config)
         if engine is None:
             raise LtcError(f"TensorRT failed to build an engine for {path}")
+        from ltc.fileio import write_bytes_atomic
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_bytes(bytes(engine))
-        os.replace(tmp, cache)
+        write_bytes_atomic(cache, bytes(engine))
         return bytes(engine)
 
     def run(self) -> None:
@@ -327,9 +328,27 @@ def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: i
     return rows
 
 
+def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = None, md_out: str | None = None,
+                progress=None) -> dict:
+    """:func:`bench`, then the JSON and Markdown reports; the outputs are checked against every file
+    read (models and their external data) before the benchmark starts."""
+    from ltc.fileio import check_input_file, check_outputs, write_text_atomic
+    from ltc.passes.onnx_io import model_files
+
+    for p in paths:
+        check_input_file(p, "model file", "pass .onnx models")
+    check_outputs([json_out, md_out], [f for p in paths for f in model_files(p)])
+    report = bench(paths, opts, progress)
+    if json_out:
+        write_text_atomic(json_out, json.dumps(report, indent=2))
+    if md_out:
+        write_text_atomic(md_out, markdown(report))
+    return report
+
+
 def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
     """Benchmark ``paths`` on every provider and batch; returns the report (schema version 1)."""
-    from ltc.passes.onnx_io import file_bytes, load_model
+    from ltc.passes.onnx_io import read_model
     from ltc.passes.stats import model_stats
 
     if not paths:
@@ -339,12 +358,20 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
     unknown = [p for p in opts.providers if p not in PROVIDERS]
     if unknown:
         raise LtcError(f"unknown provider(s) {unknown}; choose from {', '.join(PROVIDERS)}")
+    for key, value, low in (("batch", min(opts.batches, default=1), 1), ("rounds", opts.rounds, 1),
+                            ("iterations", opts.iterations, 1), ("warmup", opts.warmup, 0), ("threads", opts.threads, 0)):
+        if not isinstance(value, int) or value < low:
+            raise LtcError(f"--{key} must be an integer >= {low}, got {value!r}")
+    if not (math.isfinite(opts.time_budget) and opts.time_budget >= 0):
+        raise LtcError(f"--time-budget must be a finite number of seconds >= 0, got {opts.time_budget!r}")
+    if opts.rounds < 2 and len(paths) > 1:
+        raise LtcError("--rounds must be >= 2 to compare models (the confidence interval is over rounds)")
     names = _names(paths)
     models = {}
     for name, path in zip(names, paths, strict=True):
-        m = load_model(path)
+        m, source = read_model(path)
         s = model_stats(m)
-        models[name] = {"path": str(path), "file_bytes": file_bytes(path), "parameters": s["parameters"],
+        models[name] = {"path": str(path), "file_bytes": source.bytes, "parameters": s["parameters"],
                         "macs_per_sample": s["macs"]}
         del m
     runs = []

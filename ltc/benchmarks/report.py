@@ -15,18 +15,49 @@ import json
 import re
 from pathlib import Path
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
+from ltc.fileio import check_input_file
 from ltc.render import kept_reasons, span
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}
 
 
-def _load_json(path: str | Path, kind: str) -> dict:
+SCHEMAS = {  # kind -> (schema file inside the package, what writes such a file)
+    "bench": ("benchmarks/bench-schema.json", "ltc bench --json"),
+    "compress": ("passes/compress-schema.json", "ltc compress --report"),
+    "ticket-search summary": ("compressor/summary-schema.json", "ltc ticket (summary.json of a run folder)"),
+}
+_MAX_JSON_BYTES = 256 << 20
+
+
+def load_report_json(path: str | Path, kind: str) -> dict:
+    """Read a JSON file ltc wrote and validate it against its schema; a one-line error names the first
+    wrong field and what writes a valid file."""
+    import jsonschema
+
+    schema_file, writer = SCHEMAS[kind]
+    path = check_input_file(path, f"{kind} JSON", f"pass a file written by {writer}")
+    if path.stat().st_size > _MAX_JSON_BYTES:
+        raise LtcError(f"{path}: {path.stat().st_size:,} bytes is too large for a {kind} JSON; pass a file "
+                       f"written by {writer}")
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LtcError(f"{path}: not a readable {kind} JSON ({exc})") from None
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise LtcError(f"{path}: not a readable {kind} JSON ({first_line(exc)}); pass a file written by "
+                       f"{writer}") from None
+    schema = json.loads((Path(__file__).parent.parent / schema_file).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        raise LtcError(f"{path}: not a valid {kind} JSON ({where}: {error.message[:160]}); pass a file written "
+                       f"by {writer}")
+    if kind == "bench":
+        for run in doc["runs"]:
+            unknown = sorted(set(run["models"]) - set(doc["models"]))
+            if unknown:
+                raise LtcError(f"{path}: not a valid bench JSON (runs name model(s) {unknown} that 'models' does "
+                               f"not list); pass a file written by {writer}")
     return doc
 
 
@@ -55,7 +86,7 @@ def latency_points(bench: dict, run: dict | None) -> list[dict]:
     """One point per (model, provider, batch): remaining parameters vs the first model, latency, accuracy."""
     points = []
     names = list(bench["models"])
-    base_params = bench["models"][names[0]]["parameters"] if names else 1
+    base_params = (bench["models"][names[0]]["parameters"] if names else 1) or 1
     for run_ in bench["runs"]:
         for name, e in run_["models"].items():
             m = bench["models"][name]
@@ -159,22 +190,14 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
     """Collect everything the report shows; raises a one-line error on unreadable inputs."""
     run = None
     if run_dir is not None:
+        if not Path(run_dir).is_dir():
+            raise LtcError(f"{run_dir}: not a folder; pass the run folder made by `ltc ticket`")
         summary = Path(run_dir) / "summary.json"
         if not summary.exists():
             raise LtcError(f"{run_dir}: no summary.json; pass a run folder made by `ltc ticket`")
-        run = _load_json(summary, "ticket-search summary")
-    benches = []
-    for p in bench_paths or []:
-        b = _load_json(p, "bench")
-        if b.get("ltc_report") != "bench":
-            raise LtcError(f"{p}: not an `ltc bench --json` report")
-        benches.append(b)
-    compresses = []
-    for p in compress_paths or []:
-        c = _load_json(p, "compress")
-        if c.get("ltc_report") != "compress":
-            raise LtcError(f"{p}: not an `ltc compress --report` file")
-        compresses.append(c)
+        run = load_report_json(summary, "ticket-search summary")
+    benches = [load_report_json(p, "bench") for p in bench_paths or []]
+    compresses = [load_report_json(p, "compress") for p in compress_paths or []]
     if run is None and not benches and not compresses:
         raise LtcError("nothing to report: pass --run, --bench or --compress")
     points = [p for b in benches for p in latency_points(b, run)]
@@ -266,18 +289,40 @@ def render_html(rep: dict) -> str:
     return "".join(parts)
 
 
-def render_markdown(rep: dict, image_dir: Path) -> str:
+def render_markdown(rep: dict, image_prefix: str = "") -> tuple[str, dict[str, bytes]]:
+    """The Markdown text and the PNG files it links to (``{image_prefix}{plot}.png`` beside it)."""
     lines = ["# ltc report", ""]
-    shown = set()
+    images: dict[str, bytes] = {}
     for title, tables, plot_keys in _sections(rep):
         lines += [f"## {title}", ""]
         for key in plot_keys:
-            if key in rep["plots"] and key not in shown:
-                shown.add(key)
-                (image_dir / f"{key}.png").write_bytes(rep["plots"][key])
-                lines += [f"![{CAPTIONS[key]}]({key}.png)", ""]
+            name = f"{image_prefix}{key}.png"
+            if key in rep["plots"] and name not in images:
+                images[name] = rep["plots"][key]
+                lines += [f"![{CAPTIONS[key]}]({name})", ""]
         for caption, headers, rows in tables:
             if caption:
                 lines += [f"**{caption}**", ""]
             lines += [_table(headers, rows)[1]]
-    return "\n".join(lines)
+    return "\n".join(lines), images
+
+
+def write_report(run_dir: str | Path | None, bench_paths: list[str], compress_paths: list[str],
+                 output: str | Path, markdown: str | Path | None = None) -> list[Path]:
+    """Build the report and write the HTML (and Markdown with its PNGs, named after it); every output
+    is checked against every input before anything is written. Returns the files written."""
+    from ltc.fileio import check_outputs, write_bytes_atomic
+
+    inputs = [run_dir, *bench_paths, *compress_paths]
+    check_outputs([output, markdown], inputs)
+    rep = build_report(run_dir, bench_paths, compress_paths)
+    files: dict[Path, bytes] = {Path(output): render_html(rep).encode()}
+    if markdown is not None:
+        md = Path(markdown)
+        text, images = render_markdown(rep, f"{md.stem}-")
+        files[md] = text.encode()
+        files.update({md.with_name(name): data for name, data in images.items()})
+    check_outputs(list(files), inputs)
+    for path, data in files.items():
+        write_bytes_atomic(path, data)
+    return list(files)

@@ -8,7 +8,6 @@ conventions), then by shape and values (the legacy exporter renames BN-folded we
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import zipfile
@@ -20,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.errors import LtcError, first_line
-from ltc.fileio import check_input_file
+from ltc.fileio import check_input_file, load_npz
 
 TICKET_FORMAT = "ltc.ticket"
 TICKET_VERSION = 1
@@ -85,34 +84,6 @@ def _not_torch(kind: str) -> str:
             "broken zip": "is a damaged zip archive (truncated download?)",
             "text": "is a text file, not a torch or .npz file",
             }.get(kind, "is neither a torch file (.pt) nor an .npz archive")
-
-
-def load_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """Arrays of an .npz, no pickles, each array's declared size checked before it is allocated."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                if not info.filename.endswith(".npy"):
-                    continue
-                with z.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                        else np.lib.format.read_array_header_2_0
-                    shape, _fortran, dtype = read_header(f)
-                    header = f.tell()
-                if dtype.hasobject:
-                    raise LtcError(f"{path}: '{info.filename}' holds Python objects; save plain numeric arrays")
-                declared = math.prod(shape) * dtype.itemsize
-                stored = info.file_size - header
-                if declared > stored:
-                    raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes but the "
-                                   f"archive holds {stored:,}; the file is corrupt or forged")
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except LtcError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise LtcError(f"{path}: not a readable .npz {what} ({first_line(exc)})") from None
 
 
 def load_torch_data(path: Path, what: str = "torch file"):

@@ -185,6 +185,9 @@ class ChannelGraph:
             rule(self, node)
         for var in self.graph.outputs:
             self.block(self.tensor(var), f"graph output '{var.name}'")
+        for node in self.graph.nodes:  # a subgraph reading an outer tensor is a consumer the rules never see
+            for name in _subgraph_reads(node):
+                self.block(self.tensors.get(name), f"read inside a subgraph of {node.op} '{node.name}'")
         self.n_units = self._next
         self._components()
 
@@ -214,6 +217,21 @@ class ChannelGraph:
 
 
 # --------------------------------------------------------------------------- helpers
+def _subgraph_reads(node: gs.Node) -> set[str]:
+    """Names of enclosing-scope tensors that ``node``'s subgraphs (If/Loop/Scan bodies) read."""
+    reads: set[str] = set()
+    for value in node.attrs.values():
+        graphs = value if isinstance(value, list) else [value]
+        for sub in graphs:
+            if not isinstance(sub, gs.Graph):
+                continue
+            local = {t.name for t in sub.inputs} | {t.name for n in sub.nodes for t in n.outputs}
+            for n in sub.nodes:
+                reads |= {t.name for t in n.inputs if t.name not in local and not isinstance(t, gs.Constant)}
+                reads |= {name for name in _subgraph_reads(n) if name not in local}
+    return reads
+
+
 def const_value(t: gs.Tensor | None) -> np.ndarray | None:
     """Value of a constant input: an initializer, a Constant node's output, or Identity of either."""
     if t is None:

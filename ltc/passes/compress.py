@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ltc.errors import LtcError
+from ltc.errors import InternalError, LtcError
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import RULES, ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.onnx_io import checker_problem
 from ltc.passes.remove import apply_removal, layer_channels, plan_removal
 from ltc.passes.stats import model_stats
-from ltc.passes.verify import Verification, random_inputs, verify
+from ltc.passes.verify import Verification, load_check, random_inputs, verify
 
 
 class ApplyMasks(Pass):
@@ -111,8 +114,9 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     case the measured error is reported).
     """
     start = time.perf_counter()
-    reference = ApplyMasks(masks)(model).model if masks else model
-    result = RemoveDeadChannels(allow_lossy, round_to)(reference)
+    with input_blamed(model):
+        reference = ApplyMasks(masks)(model).model if masks else model
+        result = RemoveDeadChannels(allow_lossy, round_to)(reference)
     d = result.details
     verification = None
     if check:
@@ -120,22 +124,48 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         verification = verify(reference, result.model, feeds, rtol, atol, inputs_label)
         if not verification.passed and not d["lossy"]:
             worst = max(verification.outputs.items(), key=lambda kv: kv[1]["max_abs"])
-            raise LtcError(
+            raise InternalError(
                 f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
-                f"(rtol {rtol}, atol {atol}); nothing written. This is a bug in ltc: please report it "
-                "with the model, or use --no-verify at your own risk")
+                f"(rtol {rtol}, atol {atol}); --no-verify writes it anyway, at your own risk")
+    elif result.modified:
+        load_check(result.model)
+    if result.modified:
+        check_output(reference, result.model)
     seconds = time.perf_counter() - start
     return CompressResult(result.model, reference, d["layers"], model_stats(reference),
                           model_stats(result.model), verification, seconds, d["lossy"], d["notes"],
                           d["frozen"])
 
 
+@contextlib.contextmanager
+def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
+    """An unexpected exception on a model that fails ``onnx.checker`` is the input's fault (exit 1,
+    with the checker's finding); on a valid model it stays ltc's (exit 2)."""
+    try:
+        yield
+    except (LtcError, InternalError):
+        raise
+    except Exception:
+        problem = checker_problem(model)
+        if problem:
+            raise LtcError(f"the model is not valid ONNX ({problem}); fix or re-export it") from None
+        raise
+
+
+def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
+    """The output passes ``onnx.checker`` whenever the input does (raises :class:`InternalError`)."""
+    problem = checker_problem(candidate)
+    if problem and checker_problem(reference) is None:
+        raise InternalError(f"the compressed model fails onnx.checker ({problem})")
+
+
 def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
             allow_lossy: bool = False) -> dict:
     """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers."""
-    reference = ApplyMasks(masks)(model).model if masks else model
-    cg = ChannelGraph(import_graph(reference))
-    plan = plan_removal(cg, allow_lossy, 1)
+    with input_blamed(model):
+        reference = ApplyMasks(masks)(model).model if masks else model
+        cg = ChannelGraph(import_graph(reference))
+        plan = plan_removal(cg, allow_lossy, 1)
     layers = [asdict(layer) for layer in layer_channels(cg, plan)]
     frozen_classes = Counter(cg.frozen_reason[c] for c in range(cg.n_classes) if c in cg.frozen_reason)
     return {

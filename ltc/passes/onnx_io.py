@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
+from onnx import numpy_helper
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
+from ltc.fileio import atomic_file, check_input_file, check_outputs, write_bytes_atomic
 
 TWO_GB = 2**31 - 1
 # Initializers at most this many elements keep their values during shape inference, so that
@@ -17,43 +20,271 @@ TWO_GB = 2**31 - 1
 _SMALL_INITIALIZER = 64
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model (with its external data) or raise a one-line :class:`LtcError`.
+@dataclass
+class ModelSource:
+    """Where a model came from: its file and the external-data files it reads."""
 
-    ``model.ltc_external_data`` is not settable on a protobuf, so whether the file stored its weights
-    externally is kept in the module-level ``EXTERNAL`` set, keyed by the model's id.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise LtcError(f"{path}: no such file; pass the path of an .onnx model")
-    if path.is_dir():
-        raise LtcError(f"{path}: is a directory; pass the path of an .onnx model")
+    path: Path
+    data_files: list[Path] = field(default_factory=list)
+
+    @property
+    def external(self) -> bool:
+        return bool(self.data_files)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path, *self.data_files]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSource]:
+    """Load and validate an ONNX model and its external data; a one-line :class:`LtcError` if it is
+    not a model ltc can work on (see :func:`check_model_structure`)."""
+    path = check_input_file(path, "model file", "pass the path of an .onnx model")
     try:
         model = onnx.load(str(path), load_external_data=False)
-        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-        if external:
-            from onnx.external_data_helper import load_external_data_for_model
-
-            load_external_data_for_model(model, str(path.parent))
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (DecodeError, RuntimeError, ValueError, OSError, TypeError) as exc:
         raise LtcError(
-            f"{path}: not a readable ONNX model ({first}); check that the file is complete and is "
+            f"{path}: not a readable ONNX model ({first_line(exc)}); check that the file is complete and is "
             "an ONNX protobuf (re-export it if it was truncated)"
         ) from None
     if not model.graph.node:
         raise LtcError(f"{path}: not an ONNX model (no graph nodes found); pass an exported .onnx file")
-    if external:
-        EXTERNAL.add(id(model))
-    return model
+    data_files = load_external_data(model, path)
+    check_model_structure(model, str(path))
+    return model, ModelSource(path, data_files)
 
 
-EXTERNAL: set[int] = set()
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The model file and the external-data files it names (for output-collision checks); nothing is
+    validated or loaded here."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by read_model
+        return [path]
+    locations = {e.value for t in _all_tensors(model.graph) for e in t.external_data if e.key == "location"}
+    return [path, *(path.parent / loc for loc in sorted(locations))]
 
 
-def uses_external_data(model: onnx.ModelProto) -> bool:
-    """Whether ``model`` was loaded by :func:`load_model` from a file with external data."""
-    return id(model) in EXTERNAL
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """:func:`read_model` without the source record."""
+    return read_model(path)[0]
+
+
+def load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Read every external tensor of ``model`` into memory; returns the files read.
+
+    Refused: a location that is absolute, leaves the model's folder, is a symlink or not a regular
+    file, and offsets/lengths outside the file or disagreeing with the tensor's shape (checked
+    before anything is allocated)."""
+    folder = path.resolve().parent
+    files: dict[Path, int] = {}
+    for t in _all_tensors(model.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        where = f"{path}: tensor '{t.name}' stores its data in {location!r}"
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise LtcError(f"{where}, which is not a file inside the model's folder; ltc reads external data "
+                           "only from beside the model (re-save it with relative locations)")
+        data = folder / location
+        if data.is_symlink():
+            raise LtcError(f"{where}, which is a symlink; ltc does not follow links out of the model's folder "
+                           "(copy the data file there)")
+        if folder not in data.resolve().parents:
+            raise LtcError(f"{where}, which is outside the model's folder; move the data file beside the model")
+        check_input_file(data, "external data file", "it must sit beside the model, as saved")
+        size = files.setdefault(data, data.stat().st_size)
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else size - offset
+        except ValueError:
+            raise LtcError(f"{where} with a non-integer offset or length; the model is corrupt") from None
+        expected = _expected_bytes(t)
+        if offset < 0 or length < 0 or offset + length > size:
+            raise LtcError(f"{where} at bytes {offset}..{offset + length}, past the end of that file ({size} "
+                           "bytes); the data file is truncated or belongs to another model")
+        if expected is not None and length != expected:
+            raise LtcError(f"{where}: {length} bytes for shape {list(t.dims)}, which needs {expected}; the "
+                           "model is corrupt")
+        with open(data, "rb") as f:
+            f.seek(offset)
+            t.raw_data = f.read(length)
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    return list(files)
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Initializers and Constant-node tensors of ``graph`` and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+             onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+             onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+             onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+             onnx.TensorProto.BOOL: 1}
+# Typed repeated fields that hold one entry per element for these types (ONNX's TensorProto rules).
+_TYPED_FIELD = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
+                onnx.TensorProto.INT64: "int64_data", onnx.TensorProto.UINT64: "uint64_data",
+                onnx.TensorProto.INT32: "int32_data", onnx.TensorProto.INT16: "int32_data",
+                onnx.TensorProto.INT8: "int32_data", onnx.TensorProto.UINT16: "int32_data",
+                onnx.TensorProto.UINT8: "int32_data", onnx.TensorProto.BOOL: "int32_data",
+                onnx.TensorProto.FLOAT16: "int32_data", onnx.TensorProto.BFLOAT16: "int32_data",
+                onnx.TensorProto.UINT32: "uint64_data"}
+
+
+def _expected_bytes(t: onnx.TensorProto) -> int | None:
+    size = _ITEMSIZE.get(t.data_type)
+    return None if size is None else math.prod(t.dims) * size
+
+
+def _check_tensor(t: onnx.TensorProto, label: str, where: str) -> None:
+    if any(d < 0 for d in t.dims):
+        raise LtcError(f"{label}: {where} '{t.name}' has a negative dimension {list(t.dims)}; the model is corrupt")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    n = math.prod(t.dims)
+    if t.HasField("raw_data"):
+        expected = _expected_bytes(t)
+        if expected is not None and len(t.raw_data) != expected:
+            raise LtcError(f"{label}: {where} '{t.name}' has shape {list(t.dims)} ({expected} bytes) but "
+                           f"holds {len(t.raw_data)} bytes of data; the model is corrupt (re-export it)")
+        return
+    typed = _TYPED_FIELD.get(t.data_type)
+    if typed is not None:
+        held = len(getattr(t, typed))
+        if held != n and not (held == 0 and n == 0):
+            raise LtcError(f"{label}: {where} '{t.name}' has shape {list(t.dims)} ({n} values) but holds "
+                           f"{held}; the model is corrupt (re-export it)")
+
+
+MIN_OPSET = 13
+
+
+def check_model_structure(model: onnx.ModelProto, label: str = "model") -> None:
+    """What ltc needs of a model before it analyses it; each failure is a one-line :class:`LtcError`.
+
+    Checked: the ONNX opset (13 or newer: ltc's rules follow opset-13 semantics) and IR version (4 or
+    newer), unique tensor names (single assignment), no cycles and no undefined inputs, initializer
+    data that fills its shape, and graph inputs without zero-sized dimensions.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise LtcError(f"{label}: the model imports no default ONNX opset; re-export it with opset >= {MIN_OPSET}")
+    if opset < MIN_OPSET or model.ir_version < 4:
+        raise LtcError(f"{label}: opset {opset} / IR version {model.ir_version} is older than ltc supports "
+                       f"(opset >= {MIN_OPSET}, IR >= 4); convert it first with "
+                       f"onnx.version_converter.convert_version(model, {MIN_OPSET}) or re-export it")
+    g = model.graph
+    for t in g.initializer:
+        _check_tensor(t, label, "initializer")
+    for t in _all_tensors(g):
+        if t not in g.initializer:
+            _check_tensor(t, label, "constant")
+    for vi in g.input:
+        dims = vi.type.tensor_type.shape.dim
+        if any(d.HasField("dim_value") and d.dim_value <= 0 for d in dims):
+            raise LtcError(f"{label}: graph input '{vi.name}' has a zero-sized dimension "
+                           f"{[d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]}; "
+                           "give it a real shape (or a symbolic batch) and re-export")
+    _check_dataflow(g, label, set())
+
+
+def _check_dataflow(g: onnx.GraphProto, label: str, outer: set[str]) -> None:
+    """Single assignment, every input defined, no cycles; subgraphs may read the outer scope."""
+    defined: dict[str, str] = {}
+
+    def define(name: str, what: str) -> None:
+        if not name:
+            return
+        if name in defined:
+            raise LtcError(f"{label}: tensor name '{name}' is defined twice ({defined[name]} and {what}); an ONNX "
+                           "graph assigns each name once (the model is malformed)")
+        defined[name] = what
+
+    init_names = {t.name for t in g.initializer}
+    for t in g.initializer:
+        define(t.name, "an initializer")
+    for t in g.sparse_initializer:
+        define(t.values.name, "a sparse initializer")
+    for vi in g.input:
+        if vi.name not in init_names:
+            define(vi.name, "a graph input")
+    for i, node in enumerate(g.node):
+        for o in node.output:
+            define(o, f"output of node {node.name or i} ({node.op_type})")
+    available = set(init_names) | {t.values.name for t in g.sparse_initializer} | {vi.name for vi in g.input}
+    scope = outer | set(defined)
+    pending = list(range(len(g.node)))
+    # Kahn's algorithm over the nodes (ONNX wants them sorted; gs re-sorts, so order is not required).
+    waiting: dict[str, list[int]] = {}
+    missing = [0] * len(g.node)
+    ready = []
+    for i in pending:
+        node = g.node[i]
+        needs = {x for x in _node_reads(node) if x and x not in available and x not in outer}
+        for x in needs:
+            if x not in scope:
+                raise LtcError(f"{label}: node {node.name or i} ({node.op_type}) reads '{x}', which no node, "
+                               "input or initializer defines; the model is malformed")
+            waiting.setdefault(x, []).append(i)
+        missing[i] = len(needs)
+        if not needs:
+            ready.append(i)
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for o in g.node[i].output:
+            for j in waiting.pop(o, []):
+                missing[j] -= 1
+                if missing[j] == 0:
+                    ready.append(j)
+    if done < len(g.node):
+        stuck = next(g.node[i] for i in pending if missing[i] > 0)
+        raise LtcError(f"{label}: the graph has a cycle (node {stuck.name or stuck.op_type} depends on its own "
+                       "output); the model is malformed")
+    for node in g.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                _check_dataflow(sub, label, scope)
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    """The tensors a node reads: its inputs and what its subgraphs read from the enclosing scope."""
+    reads = set(node.input)
+    for attr in node.attribute:
+        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subs:
+            reads |= outer_reads(sub)
+    return reads
+
+
+def outer_reads(g: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads that it does not define itself: reads from the enclosing scope."""
+    local = {t.name for t in g.initializer} | {vi.name for vi in g.input}
+    local |= {o for n in g.node for o in n.output}
+    reads: set[str] = set()
+    for n in g.node:
+        reads |= _node_reads(n)
+    return {r for r in reads if r and r not in local}
 
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
@@ -67,94 +298,114 @@ def model_size_bytes(model: onnx.ModelProto) -> int:
     return total + rest.ByteSize()
 
 
-def file_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk of a model: the .onnx file plus ``<name>.data`` if it stores its weights there."""
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of ``model``'s graph structure with inferred value_info.
-
-    Large initializers are replaced by typed graph inputs so inference never copies weights: it
-    costs the same for a 10 MB and a 10 GB model.
-    """
+def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``'s graph structure with large initializers replaced by typed graph inputs: shape
+    inference and the checker then cost the same for a 10 MB and a 10 GB model."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
     g = light.graph
+    g.name = model.graph.name
     g.node.extend(model.graph.node)
     g.input.extend(model.graph.input)
     g.output.extend(model.graph.output)
+    g.value_info.extend(model.graph.value_info)
     input_names = {i.name for i in model.graph.input}
     for init in model.graph.initializer:
-        n = 1
-        for d in init.dims:
-            n *= d
-        if n <= _SMALL_INITIALIZER and init.data_location != onnx.TensorProto.EXTERNAL:
+        if math.prod(init.dims) <= _SMALL_INITIALIZER and init.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(init)
         elif init.name not in input_names:
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return light
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of ``model``'s graph structure with inferred value_info (see :func:`light_copy`)."""
+    light = light_copy(model)
+    del light.graph.value_info[:]
     try:
         return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises many types; inference is best-effort
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LtcError(f"shape inference failed ({first}); is the model valid? try onnx.checker") from None
+        raise LtcError(f"shape inference failed ({first_line(exc)}); is the model valid? try onnx.checker") from None
 
 
-def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> Path:
-    """Refuse to write over an input or into a directory that cannot be written."""
-    out = Path(out)
-    for src in inputs:
-        if src is not None and out.resolve() == Path(src).resolve():
-            raise LtcError(f"{out}: output path equals an input; choose another -o path (ltc never overwrites its input)")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise LtcError(f"{out}: directory {parent} does not exist; create it or choose another -o path")
-    if not os.access(parent, os.W_OK):
-        raise LtcError(f"{out}: directory {parent} is not writable; choose another -o path")
-    return out
+def checker_problem(model: onnx.ModelProto) -> str | None:
+    """What ``onnx.checker`` finds wrong with ``model`` (weights aside), or None."""
+    try:
+        onnx.checker.check_model(light_copy(model))
+    except Exception as exc:  # noqa: BLE001 - ValidationError and friends
+        return first_line(exc)
+    return None
+
+
+def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike | None]) -> Path:
+    """One output checked against ``inputs`` (see :func:`ltc.fileio.check_outputs`)."""
+    return check_outputs([out], inputs)[0]
 
 
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None) -> None:
-    """Write ``model`` to ``out`` atomically (temp file, then rename).
+    """Write ``model`` to ``out`` atomically (exclusive temp files, then renames; see ltc.fileio).
 
-    ``external_data=None`` chooses: external data (``<out>.data``) when the model is over 2 GB.
+    ``external_data=None`` chooses: external data (``<out>.data``) when the model is over 2 GB. The
+    data file is written (and renamed into place) before the model file that points at it.
     """
     out = Path(out)
     if external_data is None:
         external_data = model_size_bytes(model) > TWO_GB
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    if not external_data:
+        try:
+            data = model.SerializeToString()
+        except (ValueError, EncodeError):
+            raise LtcError(f"{out}: the model is over 2 GB; write it with --external-data") from None
+        write_bytes_atomic(out, data)
+        return
     data_name = out.name + ".data"
-    tmp_data = out.parent / f".{data_name}.tmp"
-    try:
-        if external_data:
-            # onnx writes the data file relative to the model file's folder under `location`.
-            onnx.save_model(
-                model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                location=tmp_data.name, size_threshold=1024,
-            )
-            _relocate_external(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, out.parent / data_name)
-        else:
-            onnx.save_model(model, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        for p in (tmp, tmp_data):
-            if os.path.exists(p):
-                os.unlink(p)
-        raise
+    with atomic_file(out) as model_file:
+        with atomic_file(out.with_name(data_name)) as data_file:
+            restore = _externalize(model, data_file, data_name)
+        try:
+            model_file.write(model.SerializeToString())
+        finally:
+            restore()
 
 
-def _relocate_external(model_path: str, old: str, new: str) -> None:
-    """Point external-data references at the final data file name (before the rename)."""
-    m = onnx.load(model_path, load_external_data=False)
-    for t in m.graph.initializer:
-        for entry in t.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    with open(model_path, "wb") as f:
-        f.write(m.SerializeToString())
+def _externalize(model: onnx.ModelProto, f, location: str, threshold: int = 1024):
+    """Move initializer data of ``threshold`` bytes or more into ``f``; returns the undo function."""
+    undo = []
+    offset = 0
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        in_raw = t.HasField("raw_data")
+        raw = t.raw_data if in_raw else numpy_helper.to_array(t).tobytes()
+        if len(raw) < threshold:
+            continue
+        original = None
+        if not in_raw:  # typed fields: keep the whole tensor to restore it
+            original = onnx.TensorProto()
+            original.CopyFrom(t)
+        pad = (-offset) % 64
+        f.write(b"\0" * pad)
+        offset += pad
+        f.write(raw)
+        undo.append((t, raw, original))
+        t.ClearField("raw_data")
+        for name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(name)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        offset += len(raw)
+
+    def restore() -> None:
+        for t, raw, original in undo:
+            if original is not None:
+                t.CopyFrom(original)
+            else:
+                del t.external_data[:]
+                t.data_location = onnx.TensorProto.DEFAULT
+                t.raw_data = raw
+
+    return restore

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ltc.errors import LtcError
+from ltc.errors import InternalError, LtcError, first_line
+from ltc.fileio import load_npz
 from ltc.passes.onnx_io import TWO_GB, model_size_bytes, save_model
 
 _NP_TYPES = {
@@ -40,45 +41,81 @@ class Verification:
                 "max_abs_error": self.max_abs, "max_rel_error": self.max_rel, "outputs": self.outputs}
 
 
-def random_inputs(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs for every graph input: symbolic batch -> ``batch``; other symbolic dims refuse."""
-    rng = np.random.default_rng(seed)
+InputSpec = tuple[str, list, np.dtype]  # name, dims (int, or str/None when symbolic), dtype
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """(name, dims, dtype) of every graph input that is not an initializer."""
     inits = {t.name for t in model.graph.initializer}
-    feeds = {}
+    specs = []
     for vi in model.graph.input:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
+        dtype = _NP_TYPES.get(tt.elem_type)
+        if dtype is None:
+            raise LtcError(f"input '{vi.name}' has type {onnx.TensorProto.DataType.Name(tt.elem_type)}, which "
+                           "ltc cannot generate; give real inputs with --inputs")
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        specs.append((vi.name, dims, np.dtype(dtype)))
+    return specs
+
+
+def random_feeds(specs: list[InputSpec], batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs: a symbolic first dimension becomes ``batch``, other symbolic dims refuse.
+    Floats are standard normal; integers and booleans are 0 or 1 (valid ids, indices and flags)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, dims, dtype in specs:
         shape = []
-        for i, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(d.dim_value)
+        for i, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
             elif i == 0:
                 shape.append(batch)
             else:
-                raise LtcError(f"input '{vi.name}' has a symbolic dimension {i} ({d.dim_param!r}); "
-                               "give real inputs with --inputs inputs.npz")
-        dtype = _NP_TYPES.get(tt.elem_type)
-        if dtype is None:
-            raise LtcError(f"input '{vi.name}' has an unsupported type; give real inputs with --inputs")
+                raise LtcError(f"input '{name}' has a symbolic dimension {i} ({d!r}); give real inputs with "
+                               "--inputs inputs.npz")
         if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:
-            feeds[vi.name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
 
 
+def random_inputs(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    return random_feeds(input_specs(model), batch, seed)
+
+
 def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            feeds = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise LtcError(f"{path}: cannot read inputs ({exc}); pass an .npz with one array per model input") from None
-    inits = {t.name for t in model.graph.initializer}
-    names = [vi.name for vi in model.graph.input if vi.name not in inits]
+    """Real inputs from an .npz, checked against the model: names, dtypes, ranks, static dimensions,
+    at least one example, finite values."""
+    feeds = load_npz(path, "inputs file")
+    specs = input_specs(model)
+    names = [s[0] for s in specs]
     missing = [n for n in names if n not in feeds]
     if missing:
-        raise LtcError(f"{path}: no array for model input(s) {missing}; the file has {sorted(feeds)}")
+        raise LtcError(f"{path}: no array for model input(s) {missing}; the file has {sorted(feeds)} (one array "
+                       "per model input, named as the input)")
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise LtcError(f"{path}: array(s) {extra} match no model input (the model takes {names}); rename or drop them")
+    for name, dims, dtype in specs:
+        a = feeds[name]
+        if a.dtype != dtype:
+            raise LtcError(f"{path}: '{name}' is {a.dtype} but the model takes {dtype}; save it as {dtype}")
+        if a.ndim != len(dims):
+            raise LtcError(f"{path}: '{name}' has rank {a.ndim} (shape {list(a.shape)}) but the model takes rank "
+                           f"{len(dims)} ({dims})")
+        if a.size == 0:
+            raise LtcError(f"{path}: '{name}' has shape {list(a.shape)}, no values to verify with; give at least "
+                           "one example")
+        for i, (got, want) in enumerate(zip(a.shape, dims, strict=True)):
+            if isinstance(want, int) and want > 0 and got != want:
+                raise LtcError(f"{path}: '{name}' has shape {list(a.shape)} but the model fixes dimension {i} to "
+                               f"{want} ({dims})")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise LtcError(f"{path}: '{name}' contains NaN or infinite values; verification needs finite inputs")
     return {n: feeds[n] for n in names}
 
 
@@ -97,15 +134,29 @@ def _session(model: onnx.ModelProto, tmpdir: str, tag: str):
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        first = str(exc).strip().splitlines()[0]
-        raise LtcError(f"ONNX Runtime cannot load the {tag} model ({first}); --no-verify skips verification") from None
+        if tag == "reference":  # the input model (masks applied): the input is what ORT refuses
+            raise LtcError(f"ONNX Runtime cannot load the input model ({first_line(exc)}); check that it runs "
+                           "in ONNX Runtime (ltc verifies with it)") from None
+        raise InternalError(f"ONNX Runtime cannot load the {tag} model ltc produced ({first_line(exc)})") from None
 
 
 def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tag: str = "model") -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         sess = _session(model, tmp, tag)
         names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feeds), strict=True))
+        try:
+            return dict(zip(names, sess.run(names, feeds), strict=True))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            if tag == "reference":
+                raise LtcError(f"ONNX Runtime cannot run the input model on these inputs ({first_line(exc)}); "
+                               "check the --inputs shapes, or give --inputs if random ones do not fit") from None
+            raise InternalError(f"ONNX Runtime cannot run the {tag} model ltc produced ({first_line(exc)})") from None
+
+
+def load_check(model: onnx.ModelProto) -> None:
+    """ONNX Runtime can load ``model`` (the check that runs even when verification is off)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _session(model, tmp, "compressed")
 
 
 def verify(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray],
@@ -121,7 +172,10 @@ def verify(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[s
             result.passed = False
             continue
         r64, g64 = r.astype(np.float64), g.astype(np.float64)
+        same_nonfinite = ~np.isfinite(r64) & ((r64 == g64) | (np.isnan(r64) & np.isnan(g64)))
+        r64, g64 = np.where(same_nonfinite, 0.0, r64), np.where(same_nonfinite, 0.0, g64)
         diff = np.abs(r64 - g64)
+        diff = np.where(np.isnan(diff), np.inf, diff)
         max_abs = float(diff.max()) if diff.size else 0.0
         max_rel = float((diff / np.maximum(np.abs(r64), 1e-12)).max()) if diff.size else 0.0
         ok = bool(np.allclose(g64, r64, rtol=rtol, atol=atol))

@@ -4,6 +4,7 @@ written, inputs untouched."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -46,4 +47,6 @@ def refused(args: list, pattern: str, *, watch=(), code: int = 1, env: dict | No
     assert digest(watch) == before_hash, "an input or an existing file changed"
     for w, names in before_files.items():
         assert listing(w) == names, f"files appeared or vanished in {w}: {listing(w) ^ names}"
+    if os.environ.get("LTC_SHOW_ERRORS"):
+        print("\nMSG", lines[0])
     return lines[0]

@@ -128,7 +128,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
                 f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
                 f"(rtol {rtol}, atol {atol}); --no-verify writes it anyway, at your own risk")
     elif result.modified:
-        load_check(result.model)
+        load_check(result.model, reference)
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
@@ -161,7 +161,9 @@ def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None
 
 def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
             allow_lossy: bool = False) -> dict:
-    """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers."""
+    """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers.
+    The model must load in ONNX Runtime (:class:`LtcError` otherwise), as ``compress`` needs."""
+    load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
         cg = ChannelGraph(import_graph(reference))

@@ -153,10 +153,21 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tag: str = "
             raise InternalError(f"ONNX Runtime cannot run the {tag} model ltc produced ({first_line(exc)})") from None
 
 
-def load_check(model: onnx.ModelProto) -> None:
-    """ONNX Runtime can load ``model`` (the check that runs even when verification is off)."""
+def load_check(model: onnx.ModelProto, reference: onnx.ModelProto | None = None) -> None:
+    """ONNX Runtime can load ``model`` (the check that runs even when verification is off).
+
+    Without ``reference``, ``model`` is the user's (failure: :class:`LtcError`). With it, ``model`` is
+    ltc's output: if it fails to load while ``reference`` loads, that is :class:`InternalError`; if
+    the reference fails too, the input is what is wrong."""
     with tempfile.TemporaryDirectory() as tmp:
-        _session(model, tmp, "compressed")
+        if reference is None:
+            _session(model, tmp, "reference")
+            return
+        try:
+            _session(model, tmp, "compressed")
+        except InternalError:
+            _session(reference, tmp, "reference")
+            raise
 
 
 def verify(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ltc.errors import LtcError
+from ltc.errors import InternalError, LtcError
 from ltc.passes import ApplyMasks, Pass, PassManager, PassResult, RemoveDeadChannels, Sequential
 from tests.helpers import assert_equivalent, conv_weight, make_model, node, vec, weight_shapes
 
@@ -62,7 +62,7 @@ def test_ensures_catches_a_pass_that_drops_a_graph_output():
             del out.graph.node[-1]
             return PassResult(out, True)
 
-    with pytest.raises(LtcError, match="broken.*'y'"):
+    with pytest.raises(InternalError, match="broken.*'y'"):  # a broken postcondition is ltc's fault: exit 2
         Sequential(Broken())(_model())
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from ltc.errors import LtcError
+from ltc.errors import InternalError, LtcError
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Pass:
         produced |= {i.name for i in result.model.graph.input} | names
         for o in result.model.graph.output:
             if o.name not in produced:
-                raise LtcError(f"{self.name}: graph output '{o.name}' is no longer produced (internal error)")
+                raise InternalError(f"{self.name}: graph output '{o.name}' is no longer produced")
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         raise NotImplementedError
@@ -61,8 +61,8 @@ class Sequential(Pass):
         for p in self.passes:
             try:
                 r = p(model)
-            except LtcError as exc:
-                raise LtcError(f"{p.name}: {exc}") from None
+            except (LtcError, InternalError) as exc:
+                raise type(exc)(f"{p.name}: {exc}") from None
             model, modified = r.model, modified or r.modified
             details[p.name] = r.details
         return PassResult(model, modified, details)

@@ -267,6 +267,14 @@ def test_npz_whose_header_declares_terabytes(work):
         _compress(work, "--mask", work / "forged.npz", pattern="declares .* bytes")
 
 
+def test_mask_on_an_integer_tensor(work):
+    m = _model()
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "target_shape"))
+    onnx.save(m, work / "m.onnx")
+    np.savez(work / "mask.npz", target_shape=np.array([True, False]))
+    _compress(work, "--mask", work / "mask.npz", pattern="targets a int64 tensor")
+
+
 def test_npz_mask_of_strings(work):
     np.savez(work / "mask.npz", w1=np.full((8, 3, 3, 3), "yes"))
     _compress(work, "--mask", work / "mask.npz", pattern="dtype <U3")

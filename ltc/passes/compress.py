@@ -39,6 +39,9 @@ class ApplyMasks(Pass):
             if mask is None:
                 continue
             w = numpy_helper.to_array(t)
+            if not np.issubdtype(w.dtype, np.floating):
+                raise LtcError(f"mask for '{t.name}' targets a {w.dtype} tensor (shapes, indices), not a weight; "
+                               "drop that entry from the mask")
             if mask.shape != w.shape:
                 raise LtcError(f"mask for '{t.name}' has shape {tuple(mask.shape)} but the weight is "
                                f"{tuple(w.shape)}; is the mask for another model?")

@@ -10,7 +10,7 @@ import click
 
 from ltc import __version__
 from ltc.errors import InternalError, LtcError, first_line
-from ltc.options import NON_NEGATIVE, POSITIVE_INT
+from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
 from ltc.passes.hardware import PROVIDERS
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
@@ -49,7 +49,8 @@ class _Group(click.Group):
         except InternalError as exc:
             _fail(f"{first_line(exc)}; nothing was written. This is a bug in ltc: please report it", 2)
         except KeyboardInterrupt:
-            _fail("interrupted; nothing was written", 130)
+            _fail("interrupted; nothing half-written is left (ltc ticket keeps its completed rounds and resumes "
+                  "after them)", 130)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except ModuleNotFoundError as exc:
@@ -140,7 +141,8 @@ def _train_options(fn):
 @main.command("train")
 @_train_options
 @click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the dataset's files")
-@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="root folder; the run folder inside is named by the hyperparameters")
 @click.option("--progress/--no-progress", default=True, help="progress bar")
 def train_cmd(data_dir, out, progress, **kwargs) -> None:
     """Train a dense model; writes a ticket.pt (all-ones masks, trained weights) and a JSONL log."""
@@ -168,6 +170,8 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
     """
     from pathlib import Path
 
+    import matplotlib  # noqa: F401 - the plots come at the end: a missing extra fails before training
+
     from ltc.compressor.hparams import PruneHparams, TrainHparams, from_kwargs
     from ltc.compressor.search import summary_markdown, ticket_search
     from ltc.compressor.training import distributed, init_distributed
@@ -187,15 +191,18 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Choice(["final", "init"]), default="final", show_default=True)
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
-@click.option("--opset", type=int, default=None, help="ONNX opset (default: 17 legacy, 18 dynamo)")
+@click.option("--opset", type=click.IntRange(13, 26), default=None,
+              help="ONNX opset: legacy 13..20 (default 17), dynamo 18..26 (default 18)")
 @click.option("--dynamic-batch/--static-batch", default=True, show_default=True)
 @click.option("--fold-batchnorm", is_flag=True, help="fold BN into conv (BN masks then match nothing)")
-def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm) -> None:
+@click.option("--max-memory", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True, metavar="GIB",
+              help="refuse a ticket whose model would need more memory to build and export (estimated first)")
+def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm, max_memory) -> None:
     """Export a ticket's masked model to ONNX, initializers named as the ticket's parameters."""
     from ltc.exporters.ticket_export import export_ticket
 
     out = export_ticket(ticket, output, weights=weights, exporter=exporter, opset=opset,
-                        dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm)
+                        dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm, max_memory=max_memory)
     click.echo(f"wrote {out}; next: ltc compress {out} --mask {ticket} -o compressed.onnx")
 
 

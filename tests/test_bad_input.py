@@ -535,18 +535,23 @@ def test_report_outputs_never_overwrite_inputs(work):
 
 
 # ------------------------------------------------------------------------- missing optional packages
-@pytest.mark.parametrize("module", ["torch", "sklearn"])
-def test_commands_that_need_the_torch_extra_say_how_to_get_it(work, module, monkeypatch):
+@pytest.mark.parametrize("module", ["torch", "sklearn", "matplotlib"])
+def test_commands_that_need_the_torch_extra_say_how_to_get_it(work, module):
+    """A base install without the torch extra (simulated in a fresh interpreter where the module
+    cannot be imported): one line, exit 1, the pip command."""
+    import subprocess
     import sys
 
-    for name in list(sys.modules):
-        if name == module or name.startswith(module + "."):
-            monkeypatch.delitem(sys.modules, name)
-    for name in [n for n in sys.modules if n.startswith("ltc.compressor") or n.startswith("ltc.exporters.ticket")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, module, None)
-    refused(["train", "--model", "lenet300", "--dataset", "digits", "--iterations", "1", "--out", work / "out"],
-            r"pip install 'ltc\[torch\]'", watch=[work])
+    command = "ticket" if module == "matplotlib" else "train"
+    code = (f"import sys; sys.modules[{module!r}] = None; from ltc.cli import main; "
+            f"main([{command!r}, '--model', 'lenet300', '--dataset', 'digits', '--iterations', '1', '--out', "
+            f"{str(work / 'out')!r}])")
+    before = digest([work])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'ltc[torch]'" in lines[0], r.stderr
+    assert digest([work]) == before and not list((work / "out").iterdir())
 
 
 def test_watch_helper_sees_changes(tmp_path):

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 
+from ltc.errors import LtcError
+from ltc.exporters.masks import load_torch_data, validate_ticket
+from ltc.fileio import atomic_path
+
 COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random": "tab:green"}
 
 
@@ -63,10 +67,14 @@ VARIANT_PLOTS = (("test_accuracy", "test accuracy at early stop (%)", 100, "accu
 
 
 def _save(fig, path: Path) -> None:
+    """Write a PNG atomically (an exclusive temp file, then a rename: never through a link at ``path``)."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _train_vs_test(summary: dict, path: Path) -> None:
@@ -94,18 +102,28 @@ def weight_change(run_dir: Path) -> dict | None:
     """|final| - |init| of the dense training, for weights inside vs outside the last round's ticket."""
     trial = run_dir / "trial0"
     dense = trial / "dense.pt"
-    tickets = sorted(trial.glob("ticket_round*.pt"), key=lambda p: int(p.stem.rsplit("round", 1)[1]))
+    tickets = sorted((p for p in trial.glob("ticket_round*.pt") if p.stem.rsplit("round", 1)[1].isdigit()),
+                     key=lambda p: int(p.stem.rsplit("round", 1)[1]))
     if not dense.exists() or len(tickets) < 2:
         return None
-    d = torch.load(dense, map_location="cpu", weights_only=True)
-    masks = torch.load(tickets[-1], map_location="cpu", weights_only=True)["masks"]
+    d = load_torch_data(dense, "dense-training file")
+    masks = validate_ticket(load_torch_data(tickets[-1], "ticket"), tickets[-1])["masks"]
+    if not isinstance(d, dict) or not isinstance(d.get("init"), dict) or not isinstance(d.get("final"), dict):
+        raise LtcError(f"{dense}: expected a dict with 'init' and 'final' weights; the run folder is damaged: delete "
+                       "the trial's rounds to recompute")
     inside, outside = [], []
     for name, m in masks.items():
         if not name.endswith(".weight") or name not in d["init"]:
             continue
-        delta = d["final"][name].abs() - d["init"][name].abs()
+        a, b = d["init"][name], d["final"].get(name)
+        if not all(isinstance(t, torch.Tensor) and t.shape == m.shape for t in (a, b)) or m.dtype != torch.bool:
+            raise LtcError(f"{dense}: '{name}' does not match the mask of {tickets[-1]}; the run folder is damaged: "
+                           "delete the trial's rounds to recompute")
+        delta = b.float().abs() - a.float().abs()
         inside.append(delta[m].flatten())
         outside.append(delta[~m].flatten())
+    if not inside:
+        return None
     return {"inside": torch.cat(inside), "outside": torch.cat(outside), "ticket": tickets[-1].name}
 
 
@@ -116,8 +134,11 @@ def _weight_change_plot(change: dict, path: Path) -> dict:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    lo = float(torch.quantile(torch.cat([change["inside"], change["outside"]]), 0.005))
-    hi = float(torch.quantile(torch.cat([change["inside"], change["outside"]]), 0.995))
+    values = torch.cat([change["inside"], change["outside"]]).sort().values  # quantile() caps at 16M values
+    lo = float(values[int(0.005 * (len(values) - 1))])
+    hi = float(values[int(0.995 * (len(values) - 1))])
+    if not lo < hi:
+        lo, hi = lo - 1e-6, hi + 1e-6
     for key, color in (("inside", "tab:blue"), ("outside", "tab:gray")):
         ax.hist(change[key].numpy(), bins=80, range=(lo, hi), density=True, alpha=0.55, color=color,
                 label=f"{key} the ticket (n={len(change[key])}, mean {float(change[key].mean()):+.4f})")

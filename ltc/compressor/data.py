@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
+from ltc.fileio import check_input_file
 
 DEFAULT_DIRS = {
     "fashion-mnist": "/usr/share/datasets/fashion-mnist",
@@ -51,7 +54,8 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: 
            classes: int, augment: bool = False, seed: int = 0) -> Splits:
     """Hold ``val_size`` examples out of train (fixed permutation), normalise by the train statistics."""
     if not 0 <= val_size < len(x):
-        raise LtcError(f"--val-size {val_size} must be between 0 and {len(x) - 1} for {name}")
+        raise LtcError(f"--val-size {val_size} must be between 0 and {len(x) - 1} for {name} ({len(x):,} training "
+                       "examples); pass a smaller --val-size")
     perm = np.random.default_rng(seed).permutation(len(x))
     val, train = perm[:val_size], perm[val_size:]
     x = x.astype(np.float32)
@@ -79,43 +83,120 @@ def load_digits(val_size: int | None = None, data_dir: str | None = None, seed: 
                   seed=seed)
 
 
+# IDX files hold unsigned bytes; refuse headers that declare more than this before reading them.
+MAX_IDX_BYTES = 2**31
+_GZIP_MAGIC = b"\x1f\x8b"
+_HINT = {"fashion-mnist": " (apt-get install dataset-fashion-mnist)"}
+
+
+def _names(stem: str) -> list[str]:
+    """MNIST's files go by ``train-images-idx3-ubyte`` and ``train-images.idx3-ubyte``, each maybe .gz."""
+    head, _, tail = stem.rpartition("-idx")
+    dotted = f"{head}.idx{tail}"
+    return [stem, stem + ".gz", dotted, dotted + ".gz"]
+
+
 def _find(folder: Path, stem: str) -> Path:
-    for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
-            return folder / name
-    raise LtcError(f"{folder / stem}(.gz) not found; put the dataset's IDX files in {folder} or pass --data-dir "
-                   "(Fashion-MNIST: apt-get install dataset-fashion-mnist)")
+    for candidate in _names(stem):
+        path = folder / candidate
+        if os.path.lexists(path):
+            return check_input_file(path, "dataset file", f"put the dataset's IDX files in {folder} or pass --data-dir")
+    raise LtcError(f"{folder / stem}(.gz) not found (nor {_names(stem)[2]}(.gz)); put the dataset's IDX files in "
+                   f"{folder} or pass --data-dir (Fashion-MNIST: apt-get install dataset-fashion-mnist)")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped or not) as a numpy array; refuses anything that is not IDX."""
-    opener = gzip.open if path.suffix == ".gz" else open
+def _read_exactly(f, n: int) -> bytes:
+    """``n`` bytes from ``f`` in chunks (a lying header cannot make us allocate what is not there)."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = f.read(min(n - got, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_idx(path: Path, rank: int | None = None) -> np.ndarray:
+    """An IDX file of unsigned bytes (gzipped or not) as a numpy array; refuses anything else.
+
+    The header is checked before the body is read: its rank (``rank`` if given), that no dimension is
+    zero, that the declared size is at most :data:`MAX_IDX_BYTES` and equals what the file holds.
+    """
+    path = check_input_file(path, "dataset file")
     try:
-        with opener(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
-        raise LtcError(f"{path}: cannot read ({exc})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise LtcError(f"{path}: not an IDX file of unsigned bytes")
-    ndim = data[3]
-    dims = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise LtcError(f"{path}: truncated IDX file ({body.size} of {int(np.prod(dims))} values)")
-    return body.reshape(dims)
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise LtcError(f"{path}: not an IDX file of unsigned bytes (the magic number is wrong); is this "
+                               "the right file?")
+            ndim = head[3]
+            if rank is not None and ndim != rank:
+                what = "images (count, rows, columns)" if rank == 3 else "labels (count)"
+                raise LtcError(f"{path}: IDX file has {ndim} dimension(s), expected {rank} for {what}; are the "
+                               "image and label files swapped?")
+            if ndim == 0:
+                raise LtcError(f"{path}: IDX file declares no dimensions")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise LtcError(f"{path}: truncated IDX header")
+            dims = struct.unpack(">" + "I" * ndim, raw_dims)
+            if 0 in dims:
+                raise LtcError(f"{path}: IDX file declares an empty dimension {list(dims)}; the file holds no data")
+            total = math.prod(dims)
+            if total > MAX_IDX_BYTES:
+                raise LtcError(f"{path}: IDX header declares {list(dims)} = {total:,} values, more than the "
+                               f"{MAX_IDX_BYTES:,} ltc reads; the header is corrupt or this is not a dataset file")
+            if not gz:
+                stored = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+                if stored != total:
+                    raise LtcError(f"{path}: IDX header declares {list(dims)} = {total:,} values but the file holds "
+                                   f"{stored:,}; the file is truncated or corrupt")
+            body = _read_exactly(f, total)
+            extra = f.read(1)
+    except LtcError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LtcError(f"{path}: cannot read ({first_line(exc)}); is the file complete?") from None
+    if len(body) < total:
+        raise LtcError(f"{path}: truncated IDX file ({len(body):,} of {total:,} values)")
+    if extra:
+        raise LtcError(f"{path}: IDX file holds more data than its header declares {list(dims)}; the file is corrupt")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _labels(y: np.ndarray, x_count: int, classes: int, y_path: Path, x_path: Path) -> np.ndarray:
+    if len(y) != x_count:
+        raise LtcError(f"{y_path}: {len(y):,} labels for the {x_count:,} images of {x_path}; the files do not "
+                       "belong together")
+    if len(y) and int(y.max()) >= classes:
+        raise LtcError(f"{y_path}: label {int(y.max())} is out of range for {classes} classes (0..{classes - 1}); "
+                       "is this the right label file?")
+    return y
 
 
 def _idx_dataset(name: str) -> Callable[..., Splits]:
     def load(val_size: int | None = None, data_dir: str | None = None, seed: int = 0) -> Splits:
         folder = Path(data_dir or DEFAULT_DIRS[name])
         if not folder.is_dir():
-            hint = " (apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
-            raise LtcError(f"{folder}: no such folder for {name}; pass --data-dir with the IDX files{hint}")
-        x = read_idx(_find(folder, "train-images-idx3-ubyte"))[:, None] / 255.0
-        y = read_idx(_find(folder, "train-labels-idx1-ubyte"))
-        tx = read_idx(_find(folder, "t10k-images-idx3-ubyte"))[:, None] / 255.0
-        ty = read_idx(_find(folder, "t10k-labels-idx1-ubyte"))
-        return _split(name, x, y, tx, ty, 5000 if val_size is None else val_size, 10, seed=seed)
+            what = "is not a folder" if folder.exists() else "no such folder"
+            raise LtcError(f"{folder}: {what} for {name}; pass --data-dir with the IDX files{_HINT.get(name, '')}")
+        arrays = {}
+        for split in ("train", "t10k"):
+            xp = _find(folder, f"{split}-images-idx3-ubyte")
+            yp = _find(folder, f"{split}-labels-idx1-ubyte")
+            x = read_idx(xp, rank=3)
+            y = _labels(read_idx(yp, rank=1), len(x), 10, yp, xp)
+            arrays[split] = (x, y, xp)
+        (x, y, xp), (tx, ty, txp) = arrays["train"], arrays["t10k"]
+        if x.shape[1:] != tx.shape[1:]:
+            raise LtcError(f"{txp}: test images are {tx.shape[1]}x{tx.shape[2]} but the training images of {xp} "
+                           f"are {x.shape[1]}x{x.shape[2]}; the files do not belong together")
+        return _split(name, x[:, None] / 255.0, y, tx[:, None] / 255.0, ty, 5000 if val_size is None else val_size,
+                      10, seed=seed)
 
     return load
 
@@ -130,24 +211,66 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _bounded(found) if name == "_reconstruct" else found
+
+
+def _bounded(reconstruct):
+    """numpy's ``_reconstruct`` allocates the shape it is given (numpy's own pickles pass an empty one
+    and fill it from the pickled bytes); a forged shape must not allocate what the file does not hold."""
+
+    def rebuild(subtype, shape, dtype):
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) > 1 << 16:
+            raise pickle.UnpicklingError(f"refused an array of shape {shape!r} before its data")
+        return reconstruct(subtype, shape, dtype)
+
+    return rebuild
+
+
+MAX_CIFAR_BATCH_BYTES = 2**30
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise LtcError(f"{path} not found; pass --data-dir with CIFAR-10's python batches (cifar-10-batches-py)")
+    path = check_input_file(path, "CIFAR-10 batch", "pass --data-dir with CIFAR-10's python batches")
+    if path.stat().st_size > MAX_CIFAR_BATCH_BYTES:
+        raise LtcError(f"{path}: {path.stat().st_size:,} bytes is far more than a CIFAR-10 batch (30 MB); is this "
+                       "the right file?")
     try:
         with open(path, "rb") as f:
             d = _SafeUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as exc:
-        raise LtcError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
-    return x, y
+        if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+            raise LtcError(f"{path}: not a CIFAR-10 python batch (expected a dict with data and labels)")
+        x = np.asarray(d[b"data"])
+        y = np.asarray(d[b"labels"])
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or x.dtype.kind not in "ui":
+            raise LtcError(f"{path}: CIFAR-10 data must be [N, 3072] bytes, found {list(x.shape)} of {x.dtype}; is "
+                           "this the right file?")
+        if x.size and (int(x.min()) < 0 or int(x.max()) > 255):
+            raise LtcError(f"{path}: CIFAR-10 pixel values must be 0..255")
+        if y.ndim != 1 or y.dtype.kind not in "ui" or len(y) != len(x):
+            raise LtcError(f"{path}: {y.size} labels ({list(y.shape)} of {y.dtype}) for {len(x)} images; the batch is "
+                           "corrupt")
+        if len(x) == 0:
+            raise LtcError(f"{path}: CIFAR-10 batch holds no images")
+        if int(y.min()) < 0 or int(y.max()) >= 10:
+            raise LtcError(f"{path}: label {int(y.max()) if int(y.max()) >= 10 else int(y.min())} is out of range "
+                           "for the 10 classes (0..9)")
+    except LtcError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unpickling hostile bytes raises many kinds of error
+        raise LtcError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {first_line(exc)})") from None
+    return x.astype(np.uint8).reshape(-1, 3, 32, 32), y.astype(np.int64)
 
 
 def load_cifar10(val_size: int | None = None, data_dir: str | None = None, seed: int = 0) -> Splits:
     folder = Path(data_dir or DEFAULT_DIRS["cifar10"])
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "no such folder"
+        raise LtcError(f"{folder}: {what} for cifar10; pass --data-dir with CIFAR-10's python batches "
+                       "(cifar-10-batches-py)")
     parts = [_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     x = np.concatenate([p[0] for p in parts]) / 255.0
     y = np.concatenate([p[1] for p in parts])

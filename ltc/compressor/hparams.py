@@ -1,110 +1,265 @@
-"""Hyperparameters as typed dataclasses: the single source of the CLI flags, the help text, and the
-canonical string whose hash names a run folder (so re-running the same command resumes it)."""
+"""Hyperparameters as typed dataclasses: the single source of the CLI flags, their help text and
+ranges, and the canonical string whose hash names a run folder (so re-running the same command resumes
+it).
+
+Each field carries its check in its metadata (:class:`Range`, :class:`OneOf`, :class:`Ints`,
+:class:`Names`): :func:`options` turns it into a click type, so ``--help`` shows the range and a bad
+value is refused while parsing; ``validate()`` applies the same checks for API callers.
+
+This module must not import torch: the CLI imports it to build its options.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import typing
 from dataclasses import dataclass, field
 
 import click
 
+from ltc.errors import LtcError
+from ltc.options import FiniteFloat, IntList
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+# The registries' names, here so that building the CLI does not import torch (a test checks that
+# they equal ltc.compressor.models.REGISTRY and ltc.compressor.data.DATASETS).
+MODEL_NAMES = ("lenet300", "lenet5", "conv2", "conv4", "conv6", "vgg11", "vgg16", "vgg19", "resnet20",
+               "resnet56", "resnet18")
+DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "synthetic")
+CONTROLS = ("reinit", "random")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number in [min, max] (each end optionally open); NaN and infinities are always refused."""
+
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def ok(self, v) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.min is not None and (v < self.min or (self.min_open and v == self.min)):
+            return False
+        return not (self.max is not None and (v > self.max or (self.max_open and v == self.max)))
+
+    def describe(self) -> str:
+        lo = None if self.min is None else f"{'>' if self.min_open else '>='} {_num(self.min)}"
+        hi = None if self.max is None else f"{'<' if self.max_open else '<='} {_num(self.max)}"
+        if lo and hi:
+            return (f"in {'(' if self.min_open else '['}{_num(self.min)}, {_num(self.max)}"
+                    f"{')' if self.max_open else ']'}")
+        return lo or hi or "finite"
+
+    def click_type(self, base: type) -> click.ParamType:
+        kw = {"min": self.min, "max": self.max, "min_open": self.min_open, "max_open": self.max_open}
+        if base is int:
+            return click.IntRange(**{k: (int(v) if isinstance(v, float) else v) for k, v in kw.items()})
+        return FiniteFloat(**kw)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+class _OneOfType(click.Choice):
+    """click.Choice with ltc's wording: ``unknown model 'x'; choose one of a, b, c``."""
+
+    def __init__(self, names: tuple[str, ...], what: str):
+        super().__init__(names)
+        self.what = what
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value in self.choices:
+            return value
+        self.fail(f"unknown {self.what} {value!r}; choose one of {', '.join(self.choices)}", param, ctx)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    names: tuple[str, ...]
+    what: str
+
+    def message(self, v) -> str:
+        return f"unknown {self.what} {v!r}; choose one of {', '.join(self.names)}"
+
+    def click_type(self, base: type) -> click.ParamType:
+        return _OneOfType(self.names, self.what)
+
+
+class _KeepText(click.ParamType):
+    """Validate with ``check`` but keep the text as given: the canonical string (and so the run folder
+    name) of a valid value stays what it always was."""
+
+    def __init__(self, name: str, check):
+        self.name = name
+        self.check = check
+
+    def convert(self, value, param, ctx):
+        problem = self.check(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
+
+
+def _ints_problem(value) -> str | None:
+    if not isinstance(value, str):
+        return f"{value!r} is not a comma-separated list of integers (e.g. 1000,2000)"
+    try:
+        IntList().convert(value, None, None)
+    except click.BadParameter as exc:
+        return exc.message
+    return None
+
+
+@dataclass(frozen=True)
+class Ints:
+    """Comma-separated non-negative integers, kept as the text given."""
+
+    def problem(self, v) -> str | None:
+        return _ints_problem(v)
+
+    def click_type(self, base: type) -> click.ParamType:
+        return _KeepText("ints", _ints_problem)
+
+
+@dataclass(frozen=True)
+class Names:
+    """Comma-separated names out of ``names`` (or ``none``), kept as the text given."""
+
+    names: tuple[str, ...]
+    what: str
+
+    def problem(self, v) -> str | None:
+        if not isinstance(v, str):
+            return f"{v!r} is not a comma-separated list of {self.what}s"
+        unknown = sorted({c.strip() for c in v.split(",") if c.strip()} - {*self.names, "none"})
+        if unknown:
+            return f"unknown {self.what}(s) {unknown}; choose {', '.join(self.names)} or none"
+        return None
+
+    def click_type(self, base: type) -> click.ParamType:
+        return _KeepText(self.what + "s", self.problem)
+
+
+def _help(text: str, check=None, **kw):
+    return field(metadata={"help": text, "check": check}, **kw)
+
+
+POSITIVE = Range(min=0, min_open=True)
+AT_LEAST_0 = Range(min=0)
+AT_LEAST_1 = Range(min=1)
+FRACTION = Range(min=0, max=1, max_open=True)  # [0, 1)
 
 
 @dataclass(frozen=True)
 class TrainHparams:
     model: str = _help("model name (lenet300, lenet5, conv2/4/6, vgg11/16/19, resnet20/56, resnet18)",
-                       default="lenet300")
-    dataset: str = _help("dataset name (digits, fashion-mnist, mnist, cifar10, synthetic)", default="digits")
+                       OneOf(MODEL_NAMES, "model"), default="lenet300")
+    dataset: str = _help("dataset name (digits, fashion-mnist, mnist, cifar10, synthetic)",
+                         OneOf(DATASET_NAMES, "dataset"), default="digits")
     val_size: int | None = _help("validation examples held out of train (default: per dataset; paper 5000)",
-                                 default=None)
-    optimizer: str = _help("sgd or adam", default="adam")
-    lr: float = _help("learning rate", default=1.2e-3)
-    momentum: float = _help("SGD momentum", default=0.9)
-    weight_decay: float = _help("L2 weight decay", default=0.0)
-    batch_size: int = _help("global batch size (split across ranks under torchrun)", default=60)
-    iterations: int = _help("training iterations (use this or --epochs)", default=0)
-    epochs: float = _help("training epochs (converted to iterations)", default=0.0)
-    schedule: str = _help("lr schedule: constant, step, cosine", default="constant")
-    milestones: str = _help("step schedule: comma-separated iterations where lr *= gamma", default="")
-    gamma: float = _help("step schedule factor", default=0.1)
-    warmup: int = _help("linear lr warm-up iterations", default=0)
-    eval_every: int = _help("evaluate validation and test every N iterations", default=100)
+                                 AT_LEAST_0, default=None)
+    optimizer: str = _help("sgd or adam", OneOf(("sgd", "adam"), "optimizer"), default="adam")
+    lr: float = _help("learning rate", POSITIVE, default=1.2e-3)
+    momentum: float = _help("SGD momentum", FRACTION, default=0.9)
+    weight_decay: float = _help("L2 weight decay", AT_LEAST_0, default=0.0)
+    batch_size: int = _help("global batch size (split across ranks under torchrun)", AT_LEAST_1, default=60)
+    iterations: int = _help("training iterations (use this or --epochs)", AT_LEAST_0, default=0)
+    epochs: float = _help("training epochs (converted to iterations)", Range(min=0, max=1e6), default=0.0)
+    schedule: str = _help("lr schedule: constant, step, cosine", OneOf(("constant", "step", "cosine"), "schedule"),
+                          default="constant")
+    milestones: str = _help("step schedule: comma-separated iterations where lr *= gamma", Ints(), default="")
+    gamma: float = _help("step schedule factor", POSITIVE, default=0.1)
+    warmup: int = _help("linear lr warm-up iterations", AT_LEAST_0, default=0)
+    eval_every: int = _help("evaluate validation and test every N iterations", AT_LEAST_1, default=100)
     patience: int = _help("stop after N evaluations without a lower validation loss (0: train to the end)",
-                          default=0)
-    dropout: float = _help("dropout on fully connected layers (paper: 0.5)", default=0.0)
+                          AT_LEAST_0, default=0)
+    dropout: float = _help("dropout on fully connected layers (paper: 0.5)", FRACTION, default=0.0)
     augment: bool = _help("random crop + flip (on by default for cifar10)", default=False)
-    seed: int = _help("random seed (init, data order)", default=0)
+    seed: int = _help("random seed (init, data order)", Range(min=0, max=2**32 - 1), default=0)
 
     def validate(self) -> None:
-        from ltc.compressor.data import DATASETS
-        from ltc.compressor.models import REGISTRY
-        from ltc.errors import LtcError
-
-        if self.model not in REGISTRY:
-            raise LtcError(f"unknown model {self.model!r}; choose one of {', '.join(REGISTRY)}")
-        if self.dataset not in DATASETS:
-            raise LtcError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise LtcError(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
-        if self.schedule not in ("constant", "step", "cosine"):
-            raise LtcError(f"--schedule must be constant, step or cosine, got {self.schedule!r}")
-        if self.lr <= 0 or self.batch_size < 1 or self.eval_every < 1:
-            raise LtcError("--lr must be > 0, --batch-size and --eval-every >= 1")
+        _validate_fields(self)
         if (self.iterations > 0) == (self.epochs > 0):
             raise LtcError("give exactly one of --iterations and --epochs (> 0)")
-        if not 0 <= self.dropout < 1:
-            raise LtcError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
 class PruneHparams:
     strategy: str = _help("magnitude (layer-wise), global (one threshold), channel (whole filters by L1)",
-                          default="magnitude")
-    rounds: int = _help("pruning rounds (1 = one-shot)", default=5)
-    rate_conv: float = _help("fraction of surviving conv weights pruned per round (paper 0.1-0.15)", default=0.1)
-    rate_fc: float = _help("fraction of surviving fc weights pruned per round (paper 0.2)", default=0.2)
-    rate_output: float = _help("fraction of the output layer pruned per round (paper 0.1)", default=0.1)
+                          OneOf(("magnitude", "global", "channel"), "strategy"), default="magnitude")
+    rounds: int = _help("pruning rounds (1 = one-shot)", AT_LEAST_1, default=5)
+    rate_conv: float = _help("fraction of surviving conv weights pruned per round (paper 0.1-0.15)", FRACTION,
+                             default=0.1)
+    rate_fc: float = _help("fraction of surviving fc weights pruned per round (paper 0.2)", FRACTION, default=0.2)
+    rate_output: float = _help("fraction of the output layer pruned per round (paper 0.1)", FRACTION, default=0.1)
     target: float = _help("overall fraction to prune after all rounds; overrides the per-kind rates "
-                          "(each round prunes 1-(1-target)^(1/rounds) of the survivors)", default=0.0)
+                          "(each round prunes 1-(1-target)^(1/rounds) of the survivors)", FRACTION, default=0.0)
     reset: str = _help("init (winning ticket: reset to theta0) or rewind (to --rewind-iteration)",
-                       default="init")
-    rewind_iteration: int = _help("iteration k to rewind to with --reset rewind", default=0)
+                       OneOf(("init", "rewind"), "reset"), default="init")
+    rewind_iteration: int = _help("iteration k to rewind to with --reset rewind", AT_LEAST_0, default=0)
     controls: str = _help("comma-separated controls: reinit (same mask, new init), random (random mask, "
-                          "same per-layer sparsity), or none", default="reinit,random")
-    trials: int = _help("independent trials (seeds seed, seed+1, ...)", default=1)
+                          "same per-layer sparsity), or none", Names(CONTROLS, "control"), default="reinit,random")
+    trials: int = _help("independent trials (seeds seed, seed+1, ...)", AT_LEAST_1, default=1)
 
     def validate(self) -> None:
-        from ltc.errors import LtcError
-
-        if self.strategy not in ("magnitude", "global", "channel"):
-            raise LtcError(f"--strategy must be magnitude, global or channel, got {self.strategy!r}")
-        for name in ("rate_conv", "rate_fc", "rate_output"):
-            v = getattr(self, name)
-            if not 0 <= v < 1:
-                raise LtcError(f"--{name.replace('_', '-')} must be in [0, 1), got {v}")
-        if not 0 <= self.target < 1:
-            raise LtcError(f"--target must be in [0, 1), got {self.target}")
-        if self.rounds < 1 or self.trials < 1:
-            raise LtcError("--rounds and --trials must be >= 1")
-        if self.reset not in ("init", "rewind"):
-            raise LtcError(f"--reset must be init or rewind, got {self.reset!r}")
-        unknown = set(self.control_list()) - {"reinit", "random"}
-        if unknown:
-            raise LtcError(f"unknown control(s) {sorted(unknown)}; choose reinit, random or none")
+        _validate_fields(self)
 
     def control_list(self) -> list[str]:
-        return [c for c in self.controls.split(",") if c and c != "none"]
+        return [c.strip() for c in self.controls.split(",") if c.strip() and c.strip() != "none"]
 
     def rates(self) -> dict[str, float]:
         if self.target:
             q = 1 - (1 - self.target) ** (1 / self.rounds)
             return {"conv": q, "fc": q, "output": q}
         return {"conv": self.rate_conv, "fc": self.rate_fc, "output": self.rate_output}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base(typ) -> type:
+    """int, float, str or bool from a field's annotation (``int | None`` -> int)."""
+    if typ in (int, float, str, bool):
+        return typ
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    return args[0] if len(args) == 1 and args[0] in (int, float, str, bool) else str
+
+
+def _validate_fields(hp) -> None:
+    """Type and range of every field, with the same checks the CLI's option types apply."""
+    hints = typing.get_type_hints(type(hp))
+    for f in dataclasses.fields(hp):
+        v = getattr(hp, f.name)
+        flag = _flag(f.name)
+        base = _base(hints[f.name])
+        if v is None and f.default is None:
+            continue
+        if base is bool:
+            if not isinstance(v, bool):
+                raise LtcError(f"{flag} must be true or false, got {v!r}")
+            continue
+        if base is int and (isinstance(v, bool) or not isinstance(v, int)):
+            raise LtcError(f"{flag} must be an integer, got {v!r}")
+        if base is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise LtcError(f"{flag} must be a number, got {v!r}")
+        if base is str and not isinstance(v, str):
+            raise LtcError(f"{flag} must be a string, got {v!r}")
+        check = f.metadata.get("check")
+        if isinstance(check, Range) and not check.ok(v):
+            finite = "" if math.isfinite(v) else "a finite number "
+            raise LtcError(f"{flag} must be {finite}{check.describe()}, got {v!r}")
+        if isinstance(check, OneOf) and v not in check.names:
+            raise LtcError(f"{flag}: {check.message(v)}")
+        if isinstance(check, (Ints, Names)):
+            problem = check.problem(v)
+            if problem:
+                raise LtcError(f"{flag}: {problem}")
 
 
 def canonical(*hparams) -> str:
@@ -132,22 +287,22 @@ def from_kwargs(cls, kwargs: dict):
 
 
 def options(cls):
-    """Click options generated from a hparams dataclass (flag names, types, defaults, help)."""
+    """Click options generated from a hparams dataclass: flag names, typed and range-checked values
+    (shown in ``--help``), defaults, help text."""
     hints = typing.get_type_hints(cls)
 
     def decorate(fn):
         for f in reversed(dataclasses.fields(cls)):
-            flag = "--" + f.name.replace("_", "-")
-            typ = hints[f.name]
+            flag = _flag(f.name)
+            base = _base(hints[f.name])
             default = f.default
-            if typ is bool:
+            if base is bool:
                 fn = click.option(flag + "/--no-" + f.name.replace("_", "-"), default=default,
                                   help=f.metadata["help"])(fn)
                 continue
-            base = {int: int, float: float, str: str}.get(typ)
-            if base is None:  # Optional[int]
-                base = int if "int" in str(typ) else float
-            fn = click.option(flag, type=base, default=default, show_default=default is not None,
+            check = f.metadata.get("check")
+            typ = check.click_type(base) if check is not None else base
+            fn = click.option(flag, type=typ, default=default, show_default=default is not None,
                               help=f.metadata["help"])(fn)
         return fn
 

@@ -9,6 +9,7 @@ that a compressed ticket must match parameter for parameter.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -409,8 +410,8 @@ def _lenet300(in_shape, classes, dropout):
 
 
 def _lenet5(in_shape, classes, dropout):
-    if tuple(in_shape[1:]) != (28, 28):
-        raise ValueError("lenet5 needs 28x28 inputs")
+    if tuple(in_shape) != (1, 28, 28):
+        raise ValueError("lenet5 needs 1x28x28 inputs")
     m = LeNet5(classes=classes)
     glorot_init(m)
     return m
@@ -449,16 +450,86 @@ REGISTRY: dict[str, Callable[..., WidthModel]] = {
 }
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_arch(name, in_shape, classes, dropout=0.0) -> tuple[str, tuple[int, int, int], int, float]:
+    """Types and ranges of a model's build arguments, which may come from a stranger's ticket:
+    a registered name, ``in_shape`` of three positive integers (channels, height, width), a positive
+    integer class count and a dropout in [0, 1). Returns them normalised; a one-line error otherwise."""
+    from ltc.errors import LtcError
+
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise LtcError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    if not isinstance(in_shape, (list, tuple)) or len(in_shape) != 3 or not all(_is_int(d) for d in in_shape):
+        raise LtcError(f"in_shape must be 3 integers (channels, height, width), got {_short(in_shape)}")
+    if any(d < 1 for d in in_shape):
+        raise LtcError(f"in_shape must be positive, got {list(in_shape)}")
+    if not _is_int(classes) or classes < 1:
+        raise LtcError(f"classes must be a positive integer, got {_short(classes)}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise LtcError(f"dropout must be a number in [0, 1), got {_short(dropout)}")
+    return name, tuple(in_shape), classes, float(dropout)
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def build_model(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0) -> WidthModel:
     """Build a registered model for inputs of ``in_shape`` (C, H, W); unknown names list the choices."""
     from ltc.errors import LtcError
 
-    if name not in REGISTRY:
-        raise LtcError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    name, in_shape, classes, dropout = check_arch(name, in_shape, classes, dropout)
     try:
         return REGISTRY[name](tuple(in_shape), classes, dropout)
     except ValueError as exc:
         raise LtcError(f"model {name!r} cannot take inputs of shape {tuple(in_shape)}: {exc}") from None
+
+
+def memory_estimate(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0,
+                    batch: int = 2, limit: int | None = None) -> dict[str, int]:
+    """Bytes of parameters (and buffers) and of the activations of one forward pass of ``batch``
+    inputs, measured on the meta device: nothing is allocated, and a shape the model cannot take is
+    a one-line error. Arguments are checked as by :func:`check_arch`. When a lower bound (the input,
+    the logits and the output layer's bias) already exceeds ``limit``, that bound is returned
+    (``"lower_bound": 1``) so an absurd architecture is not even built on meta."""
+    from ltc.errors import LtcError, first_line
+
+    name, in_shape, classes, dropout = check_arch(name, in_shape, classes, dropout)
+    input_bytes = 4 * batch * math.prod(in_shape)
+    # at least: the output layer's bias; the input and the logits
+    low = {"parameters": 4 * classes, "activations": input_bytes + 4 * batch * classes, "lower_bound": 1}
+    if limit is not None and low["parameters"] + low["activations"] > limit:
+        return low
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+            model = REGISTRY[name](in_shape, classes, dropout)
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise LtcError(f"model {name!r} cannot be built for inputs of shape {in_shape} with {classes} classes: "
+                       f"{first_line(exc)}") from None
+    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    acts = [input_bytes]
+
+    def hook(_module, _inputs, output):
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                acts[0] += t.numel() * t.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(batch, *in_shape, device="meta"))
+    except (ValueError, RuntimeError, IndexError, OverflowError) as exc:
+        raise LtcError(f"model {name!r} cannot take inputs of shape {in_shape}: {first_line(exc)}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return {"parameters": params, "activations": acts[0], "lower_bound": 0}
 
 
 @torch.no_grad()

@@ -1,18 +1,30 @@
 """Ticket search: iterative (or one-shot) magnitude pruning with reset/rewind, the paper's controls,
-several trials, resumable run folders named by their hyperparameters."""
+several trials, resumable run folders named by their hyperparameters.
+
+Everything that can be checked is checked before a folder is made: hyperparameters, the dataset, that
+the model takes the dataset's inputs, the rewind point, and every file of a run folder being resumed
+(``hparams.json``, ``round*.json``, ``ticket_round*.pt``, ``dense.pt``). A run that still fails removes
+the folders (and files) it created that hold no completed round; an interrupted run keeps its completed
+rounds, so re-running the command resumes after them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import re
+import shutil
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ltc.compressor.data import Splits, load_dataset
+from ltc.compressor.data import DEFAULT_DIRS, Splits, load_dataset
 from ltc.compressor.hparams import PruneHparams, TrainHparams, canonical, run_hash, to_dict
-from ltc.compressor.models import build_model
+from ltc.compressor.models import build_model, memory_estimate
 from ltc.compressor.pruning import (
     STRATEGIES,
     Mask,
@@ -22,30 +34,258 @@ from ltc.compressor.pruning import (
     layer_densities,
     random_like,
 )
-from ltc.compressor.ticket import make_ticket, save_ticket
-from ltc.compressor.training import distributed, train
-from ltc.errors import LtcError
-from ltc.fileio import write_json_atomic, write_text_atomic
+from ltc.compressor.ticket import make_ticket, save_ticket, save_torch
+from ltc.compressor.training import distributed, total_iterations, train
+from ltc.errors import LtcError, first_line
+from ltc.exporters.masks import load_torch_data, validate_ticket
+from ltc.fileio import check_input_file, write_json_atomic, write_text_atomic
 
 VARIANTS = ("ticket", "reinit", "random")
+RESULT_KEYS = ("test_accuracy", "early_stop_iteration", "final_train_accuracy", "final_test_accuracy")
+MAX_JSON_BYTES = 64 << 20
+_ROUND_JSON = re.compile(r"round(\d+)\.json")
+_TRIAL = re.compile(r"trial(\d+)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run folders: checked before anything is written, removed again when a run fails with nothing done
+
+
+def check_out_dir(path: Path, flag: str) -> None:
+    """``path`` is a writable folder, or can be created as one (its nearest existing ancestor is)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise LtcError(f"{flag} {path}: is a file, not a folder; choose a folder (it is created if missing)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise LtcError(f"{flag} {path}: folder is not writable; choose another {flag}")
+        return
+    if path.is_symlink():
+        raise LtcError(f"{flag} {path}: is a dangling symbolic link; remove it or choose another {flag}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LtcError(f"{flag} {path}: {ancestor} is a file, not a folder; choose another {flag}")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LtcError(f"{flag} {path}: cannot create it, {ancestor} is not writable; choose another {flag}")
+
+
+def check_not_in_data(folder: Path, dataset: str, data_dir: str | os.PathLike | None, flag: str) -> None:
+    """ltc never writes into its inputs: the run folder may not lie inside the dataset folder."""
+    data = data_dir or DEFAULT_DIRS.get(dataset)
+    if not data or not Path(data).is_dir():
+        return
+    data_root, target = Path(data).resolve(), Path(folder).resolve()
+    if target == data_root or data_root in target.parents:
+        raise LtcError(f"{flag} {folder}: is inside the dataset folder {data}; ltc never writes into its inputs, "
+                       f"choose another {flag}")
+
+
+def completed(folder: Path) -> bool:
+    """Whether ``folder`` holds a completed round (``roundN.json`` beside ``ticket_roundN.pt``) or a
+    completed dense training (``ticket.pt``), at any depth."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    for f in folder.rglob("*"):
+        if f.name == "ticket.pt":
+            return True
+        m = _ROUND_JSON.fullmatch(f.name)
+        if m and (f.parent / f"ticket_round{m.group(1)}.pt").exists():
+            return True
+    return False
+
+
+class Created:
+    """The folders and files one invocation creates, to take back on failure (see :meth:`rollback`)."""
+
+    def __init__(self) -> None:
+        self.dirs: list[Path] = []
+        self.files: list[Path] = []
+
+    def mkdir(self, path: Path) -> None:
+        path = Path(path)
+        missing = []
+        p = path
+        while not p.exists() and not p.is_symlink():
+            missing.append(p)
+            p = p.parent
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LtcError(f"{path}: cannot create the folder ({exc.strerror or exc}); choose another --out") from None
+        self.dirs.extend(reversed(missing))
+
+    def file(self, path: Path) -> None:
+        """Remember ``path`` if it does not exist yet (call before writing it)."""
+        if not os.path.lexists(path):
+            self.files.append(Path(path))
+
+    def rollback(self, keep: Callable[[Path], bool] = completed) -> None:
+        """Remove what was created, except folders (and files in folders) for which ``keep`` is true:
+        a failed run leaves nothing behind, an interrupted one keeps its completed rounds."""
+        for f in reversed(self.files):
+            if not keep(f.parent):
+                with contextlib.suppress(OSError):
+                    f.unlink()
+        for d in reversed(self.dirs):  # deepest first
+            if d.is_dir() and not d.is_symlink() and not keep(d):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a run folder back: every file is checked and a bad one is named
+
+
+def read_json(path: Path, what: str):
+    path = check_input_file(path, what)
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise LtcError(f"{path}: {path.stat().st_size:,} bytes is too large for a {what}; the run folder is damaged")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise LtcError(f"{path}: not a valid {what} ({first_line(exc)}); the run folder is damaged: delete the "
+                       "file to recompute it, or choose another --out") from None
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_record(path: Path, round_: int | None = None) -> dict:
+    """A ``roundN.json`` of a run folder, checked for what :func:`summarize` reads."""
+    rec = read_json(path, "round record")
+    way = "the run folder is damaged: delete it (and the rounds after it) to recompute the round"
+    if not isinstance(rec, dict):
+        raise LtcError(f"{path}: a round record must be a JSON object, found {type(rec).__name__}; {way}")
+    if not isinstance(rec.get("round"), int) or (round_ is not None and rec["round"] != round_):
+        raise LtcError(f"{path}: 'round' is {rec.get('round')!r}, expected {round_}; {way}")
+    if not _number(rec.get("density")) or not 0 <= rec["density"] <= 1:
+        raise LtcError(f"{path}: 'density' is {rec.get('density')!r}, not a number in [0, 1]; {way}")
+    results = rec.get("results")
+    if not isinstance(results, dict) or not results:
+        raise LtcError(f"{path}: 'results' must be an object of variants; {way}")
+    for variant, res in results.items():
+        if not isinstance(res, dict) or not all(_number(res.get(k)) for k in RESULT_KEYS):
+            raise LtcError(f"{path}: results of '{variant}' lack numbers for {', '.join(RESULT_KEYS)}; {way}")
+    return rec
+
+
+def _fits(state, reference: dict[str, torch.Tensor], field: str, path: Path, bool_ok: bool = False) -> None:
+    """``state`` has exactly ``reference``'s names, shapes and kinds of dtype."""
+    way = "the run folder is damaged or holds another model: delete the file (and the rounds after it) to recompute"
+    if not isinstance(state, dict) or set(state) != set(reference):
+        names = sorted(set(state) ^ set(reference)) if isinstance(state, dict) else []
+        raise LtcError(f"{path}: '{field}' does not hold this model's tensors (differs in {', '.join(names[:4])}"
+                       f"{'...' if len(names) > 4 else ''}); {way}")
+    for name, ref in reference.items():
+        t = state[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise LtcError(f"{path}: '{field}' entry '{name}' has shape {list(t.shape)}, the model's is "
+                           f"{list(ref.shape)}; {way}")
+        if t.layout != torch.strided or t.device.type != "cpu":
+            raise LtcError(f"{path}: '{field}' entry '{name}' is not a dense CPU tensor; {way}")
+        want = "bool" if bool_ok else ("float" if ref.is_floating_point() else "int")
+        got = "bool" if t.dtype == torch.bool else ("float" if t.is_floating_point() else
+                                                      "complex" if t.is_complex() else "int")
+        if got != want:
+            raise LtcError(f"{path}: '{field}' entry '{name}' has dtype {t.dtype}, expected {want}; {way}")
+
+
+def read_round_ticket(path: Path, model: torch.nn.Module, structure: str) -> dict:
+    """A ``ticket_roundN.pt`` of a run folder, checked against the model it must fit."""
+    t = validate_ticket(load_torch_data(path, "ticket"), path)
+    state = {k: v for k, v in model.state_dict().items()}
+    _fits(t.get("final"), state, "final", path)
+    _fits(t["init"], state, "init", path)
+    _fits(t["masks"], full_mask(model, structure), "masks", path, bool_ok=True)
+    if not isinstance(t.get("history"), list) or not all(isinstance(h, dict) for h in t["history"]):
+        raise LtcError(f"{path}: 'history' must be a list of round records; the run folder is damaged: delete the "
+                       "file (and the rounds after it) to recompute")
+    return t
+
+
+def read_dense(path: Path, model: torch.nn.Module) -> dict:
+    """``dense.pt`` (init and final state of the dense training), checked against the model."""
+    d = load_torch_data(path, "dense-training file")
+    if not isinstance(d, dict):
+        raise LtcError(f"{path}: expected a dict with 'init' and 'final', found {type(d).__name__}; delete the "
+                       "trial's rounds to recompute")
+    state = model.state_dict()
+    _fits(d.get("init"), state, "init", path)
+    _fits(d.get("final"), state, "final", path)
+    return d
 
 
 def run_folder(root: Path, thp: TrainHparams, php: PruneHparams) -> Path:
     return root / f"{thp.model}-{thp.dataset}-{run_hash(thp, php)}"
 
 
-def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> None:
-    """Refuse to resume a folder made with other hyperparameters."""
+def _hparams_doc(thp: TrainHparams, php: PruneHparams) -> dict:
+    return {"canonical": canonical(thp, php), **to_dict(thp, php)}
+
+
+def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> bool:
+    """Refuse to resume a folder made with other hyperparameters; True when hparams.json exists."""
     path = run_dir / "hparams.json"
-    mine = {"canonical": canonical(thp, php), **to_dict(thp, php)}
-    if path.exists():
-        theirs = json.loads(path.read_text())
-        if theirs.get("canonical") != mine["canonical"]:
-            raise LtcError(f"{run_dir} holds a run with other hyperparameters ({theirs.get('canonical') or 'defaults'}"
-                           f" vs {mine['canonical'] or 'defaults'}); choose another --run-dir or --out")
-    elif distributed()[0] == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, mine)
+    if not os.path.lexists(path):
+        return False
+    theirs = read_json(path, "hparams.json")
+    if not isinstance(theirs, dict) or not isinstance(theirs.get("canonical", ""), str):
+        raise LtcError(f"{path}: not an ltc hparams.json (expected an object with 'canonical'); the run folder is "
+                       "damaged: choose another --run-dir or --out")
+    mine = canonical(thp, php)
+    if theirs.get("canonical") != mine:
+        raise LtcError(f"{run_dir} holds a run with other hyperparameters ({theirs.get('canonical') or 'defaults'}"
+                       f" vs {mine or 'defaults'}); choose another --run-dir or --out")
+    return True
+
+
+def prepare(thp: TrainHparams, data_dir: str | os.PathLike | None) -> Splits:
+    """Check the hyperparameters, load the dataset and check that the model takes its inputs (on the
+    meta device: nothing is computed): everything that can fail before a folder is made."""
+    thp.validate()
+    _, world = distributed()
+    if thp.batch_size % world:
+        raise LtcError(f"--batch-size {thp.batch_size} must be divisible by the {world} ranks")
+    data = load_dataset(thp.dataset, thp.val_size, data_dir, seed=0)
+    memory_estimate(thp.model, data.in_shape, data.classes, thp.dropout)
+    return data
+
+
+def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> dict[int, tuple[int, dict]]:
+    """Check every file a resumed run reads; per trial, its last completed round and that round's ticket."""
+    resume: dict[int, tuple[int, dict]] = {}
+    if not run_dir.is_dir():
+        return resume
+    _check_hparams(run_dir, thp, php)
+    structure = "channel" if php.strategy == "channel" else "unstructured"
+    model = _fresh(thp, data, 0)
+    for trial in range(php.trials):
+        tdir = run_dir / f"trial{trial}"
+        if os.path.lexists(tdir) and (tdir.is_symlink() or not tdir.is_dir()):
+            raise LtcError(f"{tdir}: is not a folder; the run folder is damaged: remove it or choose another --out")
+        if not tdir.is_dir():
+            continue
+        last = -1
+        while last < php.rounds and (tdir / f"round{last + 1}.json").exists() \
+                and (tdir / f"ticket_round{last + 1}.pt").exists():
+            last += 1
+        if last < 0:
+            continue
+        for r in range(last + 1):
+            read_record(tdir / f"round{r}.json", r)
+        resume[trial] = (last, read_round_ticket(tdir / f"ticket_round{last}.pt", model, structure))
+        if os.path.lexists(tdir / "dense.pt"):
+            read_dense(tdir / "dense.pt", model)
+    return resume
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search
 
 
 def _arch(thp: TrainHparams, data: Splits) -> dict:
@@ -66,25 +306,48 @@ def ticket_search(thp: TrainHparams, php: PruneHparams, out: Path, *, data_dir: 
     """Run (or resume) the search; returns the summary (also written to the run folder)."""
     thp.validate()
     php.validate()
-    data = load_dataset(thp.dataset, thp.val_size, data_dir, seed=0)
+    flag = "--run-dir" if run_dir else "--out"
+    if not run_dir:
+        check_out_dir(Path(out), "--out")
     run_dir = Path(run_dir) if run_dir else run_folder(Path(out), thp, php)
-    _check_hparams(run_dir, thp, php)
-    for trial in range(php.trials):
-        _run_trial(thp, php, data, run_dir / f"trial{trial}", thp.seed + trial, progress)
-    summary = summarize(run_dir)
-    if distributed()[0] == 0:
-        from ltc.compressor.analysis import write_plots
+    check_out_dir(run_dir, flag)
+    check_not_in_data(run_dir, thp.dataset, data_dir, flag)
+    data = prepare(thp, data_dir)
+    total = total_iterations(thp, len(data.train_x))
+    if php.reset == "rewind" and php.rewind_iteration > total:
+        raise LtcError(f"--rewind-iteration {php.rewind_iteration} is past the end of training ({total} iterations); "
+                       "choose a smaller --rewind-iteration or train longer")
+    resume = _scan(run_dir, thp, php, data)
+    rank, _ = distributed()
+    created = Created()
+    try:
+        if rank == 0:
+            created.mkdir(run_dir)
+            if not os.path.lexists(run_dir / "hparams.json"):
+                created.file(run_dir / "hparams.json")
+                write_json_atomic(run_dir / "hparams.json", _hparams_doc(thp, php))
+        for trial in range(php.trials):
+            _run_trial(thp, php, data, run_dir / f"trial{trial}", thp.seed + trial, progress, created,
+                       resume.get(trial))
+        summary = summarize(run_dir)
+        if rank == 0:
+            from ltc.compressor.analysis import write_plots
 
-        summary["plots"] = write_plots(run_dir, summary)
-        write_json_atomic(run_dir / "summary.json", summary)
-        write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
+            summary["plots"] = write_plots(run_dir, summary)
+            write_json_atomic(run_dir / "summary.json", summary)
+            write_text_atomic(run_dir / "summary.md", summary_markdown(summary))
+    except BaseException:
+        if rank == 0:
+            created.rollback()
+        raise
     return summary
 
 
 def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Path, seed: int,
-               progress: bool) -> None:
+               progress: bool, created: Created, resume: tuple[int, dict] | None = None) -> None:
     rank, world = distributed()
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        created.mkdir(trial_dir)
     thp_t = dataclasses.replace(thp, seed=seed)
     structure = "channel" if php.strategy == "channel" else "unstructured"
     model = _fresh(thp, data, seed)
@@ -95,14 +358,17 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
     log = trial_dir / "train.jsonl"
     arch = _arch(thp, data)
     history: list[dict] = []  # every round so far: each ticket carries the path that led to it
-    for r in range(php.rounds + 1):
+    first = 0
+    if resume is not None:  # rounds 0..last completed earlier (checked by _scan): resume after them
+        last, t = resume
+        mask, prev_final, start = t["masks"], t["final"], t["init"]
+        history = list(t["history"])
+        first = last + 1
+    if rank == 0 and first <= php.rounds:
+        created.file(log)
+    for r in range(first, php.rounds + 1):
         record_path = trial_dir / f"round{r}.json"
         ticket_path = trial_dir / f"ticket_round{r}.pt"
-        if record_path.exists() and ticket_path.exists():  # completed earlier: resume after it
-            t = torch.load(ticket_path, map_location="cpu", weights_only=True)
-            mask, prev_final, start = t["masks"], t["final"], t["init"]
-            history = list(t["history"])
-            continue
         if r > 0:
             pruned_from = _fresh(thp, data, seed)
             pruned_from.load_state_dict(prev_final)
@@ -118,11 +384,14 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
         if r == 0:
             if php.reset == "rewind":
                 if res.rewind_state is None:
-                    raise LtcError(f"--rewind-iteration {php.rewind_iteration} is past the end of training")
+                    raise LtcError(f"--rewind-iteration {php.rewind_iteration} was not reached: training stopped "
+                                   f"early at iteration {res.iterations} (--patience); choose a smaller "
+                                   "--rewind-iteration or a larger --patience")
                 start = res.rewind_state
             record["weight_change"] = {"init": "theta0", "final": "dense"}
             if rank == 0:
-                torch.save({"init": theta0, "final": res.final_state}, trial_dir / "dense.pt")
+                created.file(trial_dir / "dense.pt")
+                save_torch({"init": theta0, "final": res.final_state}, trial_dir / "dense.pt")
         else:
             for control in php.control_list():
                 record["results"][control] = _control(control, thp, thp_t, data, mask, start, structure, seed,
@@ -136,6 +405,8 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             ticket = make_ticket(thp.model, arch, mask, masked_start, res.final_state,
                                  structure={"kind": structure, "strategy": php.strategy, "round": r},
                                  history=history, hparams=to_dict(thp, php), seed=seed)
+            created.file(ticket_path)
+            created.file(record_path)
             save_ticket(ticket, ticket_path)
             write_json_atomic(record_path, record)  # written last: marks the round complete
         if world > 1:
@@ -177,11 +448,14 @@ def _check_same_on_ranks(mask: Mask, world: int) -> None:
 
 def summarize(run_dir: Path) -> dict:
     """Per round and variant: mean/min/max over trials of accuracy and early-stop iteration."""
-    trials = sorted(p for p in run_dir.glob("trial*") if p.is_dir())
+    trials = sorted(p for p in run_dir.glob("trial*") if _TRIAL.fullmatch(p.name) and p.is_dir())
     rounds: dict[int, dict] = {}
     for t in trials:
         for f in sorted(t.glob("round*.json")):
-            rec = json.loads(f.read_text())
+            m = _ROUND_JSON.fullmatch(f.name)
+            if not m:
+                continue
+            rec = read_record(f, int(m.group(1)))
             entry = rounds.setdefault(rec["round"], {"round": rec["round"], "density": [], "variants": {}})
             entry["density"].append(rec["density"])
             for variant, res in rec["results"].items():
@@ -196,7 +470,7 @@ def summarize(run_dir: Path) -> dict:
                 for key in ("test_accuracy", "early_stop_iteration", "final_train_accuracy", "final_test_accuracy")
             }
         table.append(row)
-    hp = json.loads((run_dir / "hparams.json").read_text()) if (run_dir / "hparams.json").exists() else {}
+    hp = read_json(run_dir / "hparams.json", "hparams.json") if (run_dir / "hparams.json").exists() else {}
     return {"run_dir": str(run_dir), "hparams": hp, "rounds": table}
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ltc import __version__
 from ltc.exporters.masks import TICKET_FORMAT, TICKET_VERSION
+from ltc.fileio import atomic_file
 
 
 def make_ticket(arch: str, arch_kwargs: dict, masks: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
@@ -31,17 +31,15 @@ def make_ticket(arch: str, arch_kwargs: dict, masks: dict[str, torch.Tensor], in
 
 
 def save_ticket(ticket: dict, path: str | os.PathLike) -> None:
-    """Write atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(ticket, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically: an exclusive temp file in the same folder, then a rename (never half a file,
+    never through a link at ``path``)."""
+    save_torch(ticket, path)
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`ltc.fileio.atomic_file`."""
+    with atomic_file(Path(path)) as f:
+        torch.save(obj, f)
 
 
 def channel_masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:

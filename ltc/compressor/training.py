@@ -117,7 +117,7 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     history: list[dict] = []
     best = (float("inf"), 0, float("nan"))
     rewind_state = None
-    log = open(log_path, "a") if (log_path is not None and rank == 0) else None  # noqa: SIM115
+    log = open_log(log_path) if (log_path is not None and rank == 0) else None
     bar = _progress(progress and rank == 0, label, total)
     order = torch.randperm(len(data.train_x), generator=gen)
     pos = 0
@@ -169,6 +169,24 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     _, train_acc = evaluate(model, data.train_x[:10000], data.train_y[:10000])
     return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
                        {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
+
+
+def open_log(path: Path):
+    """Open a JSONL log for appending, never through a symbolic link and never a FIFO or device."""
+    import stat
+
+    from ltc.errors import LtcError
+
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot write the training log ({exc.strerror or exc}); it must be a regular file, "
+                       "not a link: remove it or choose another --out") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LtcError(f"{path}: the training log is not a regular file; remove it or choose another --out")
+    return os.fdopen(fd, "a")
 
 
 def _eval_row(model: nn.Module, data: Splits, it: int) -> dict:

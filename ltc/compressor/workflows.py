@@ -1,4 +1,8 @@
-"""`ltc train`: one dense training run, saved as a ticket with all-ones masks."""
+"""`ltc train`: one dense training run, saved as a ticket with all-ones masks.
+
+As for the ticket search, everything is checked before the run folder is made, and a run that fails
+removes the folders it created unless they hold a completed training (``ticket.pt``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ltc.compressor.data import load_dataset
 from ltc.compressor.hparams import TrainHparams, run_hash, to_dict
 from ltc.compressor.models import build_model
 from ltc.compressor.pruning import full_mask
+from ltc.compressor.search import Created, check_not_in_data, check_out_dir, prepare
 from ltc.compressor.ticket import make_ticket, save_ticket
 from ltc.compressor.training import distributed, init_distributed, train
 
@@ -17,18 +21,30 @@ from ltc.compressor.training import distributed, init_distributed, train
 def train_dense(thp: TrainHparams, out: str | Path, *, data_dir: str | None = None, progress: bool = False) -> dict:
     init_distributed()
     thp.validate()
-    data = load_dataset(thp.dataset, thp.val_size, data_dir)
+    run_dir = Path(out) / f"train-{thp.model}-{thp.dataset}-{run_hash(thp)}"
+    check_out_dir(Path(out), "--out")
+    check_out_dir(run_dir, "--out")
+    check_not_in_data(run_dir, thp.dataset, data_dir, "--out")
+    data = prepare(thp, data_dir)
     torch.manual_seed(thp.seed)
     model = build_model(thp.model, data.in_shape, data.classes, thp.dropout)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    run_dir = Path(out) / f"train-{thp.model}-{thp.dataset}-{run_hash(thp)}"
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "train.jsonl"
-    res = train(model, data, thp, None, log_path=log, progress=progress, label=f"{thp.model} on {thp.dataset}")
     ticket_path = run_dir / "ticket.pt"
-    if distributed()[0] == 0:
-        arch = {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
-        record = {"round": 0, "density": 1.0, "results": {"ticket": res.summary()}}
-        save_ticket(make_ticket(thp.model, arch, full_mask(model), init, res.final_state, history=[record],
-                                hparams=to_dict(thp), seed=thp.seed), ticket_path)
+    rank = distributed()[0]
+    created = Created()
+    try:
+        if rank == 0:
+            created.mkdir(run_dir)
+            created.file(log)
+        res = train(model, data, thp, None, log_path=log, progress=progress, label=f"{thp.model} on {thp.dataset}")
+        if rank == 0:
+            arch = {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
+            record = {"round": 0, "density": 1.0, "results": {"ticket": res.summary()}}
+            save_ticket(make_ticket(thp.model, arch, full_mask(model), init, res.final_state, history=[record],
+                                    hparams=to_dict(thp), seed=thp.seed), ticket_path)
+    except BaseException:
+        if rank == 0:
+            created.rollback()
+        raise
     return {**res.summary(), "ticket": str(ticket_path), "log": str(log)}

@@ -1,13 +1,28 @@
-"""ticket.pt -> ONNX: rebuild the model from the ticket's architecture, load its masked weights, export."""
+"""ticket.pt -> ONNX: rebuild the model from the ticket's architecture, load its masked weights, export.
+
+A ticket may come from a stranger, so nothing in it is trusted: the file is loaded with
+``weights_only=True``, the architecture's arguments are type-checked, the memory the export would take
+is estimated on the meta device before anything is allocated (refused above ``--max-memory``), and the
+weights and masks must fit the architecture exactly. The ONNX file is written in a private temporary
+folder beside the output and renamed into place; on any failure nothing is left behind.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from ltc.errors import LtcError
 from ltc.exporters.masks import load_torch_data, validate_ticket
+
+MAX_MEMORY_GIB = 4.0
+# Above this much weight the exporters switch to external data: dynamo writes one <output>.data (its
+# threshold is 1.5 GiB), the legacy exporter one file per tensor, which ltc refuses to scatter.
+EXTERNAL_DATA_BYTES = 1536 << 20
+_GIB = 2**30
 
 
 def load_ticket(path: str | os.PathLike) -> dict:
@@ -16,54 +31,167 @@ def load_ticket(path: str | os.PathLike) -> dict:
     return validate_ticket(load_torch_data(path, "ticket"), path)
 
 
-def model_from_ticket(ticket: dict, weights: str = "final"):
-    """The registered model with the ticket's ``final`` (or ``init``) weights, masks applied."""
+def ticket_arch(ticket: dict, path: str | os.PathLike = "ticket") -> tuple[str, tuple[int, int, int], int, float]:
+    """The ticket's (model name, in_shape, classes, dropout), type- and range-checked."""
+    from ltc.compressor.models import check_arch
+
+    arch = ticket["arch"]
+    kw = arch.get("kwargs") or {}
+    for key in ("in_shape", "classes"):
+        if key not in kw:
+            raise LtcError(f"{path}: ticket architecture lacks '{key}'; it was not made by `ltc ticket`")
+    try:
+        return check_arch(arch["name"], kw["in_shape"], kw["classes"], kw.get("dropout", 0.0))
+    except LtcError as exc:
+        raise LtcError(f"{path}: ticket architecture: {exc}; the ticket is damaged or forged") from None
+
+
+def _gib(n: int) -> str:
+    return f"{n / _GIB:,.2f} GiB" if n < 1000 * _GIB else f"{n / _GIB:.3g} GiB"
+
+
+def check_memory(ticket: dict, path: str | os.PathLike, max_memory_gib: float = MAX_MEMORY_GIB,
+                 batch: int = 2) -> dict[str, int]:
+    """Estimate, before allocating anything, what building and exporting the ticket's model takes:
+    its parameters three times (the model, the ONNX graph, the serialised file) and the activations of
+    one forward pass. Refuse above ``max_memory_gib``."""
+    from ltc.compressor.models import memory_estimate
+
+    if isinstance(max_memory_gib, bool) or not isinstance(max_memory_gib, (int, float)) \
+            or not math.isfinite(max_memory_gib) or max_memory_gib <= 0:
+        raise LtcError(f"--max-memory must be a positive number of GiB, got {max_memory_gib!r}")
+    name, in_shape, classes, dropout = ticket_arch(ticket, path)
+    limit = int(max_memory_gib * _GIB)
+    try:
+        est = memory_estimate(name, in_shape, classes, dropout, batch=batch, limit=limit)
+    except LtcError as exc:
+        raise LtcError(f"{path}: {exc}") from None
+    need = 3 * est["parameters"] + est["activations"]
+    if need > limit:
+        about = "at least" if est["lower_bound"] else "about"
+        raise LtcError(f"{path}: exporting {name} for inputs {list(in_shape)} with {classes:,} classes needs {about} "
+                       f"{_gib(need)} (parameters {_gib(est['parameters'])} x3, activations "
+                       f"{_gib(est['activations'])}), over --max-memory {max_memory_gib:g} GiB; check the ticket's "
+                       "architecture (in_shape, classes) or raise --max-memory")
+    return {**est, "needed": need}
+
+
+def _kind(t) -> str:
+    if t.dtype.is_floating_point:
+        return "float"
+    if t.dtype.is_complex:
+        return "complex"
+    return "bool" if str(t.dtype) == "torch.bool" else "int"
+
+
+def _check_state(state: dict, model, arch_name: str, field: str, path) -> None:
+    """``state`` holds exactly the model's tensors: names, shapes, dense CPU tensors of a fitting dtype."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}"] if missing else []) + \
+                ([f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}"] if unexpected else [])
+        raise LtcError(f"{path}: ticket weights do not fit architecture {arch_name!r} ({'; '.join(parts)}); is the "
+                       "ticket for another model?")
+    for name, ref in expected.items():
+        t = state[name]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise LtcError(f"{path}: ticket weights do not fit architecture {arch_name!r}: '{field}' entry '{name}' is "
+                           f"{list(t.shape)}, the model's is {list(ref.shape)}")
+        if str(t.layout) != "torch.strided" or t.device.type != "cpu":
+            raise LtcError(f"{path}: ticket '{field}' entry '{name}' is a {t.layout} tensor on {t.device}, not a "
+                           "dense tensor with data; the ticket is damaged or forged")
+        want = "float" if ref.dtype.is_floating_point else "int"
+        if _kind(t) != want and not (want == "int" and _kind(t) == "bool"):
+            raise LtcError(f"{path}: ticket '{field}' entry '{name}' has dtype {t.dtype}; the model needs {want} "
+                           "values there")
+
+
+def _check_masks(masks: dict, model, arch_name: str, path) -> dict:
     import torch
 
+    params = dict(model.named_parameters())
+    bad = [n for n, m in masks.items() if n not in params or tuple(params[n].shape) != tuple(m.shape)]
+    if bad:
+        raise LtcError(f"{path}: ticket masks do not fit architecture {arch_name!r}: {', '.join(bad[:5])}")
+    out = {}
+    for name, m in masks.items():
+        if str(m.layout) != "torch.strided" or m.device.type != "cpu":
+            raise LtcError(f"{path}: ticket mask '{name}' is a {m.layout} tensor on {m.device}, not a dense tensor "
+                           "with data; the ticket is damaged or forged")
+        if m.dtype != torch.bool:
+            if _kind(m) not in ("int", "float"):
+                raise LtcError(f"{path}: ticket mask '{name}' has dtype {m.dtype}; masks are bool or 0/1 numbers")
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise LtcError(f"{path}: ticket mask '{name}' has values other than 0 and 1; masks are bool or 0/1")
+        out[name] = m.to(torch.bool)
+    return out
+
+
+def model_from_ticket(ticket: dict, weights: str = "final", path: str | os.PathLike = "ticket"):
+    """The registered model with the ticket's ``final`` (or ``init``) weights, masks applied."""
     from ltc.compressor.models import build_model
     from ltc.compressor.pruning import apply_mask
 
-    arch = ticket["arch"]
-    kw = arch.get("kwargs", {})
-    try:
-        model = build_model(arch["name"], tuple(kw["in_shape"]), int(kw["classes"]), float(kw.get("dropout", 0.0)))
-    except KeyError as exc:
-        raise LtcError(f"ticket architecture lacks {exc}; it was not made by `ltc ticket`") from None
+    if weights not in ("final", "init"):
+        raise LtcError(f"--weights must be final or init, got {weights!r}")
+    name, in_shape, classes, dropout = ticket_arch(ticket, path)
     state = ticket.get(weights) or {}
     if not state:
-        raise LtcError(f"ticket has no '{weights}' weights; use --weights init" if weights == "final"
-                       else "ticket has no 'init' weights")
+        raise LtcError(f"{path}: ticket has no '{weights}' weights; use --weights init" if weights == "final"
+                       else f"{path}: ticket has no 'init' weights")
+    model = build_model(name, in_shape, classes, dropout)
+    _check_state(state, model, name, weights, path)
+    masks = _check_masks(ticket["masks"], model, name, path)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise LtcError(f"ticket weights do not fit architecture {arch['name']!r} ({first})") from None
-    params = dict(model.named_parameters())
-    bad = [n for n, m in ticket["masks"].items() if n not in params or params[n].shape != m.shape]
-    if bad:
-        raise LtcError(f"ticket masks do not fit architecture {arch['name']!r}: {', '.join(bad[:5])}")
-    apply_mask(model, {n: m.to(torch.bool) for n, m in ticket["masks"].items()})
+        raise LtcError(f"{path}: ticket weights do not fit architecture {name!r} ({first})") from None
+    apply_mask(model, masks)
     return model.eval()
 
 
 def export_ticket(ticket_path: str | os.PathLike, out: str | os.PathLike, *, weights: str = "final",
                   exporter: str = "legacy", opset: int | None = None, dynamic_batch: bool = True,
-                  fold_batchnorm: bool = False) -> Path:
+                  fold_batchnorm: bool = False, max_memory: float = MAX_MEMORY_GIB) -> Path:
     """Export atomically. BatchNorm stays a node unless ``fold_batchnorm`` (so BN masks survive), and
     initializers keep the parameter names, so `ltc compress --mask ticket.pt` matches them by name."""
-    from ltc.exporters.torch_export import export_onnx
-    from ltc.passes.onnx_io import check_output_path
+    from ltc.exporters.torch_export import check_opset, export_onnx
+    from ltc.fileio import check_outputs
 
-    out = check_output_path(out, [ticket_path])
+    opset = check_opset(exporter, opset)
+    ticket_path = Path(ticket_path)
+    [out] = check_outputs([Path(out)], [ticket_path])
     ticket = load_ticket(ticket_path)
-    model = model_from_ticket(ticket, weights)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
-    os.close(fd)
+    estimate = check_memory(ticket, ticket_path, max_memory)
+    if exporter == "legacy" and estimate["parameters"] > EXTERNAL_DATA_BYTES:
+        raise LtcError(f"{ticket_path}: the model's weights ({_gib(estimate['parameters'])}) need external data, which "
+                       "the legacy exporter scatters over one file per tensor; use --exporter dynamo (it writes them "
+                       "to <output>.data)")
+    model = model_from_ticket(ticket, weights, ticket_path)
+    _, in_shape, _, _ = ticket_arch(ticket, ticket_path)
     try:
-        export_onnx(model, tmp, tuple(ticket["arch"]["kwargs"]["in_shape"]), exporter=exporter,
-                    dynamic_batch=dynamic_batch, opset=opset, keep_batchnorm=not fold_batchnorm)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise LtcError(f"{out}: cannot write ({exc.strerror or exc}); choose another output path") from None
+    moved: list[Path] = []
+    try:
+        tmp = tmpdir / out.name  # the exporter names external data after this: <output>.data
+        export_onnx(model, tmp, in_shape, exporter=exporter, dynamic_batch=dynamic_batch, opset=opset,
+                    keep_batchnorm=not fold_batchnorm)
+        extras = sorted(p for p in tmpdir.iterdir() if p != tmp)
+        check_outputs([out, *(out.parent / p.name for p in extras)], [ticket_path])
+        for p in extras:
+            os.replace(p, out.parent / p.name)
+            moved.append(out.parent / p.name)
         os.replace(tmp, out)
+        moved.clear()
+    except OSError as exc:
+        raise LtcError(f"{out}: cannot write ({exc.strerror or exc}); choose another output path") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for p in moved:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
     return out

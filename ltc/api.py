@@ -63,7 +63,8 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     masks, mask_info = _masks_for(model, mask, strict_mask)
     feeds = load_inputs(inputs, model) if inputs else None
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
-                      rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)")
+                      rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)",
+                      model_file=None if source.external else model_path)
     if external_data is None:
         external_data = model_size_bytes(result.model) > TWO_GB
     check_outputs([out_path, report, data_out if external_data else None], read)
@@ -74,7 +75,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
         **result.to_dict(),
         "file_size": {"before": source.bytes, "after": None},
     }
-    save_model(result.model, out_path, external_data)
+    save_model(result.model, out_path, external_data, serialized=result.serialized)
     doc["file_size"]["after"] = out_path.stat().st_size + (data_out.stat().st_size if external_data else 0)
     doc["seconds_total"] = time.perf_counter() - start
     if report is not None:

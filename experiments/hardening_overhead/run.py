@@ -2,7 +2,7 @@
 
 Two long-lived worker processes, one per code version (this checkout, and REV checked out as a git
 worktree), each import ltc once and time ``ltc.api.compress_file`` in-process; the runs alternate
-A B A B so that machine noise hits both alike. Models: ResNet-18 and ResNet-50 (224x224, ImageNet
+A B, B A, ... so that machine noise and order effects hit both alike. Models: ResNet-18 and ResNet-50 (224x224, ImageNet
 shapes, random init), half of every prunable width dead, legacy exporter with BN folded, dynamic batch.
 
     python experiments/hardening_overhead/run.py [--old c3218e3] [--repeats 7]
@@ -115,7 +115,8 @@ def main() -> None:
         for verify in (True, False):
             times = {label: [] for label in workers}
             for r in range(args.repeats + 1):  # the first round warms caches and is dropped
-                for label, w in workers.items():
+                order = list(workers.items()) if r % 2 else list(workers.items())[::-1]  # A B, B A, ...
+                for label, w in order:
                     w.stdin.write(json.dumps({"model": str(tmp / f"{name}.onnx"), "verify": verify,
                                               "out": str(tmp / f"{name}-{label}.onnx")}) + "\n")
                     w.stdin.flush()

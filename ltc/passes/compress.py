@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from ltc.errors import InternalError, LtcError
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import RULES, ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.onnx_io import checker_problem
+from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.remove import apply_removal, layer_channels, plan_removal
 from ltc.passes.stats import model_stats
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
@@ -93,6 +94,7 @@ class CompressResult:
     lossy: bool
     notes: list[str] = field(default_factory=list)
     frozen: dict[str, int] = field(default_factory=dict)
+    serialized: bytes | None = field(default=None, repr=False)  # ``model``'s bytes when it was serialized
 
     def to_dict(self) -> dict:
         return {
@@ -110,34 +112,41 @@ class CompressResult:
 def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None, *,
              allow_lossy: bool = False, round_to: int = 1, check: bool = True,
              feeds: dict[str, np.ndarray] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
-             inputs_label: str = "random") -> CompressResult:
+             inputs_label: str = "random", model_file: str | os.PathLike | None = None) -> CompressResult:
     """Apply ``masks`` (initializer name -> bool array), remove dead channels, verify.
 
-    Raises :class:`LtcError` if verification fails (unless the user allowed lossy folding, in which
-    case the measured error is reported).
+    Raises :class:`InternalError` if verification fails (unless the user allowed lossy folding, in
+    which case the measured error is reported). ``model_file``, the file ``model`` was read from
+    unchanged, lets ONNX Runtime load the reference from disk instead of a re-serialized copy.
     """
     start = time.perf_counter()
     with input_blamed(model):
-        reference = ApplyMasks(masks)(model).model if masks else model
+        masked = ApplyMasks(masks)(model) if masks else None
+        reference = masked.model if masked is not None and masked.modified else model
         result = RemoveDeadChannels(allow_lossy, round_to)(reference)
     d = result.details
+    serialized = None  # the output's bytes, made once: for ONNX Runtime and for the file
+    if result.modified and model_size_bytes(result.model) <= TWO_GB:
+        serialized = result.model.SerializeToString()
+    candidate = serialized if serialized is not None else result.model
+    reference_run = str(model_file) if model_file is not None and reference is model else reference
     verification = None
     if check:
         feeds = feeds if feeds is not None else random_inputs(reference)
-        verification = verify(reference, result.model, feeds, rtol, atol, inputs_label)
+        verification = verify(reference_run, candidate, feeds, rtol, atol, inputs_label)
         if not verification.passed and not d["lossy"]:
             worst = max(verification.outputs.items(), key=lambda kv: kv[1]["max_abs"])
             raise InternalError(
                 f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
                 f"(rtol {rtol}, atol {atol}); --no-verify writes it anyway, at your own risk")
     elif result.modified:
-        load_check(result.model, reference)
+        load_check(candidate, reference_run)
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
     return CompressResult(result.model, reference, d["layers"], model_stats(reference),
                           model_stats(result.model), verification, seconds, d["lossy"], d["notes"],
-                          d["frozen"])
+                          d["frozen"], serialized)
 
 
 @contextlib.contextmanager

@@ -119,13 +119,18 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
     return {n: feeds[n] for n in names}
 
 
-def _session(model: onnx.ModelProto, tmpdir: str, tag: str):
+Runnable = onnx.ModelProto | bytes | str  # a model, its serialized bytes, or the path of its file
+
+
+def _session(model: Runnable, tmpdir: str, tag: str):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    if model_size_bytes(model) > TWO_GB:
+    if isinstance(model, bytes | str):
+        src = model
+    elif model_size_bytes(model) > TWO_GB:
         path = os.path.join(tmpdir, f"{tag}.onnx")
         save_model(model, path, external_data=True)
         src = path
@@ -140,7 +145,7 @@ def _session(model: onnx.ModelProto, tmpdir: str, tag: str):
         raise InternalError(f"ONNX Runtime cannot load the {tag} model ltc produced ({first_line(exc)})") from None
 
 
-def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tag: str = "model") -> dict[str, np.ndarray]:
+def run_model(model: Runnable, feeds: dict[str, np.ndarray], tag: str = "model") -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         sess = _session(model, tmp, tag)
         names = [o.name for o in sess.get_outputs()]
@@ -153,7 +158,7 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tag: str = "
             raise InternalError(f"ONNX Runtime cannot run the {tag} model ltc produced ({first_line(exc)})") from None
 
 
-def load_check(model: onnx.ModelProto, reference: onnx.ModelProto | None = None) -> None:
+def load_check(model: Runnable, reference: Runnable | None = None) -> None:
     """ONNX Runtime can load ``model`` (the check that runs even when verification is off).
 
     Without ``reference``, ``model`` is the user's (failure: :class:`LtcError`). With it, ``model`` is
@@ -170,7 +175,7 @@ def load_check(model: onnx.ModelProto, reference: onnx.ModelProto | None = None)
             raise
 
 
-def verify(reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds: dict[str, np.ndarray],
+def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray],
            rtol: float = 1e-4, atol: float = 1e-5, inputs: str = "random") -> Verification:
     """Run both models one after the other (one session alive at a time) and compare every output."""
     ref = run_model(reference, feeds, "reference")

@@ -49,10 +49,11 @@ def distributed() -> tuple[int, int]:
 
 
 def init_distributed() -> None:
-    """Join the process group when started by torchrun (gloo on CPU, nccl on GPUs)."""
+    """Join the process group when started by torchrun. The training loop keeps tensors on the CPU,
+    so the backend is gloo even where CUDA is visible (nccl needs CUDA tensors: with it, two ranks on a
+    GPU machine failed at the first all-reduce; seen on an H100 machine, experiments/gpu_check)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        torch.distributed.init_process_group("gloo")
 
 
 def total_iterations(hp: TrainHparams, n_train: int) -> int:

@@ -5,6 +5,7 @@ input, every non-regular file kind is tried on every file argument."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -102,6 +103,10 @@ def _typed_count(m):
     t.float_data.extend(values.tolist())
 
 
+def _output_from_nowhere(m):
+    m.graph.output[0].name = "nowhere"
+
+
 def _negative_dim(m):
     m.graph.initializer[1].dims[0] = -4
 
@@ -131,6 +136,7 @@ MALFORMED = {
     "cycle": (_cycle, "cycle"),
     "duplicate name": (_duplicate, "defined twice"),
     "undefined input": (_undefined, "nowhere.*defines"),
+    "undefined output": (_output_from_nowhere, "output 'nowhere' is produced by no node"),
     "raw data shorter than dims": (_short_raw, "holds .* bytes"),
     "typed data count": (_typed_count, "holds"),
     "negative dim": (_negative_dim, "negative dimension"),
@@ -273,6 +279,20 @@ def test_mask_on_an_integer_tensor(work):
     onnx.save(m, work / "m.onnx")
     np.savez(work / "mask.npz", target_shape=np.array([True, False]))
     _compress(work, "--mask", work / "mask.npz", pattern="targets a int64 tensor")
+
+
+def test_torch_file_whose_storage_declares_a_terabyte(work):
+    """A .pt whose pickle claims 2**40 elements for a 216-byte record: refused, nothing allocated."""
+    torch.save({"w1": torch.ones(8, 3, 3, 3, dtype=torch.bool)}, work / "t.pt")
+    with zipfile.ZipFile(work / "t.pt") as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    pkl = next(n for n in items if n.endswith("data.pkl"))
+    assert b"K\xd8t" in items[pkl]  # numel 216 as a one-byte pickle int
+    items[pkl] = items[pkl].replace(b"K\xd8t", b"\x8a\x06" + (2**40).to_bytes(6, "little") + b"t")
+    with zipfile.ZipFile(work / "forged.pt", "w", zipfile.ZIP_STORED) as z:
+        for name, data in items.items():
+            z.writestr(name, data)
+    _compress(work, "--mask", work / "forged.pt", pattern="forged.pt: not a readable mask file .*does not match")
 
 
 def test_npz_mask_of_strings(work):
@@ -468,6 +488,10 @@ def test_bench_files(work):
     _cycle(m)
     (work / "bad.onnx").write_bytes(m.SerializeToString())
     refused(["bench", work / "bad.onnx"], "cycle", watch=[work])
+    m = _model()
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    (work / "dyn.onnx").write_bytes(m.SerializeToString())
+    refused(["bench", work / "dyn.onnx"], "symbolic dimension 2 .*only the first", watch=[work])
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -560,3 +584,108 @@ def test_watch_helper_sees_changes(tmp_path):
     before = digest([tmp_path])
     (tmp_path / "a").write_text("2")
     assert digest([tmp_path]) != before
+
+
+# ------------------------------------------------------------------ random mutations: a property test
+_MUTATION_OPS = ["Relu", "Sigmoid", "Identity", "Abs", "Neg", "Exp", "Tanh", "Softmax", "Transpose", "Flatten",
+                 "NoSuchOp", "Add", "Mul"]
+
+
+def _mutate(m: onnx.ModelProto, rng) -> None:
+    """One random structural edit of the kind a broken exporter or a hand-edited file makes."""
+    g = m.graph
+    nodes = list(g.node)
+    kind = rng.randrange(12)
+    if kind == 0 and len(nodes) > 1:
+        del g.node[rng.randrange(len(nodes))]
+    elif kind == 1:
+        rng.choice(nodes).op_type = rng.choice(_MUTATION_OPS)
+    elif kind == 2:
+        n = rng.choice(nodes)
+        n.input[rng.randrange(len(n.input))] = rng.choice(["x", "c", "h", "y", "w1", "w2", "zz", ""])
+    elif kind == 3:
+        t = rng.choice(list(g.initializer))
+        t.dims[rng.randrange(len(t.dims))] = rng.choice([0, 1, 2, 7, 16, 10**6])
+    elif kind == 4:
+        rng.choice(list(g.initializer)).data_type = rng.choice(
+            [TensorProto.FLOAT16, TensorProto.INT64, TensorProto.DOUBLE, TensorProto.UINT8, TensorProto.STRING])
+    elif kind == 5:
+        n = rng.choice(nodes)
+        del n.attribute[:]
+        n.attribute.append(helper.make_attribute(rng.choice(["pads", "strides", "group", "axis", "dilations"]),
+                                                 rng.choice([[1, 1, 1, 1], [2, 2], [0], 3, -1])))
+    elif kind == 6:
+        i = rng.randrange(len(nodes))
+        copy = onnx.NodeProto()
+        copy.CopyFrom(nodes[i])
+        g.node.insert(i, copy)
+    elif kind == 7:
+        del g.initializer[rng.randrange(len(g.initializer))]
+    elif kind == 8:
+        op, src, out = rng.choice(_MUTATION_OPS), rng.choice(["c", "h"]), f"n{rng.randrange(99)}"
+        g.node.append(helper.make_node(op, [src] * (2 if op in ("Add", "Mul") else 1), [out]))
+        g.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    elif kind == 9:
+        dims = g.input[0].type.tensor_type.shape.dim
+        dims[rng.randrange(len(dims))].dim_value = rng.choice([1, 2, 5, 64])
+    elif kind == 10:
+        t = rng.choice(list(g.initializer))
+        a = numpy_helper.to_array(t).copy()
+        a.flat[rng.randrange(a.size)] = rng.choice([np.nan, np.inf, 0.0, 1e30])
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+    else:
+        g.output[0].name = rng.choice(["c", "h", "w1", "x", "nope"])
+
+
+def _check_mutant(tmp: Path, seed: int) -> None:
+    import random
+
+    import onnxruntime as ort
+
+    rng = random.Random(seed)
+    m = _model()
+    for _ in range(rng.randrange(1, 4)):
+        with contextlib.suppress(IndexError, ValueError):  # an edit that does not apply to this graph
+            _mutate(m, rng)
+    (tmp / "m.onnx").write_bytes(m.SerializeToString())
+    for args in (["compress", tmp / "m.onnx", "-o", tmp / "o.onnx"],
+                 ["compress", tmp / "m.onnx", "-o", tmp / "p.onnx", "--no-verify"], ["inspect", tmp / "m.onnx"]):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code in (0, 1), (seed, args[0], r.output)  # a bad model is the input's fault, never exit 2
+        assert "Traceback" not in r.output
+        if r.exit_code == 1:
+            assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    if (tmp / "p.onnx").exists():  # written without verification: it loads, and computes what the input does
+        b = ort.InferenceSession(str(tmp / "p.onnx"), providers=["CPUExecutionProvider"])
+        a = ort.InferenceSession(str(tmp / "m.onnx"), providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.random.default_rng(seed).standard_normal(
+            [d if isinstance(d, int) else 2 for d in i.shape]).astype(np.float32) for i in a.get_inputs()}
+        try:
+            expected = a.run(None, feeds)
+        except Exception:  # noqa: BLE001 - the input loads but cannot run (not checked without verification)
+            return
+        for x, y in zip(expected, b.run(None, feeds), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_mutated_models_are_refused_or_compressed_exactly(tmp_path, seed):
+    """Random edits of a valid model: exit 0 with an exact model, or exit 1 with one line; never exit 2."""
+    _check_mutant(tmp_path, seed)
+
+
+def _many_mutants(tmp_path: Path, seeds: range) -> None:
+    for seed in seeds:
+        for f in tmp_path.iterdir():
+            f.unlink()
+        _check_mutant(tmp_path, seed)
+
+
+def test_400_mutated_models(tmp_path):
+    _many_mutants(tmp_path, range(40, 400))
+
+
+@pytest.mark.slow
+def test_5000_mutated_models(tmp_path):
+    _many_mutants(tmp_path, range(400, 5000))

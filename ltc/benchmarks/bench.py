@@ -168,7 +168,8 @@ def make_feeds(inputs: list[tuple[str, list, str]], batch: int, seed: int) -> di
         if typ not in _ORT_TYPES:
             raise LtcError(f"input '{name}' has type {typ}, which ltc bench cannot generate")
         specs.append((name, [d if isinstance(d, int) else None for d in shape], np.dtype(_ORT_TYPES[typ])))
-    return random_feeds(specs, batch, seed)
+    return random_feeds(specs, batch, seed, way_out="ltc bench varies only the first (batch) dimension: fix the "
+                        "others in the model (e.g. onnxruntime.tools.make_dynamic_shape_fixed)")
 
 
 class TrtRunner:

@@ -139,8 +139,10 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
             raise InternalError(
                 f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
                 f"(rtol {rtol}, atol {atol}); --no-verify writes it anyway, at your own risk")
-    elif result.modified:
+    elif result.modified:  # never write a model that does not load, verified or not
         load_check(candidate, reference_run)
+    else:  # an unchanged copy of an input that ONNX Runtime cannot load is not written either
+        load_check(reference_run)
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start

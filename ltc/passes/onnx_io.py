@@ -260,6 +260,10 @@ def _check_dataflow(g: onnx.GraphProto, label: str, outer: set[str]) -> None:
         stuck = next(g.node[i] for i in pending if missing[i] > 0)
         raise LtcError(f"{label}: the graph has a cycle (node {stuck.name or stuck.op_type} depends on its own "
                        "output); the model is malformed")
+    for out in g.output:
+        if out.name not in scope:
+            raise LtcError(f"{label}: graph output '{out.name}' is produced by no node, input or initializer; the "
+                           "model is malformed")
     for node in g.node:
         for attr in node.attribute:
             subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)

@@ -61,7 +61,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def random_feeds(specs: list[InputSpec], batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(specs: list[InputSpec], batch: int = 2, seed: int = 0,
+                 way_out: str = "give real inputs with --inputs inputs.npz") -> dict[str, np.ndarray]:
     """Seeded inputs: a symbolic first dimension becomes ``batch``, other symbolic dims refuse.
     Floats are standard normal; integers and booleans are 0 or 1 (valid ids, indices and flags)."""
     rng = np.random.default_rng(seed)
@@ -74,8 +75,7 @@ def random_feeds(specs: list[InputSpec], batch: int = 2, seed: int = 0) -> dict[
             elif i == 0:
                 shape.append(batch)
             else:
-                raise LtcError(f"input '{name}' has a symbolic dimension {i} ({d!r}); give real inputs with "
-                               "--inputs inputs.npz")
+                raise LtcError(f"input '{name}' has a symbolic dimension {i} ({d!r}); {way_out}")
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:

@@ -135,10 +135,13 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         feeds = feeds if feeds is not None else random_inputs(reference)
         verification = verify(reference_run, candidate, feeds, rtol, atol, inputs_label)
         if not verification.passed and not d["lossy"]:
-            worst = max(verification.outputs.items(), key=lambda kv: kv[1]["max_abs"])
+            name, worst = max(verification.outputs.items(),
+                              key=lambda kv: kv[1]["max_abs"] / max(kv[1]["tolerance"], 1e-300))
             raise InternalError(
-                f"verification failed: output '{worst[0]}' differs by {worst[1]['max_abs']:.3g} "
-                f"(rtol {rtol}, atol {atol}); --no-verify writes it anyway, at your own risk")
+                f"verification failed: output '{name}' differs by {worst['max_abs']:.3g}, "
+                f"{worst['max_abs'] / max(worst['tolerance'], 1e-300):.3g}x the tolerance {worst['tolerance']:.3g} "
+                f"(atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g}); if that is rounding, raise --rtol; "
+                "--no-verify writes it anyway, at your own risk")
     elif result.modified:  # never write a model that does not load, verified or not
         load_check(candidate, reference_run)
     else:  # an unchanged copy of an input that ONNX Runtime cannot load is not written either

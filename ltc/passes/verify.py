@@ -177,7 +177,12 @@ def load_check(model: Runnable, reference: Runnable | None = None) -> None:
 
 def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray],
            rtol: float = 1e-4, atol: float = 1e-5, inputs: str = "random") -> Verification:
-    """Run both models one after the other (one session alive at a time) and compare every output."""
+    """Run both models one after the other (one session alive at a time) and compare every output.
+
+    An output passes when its largest difference is at most ``atol + rtol * max|reference|``: float32
+    rounding grows with the magnitude of the terms summed, not with each element, so an element-wise
+    test refuses exact compressions of wide layers (an output near zero next to values of 1e3 carries
+    the rounding of the 1e3 terms). NaN and infinities must match position by position."""
     ref = run_model(reference, feeds, "reference")
     got = run_model(candidate, feeds, "compressed")
     result = Verification(True, rtol, atol, inputs=inputs)
@@ -194,7 +199,10 @@ def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray
         diff = np.where(np.isnan(diff), np.inf, diff)
         max_abs = float(diff.max()) if diff.size else 0.0
         max_rel = float((diff / np.maximum(np.abs(r64), 1e-12)).max()) if diff.size else 0.0
-        ok = bool(np.allclose(g64, r64, rtol=rtol, atol=atol))
-        result.outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "passed": ok}
+        scale = float(np.abs(r64).max()) if r64.size else 0.0
+        tolerance = atol + rtol * scale
+        ok = max_abs <= tolerance
+        result.outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "tolerance": tolerance,
+                                "passed": ok}
         result.passed &= ok
     return result

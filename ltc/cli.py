@@ -23,11 +23,24 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (timeout, CI cancellation, a container stop) unwinds like Ctrl-C, so temporaries are removed."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 class _Group(click.Group):
     """Every failure is one line on stderr, never a traceback. Exit 1: the input is wrong (library
     errors, bad options, missing extras); exit 2: ltc is wrong (LTC_DEBUG=1 shows the traceback)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        _terminate_as_interrupt()
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -44,10 +57,10 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except LtcError as exc:
-            _fail(first_line(exc), 1)
+        except LtcError as exc:  # the whole message: a path in it may hold a newline (printed as a space)
+            _fail(str(exc) or type(exc).__name__, 1)
         except InternalError as exc:
-            _fail(f"{first_line(exc)}; nothing was written. This is a bug in ltc: please report it", 2)
+            _fail(f"{exc}; nothing was written. This is a bug in ltc: please report it", 2)
         except KeyboardInterrupt:
             _fail("interrupted; nothing half-written is left (ltc ticket keeps its completed rounds and resumes "
                   "after them)", 130)

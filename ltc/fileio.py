@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import stat
@@ -54,12 +55,19 @@ def check_input_file(path: PathLike, what: str = "file", hint: str = "") -> Path
 
 def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
     """The resolved path, and (device, inode) when the file exists."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        raise LtcError(f"{path}: cannot resolve the path ({first_line(exc)}); is it a symlink loop?") from None
     try:
         st = resolved.stat()
         return resolved, (st.st_dev, st.st_ino)
     except OSError:
         return resolved, None
+
+
+# The longest file name whose temporary (".NAME.XXXXXXXX.tmp", see _atomic) still fits in NAME_MAX.
+_MAX_NAME = 255 - len("..XXXXXXXX.tmp")
 
 
 def _expand(paths: Iterable[PathLike | None]) -> list[Path]:
@@ -69,10 +77,13 @@ def _expand(paths: Iterable[PathLike | None]) -> list[Path]:
         if p is None:
             continue
         p = Path(p)
-        if p.is_dir():
-            out.extend(f for f in p.rglob("*") if f.is_file())
-        else:
-            out.append(p)
+        try:
+            if p.is_dir():
+                out.extend(f for f in p.rglob("*") if f.is_file())
+                continue
+        except OSError as exc:
+            raise LtcError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        out.append(p)
     return out
 
 
@@ -85,6 +96,9 @@ def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike 
         if out is None:
             continue
         out = Path(out)
+        if len(os.fsencode(out.name)) > _MAX_NAME:
+            raise LtcError(f"{out.name[:40]}...: the output file name is {len(os.fsencode(out.name))} bytes long; "
+                           f"ltc writes through a temporary beside it and needs names of at most {_MAX_NAME} bytes")
         resolved, ident = _identity(out)
         for src, src_resolved, src_ident in sources:
             if resolved == src_resolved or (ident is not None and ident == src_ident):
@@ -94,10 +108,14 @@ def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike 
             if resolved == other_resolved or (ident is not None and ident == other_ident):
                 raise LtcError(f"{out}: the same file is asked for two outputs ({other} and {out}); give "
                                "each output its own path")
-        if resolved.is_dir():
+        try:
+            is_dir, parent_ok = resolved.is_dir(), resolved.parent.is_dir()
+        except OSError as exc:
+            raise LtcError(f"{out}: not a usable output path ({exc.strerror or exc})") from None
+        if is_dir:
             raise LtcError(f"{out}: is a directory; give a file path for the output")
         parent = resolved.parent
-        if not parent.is_dir():
+        if not parent_ok:
             raise LtcError(f"{out}: directory {out.parent} does not exist; create it or choose another path")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise LtcError(f"{out}: directory {out.parent} is not writable; choose another path")
@@ -105,7 +123,9 @@ def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike 
     return [p[0] for p in planned]
 
 
+@functools.cache
 def _umask_mode() -> int:
+    """0o666 less the umask; read once (reading it means setting it, which is process-wide)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return 0o666 & ~mask
@@ -157,6 +177,14 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def write_all_atomic(files: dict[PathLike, bytes]) -> None:
+    """Write several files as one step: every temporary is written before the first rename, so a
+    failure (a full disk, a signal) leaves none of them."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(atomic_file(path)).write(data)
+
+
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through an exclusive temp file and a rename; never half a file."""
     write_bytes_atomic(path, text.encode())
@@ -181,11 +209,13 @@ def load_npz(path: PathLike, what: str) -> dict:
     import numpy as np
 
     path = check_input_file(path, what)
+    total = 0
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 if not info.filename.endswith(".npy"):
-                    continue
+                    raise LtcError(f"{path}: member '{info.filename}' is not a .npy array; an .npz {what} holds "
+                                   "only arrays (numpy.savez)")
                 with z.open(info) as f:
                     version = np.lib.format.read_magic(f)
                     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
@@ -196,9 +226,10 @@ def load_npz(path: PathLike, what: str) -> dict:
                     raise LtcError(f"{path}: '{info.filename}' holds Python objects; save plain numeric arrays")
                 declared = math.prod(shape) * dtype.itemsize
                 stored = info.file_size - header
-                if declared > _memory_bytes() // 2:
-                    raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes, more than "
-                                   "half of this machine's memory; refused")
+                total += declared
+                if total > _memory_bytes() // 2:
+                    raise LtcError(f"{path}: the arrays declare {total:,} bytes up to '{info.filename[:-4]}', more "
+                                   "than half of this machine's memory; refused")
                 if declared > stored:
                     raise LtcError(f"{path}: array '{info.filename[:-4]}' declares {declared:,} bytes but the "
                                    f"archive holds {stored:,}; the file is corrupt or forged")

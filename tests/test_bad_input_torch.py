@@ -411,6 +411,20 @@ def test_log_symlink_is_not_written_through(tmp_path):
     victim.write_text("precious")
     (tmp_path / "rd" / "trial0").mkdir(parents=True)
     (tmp_path / "rd" / "trial0" / "train.jsonl").symlink_to(victim)
+    # a folder with files but no hparams.json is not a run folder: refused before any write
+    refused(["ticket", *TICKET, "--run-dir", tmp_path / "rd"], r"no hparams.json is not an ltc run folder",
+            watch=[tmp_path])
+    # a real run folder whose log was replaced by a link: the log is not written through
+    from click.testing import CliRunner
+
+    from ltc.cli import main
+
+    shutil.rmtree(tmp_path / "rd")
+    r = CliRunner().invoke(main, [str(a) for a in ["ticket", *TICKET, "--run-dir", tmp_path / "rd"]])
+    assert r.exit_code == 0, r.output
+    for f in (tmp_path / "rd" / "trial0").iterdir():
+        f.unlink()
+    (tmp_path / "rd" / "trial0" / "train.jsonl").symlink_to(victim)
     refused(["ticket", *TICKET, "--run-dir", tmp_path / "rd"], r"train.jsonl: cannot write the training log.*link",
             watch=[tmp_path])
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
 from ltc.passes.hardware import cpu_flags
 
 SCHEMA_VERSION = 1
@@ -108,7 +108,7 @@ class OrtRunner:
         }[opts.opt_level]
         if opts.threads:
             so.intra_op_num_threads = opts.threads
-        so.log_severity_level = 3
+        so.log_severity_level = 4
         self.provider_options = provider_options(provider, opts)
         providers = [(wanted, self.provider_options)] + ([("CPUExecutionProvider", {})] if provider != "cpu" else [])
         t0 = time.perf_counter()
@@ -116,7 +116,10 @@ class OrtRunner:
 
         with warnings.catch_warnings():  # ORT warns, then falls back; the fallback is checked below
             warnings.simplefilter("ignore")
-            self.sess = ort.InferenceSession(path, so, providers=providers)
+            try:
+                self.sess = ort.InferenceSession(path, so, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - ORT raises its own types; the model is the input
+                raise LtcError(f"{path}: ONNX Runtime cannot load the model ({first_line(exc)})") from None
         self.session_seconds = time.perf_counter() - t0
         got = self.sess.get_providers()
         self.fallback = got[0] != wanted
@@ -278,7 +281,12 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _time_runs(runner, opts: BenchOptions) -> list[float]:
+def _time_runs(runner, opts: BenchOptions, path: str, batch: int) -> list[float]:
+    try:
+        runner.run()  # the first run also checks that the model runs at all
+    except Exception as exc:  # noqa: BLE001 - ORT/TensorRT raise their own types; the model is the input
+        raise LtcError(f"{path}: the model fails on random inputs of batch {batch} ({first_line(exc)}); check "
+                       "that it runs in ONNX Runtime with that batch size") from None
     for _ in range(opts.warmup):
         runner.run()
     times = []
@@ -301,7 +309,7 @@ def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: i
 
     so = ort.SessionOptions()
     so.enable_profiling = True
-    so.log_severity_level = 3
+    so.log_severity_level = 4
     if opts.threads:
         so.intra_op_num_threads = opts.threads
     import tempfile
@@ -391,10 +399,12 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
                     reason = str(exc)
                     break
                 session_s[name].append(runner.session_seconds)
-                per_round[name].append(_time_runs(runner, opts))
-                rss[name] = max(rss[name], _rss_bytes() - before)
+                try:
+                    per_round[name].append(_time_runs(runner, opts, models[name]["path"], batch))
+                    rss[name] = max(rss[name], _rss_bytes() - before)  # while the session is alive
+                finally:
+                    runner.close()
                 actual = runner.providers
-                runner.close()
                 del runner
                 gc.collect()
                 if progress:

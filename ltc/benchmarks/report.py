@@ -13,6 +13,7 @@ import html
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 
 from ltc.errors import LtcError, first_line
@@ -201,8 +202,16 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
     if run is None and not benches and not compresses:
         raise LtcError("nothing to report: pass --run, --bench or --compress")
     points = [p for b in benches for p in latency_points(b, run)]
+    with warnings.catch_warnings():  # matplotlib's warnings about odd data would break the one-line output
+        warnings.simplefilter("ignore")
+        plots = _plots(run, benches)
     return {"run": run, "benches": benches, "compresses": compresses, "points": points,
-            "pareto": pareto(points), "plots": _plots(run, benches)}
+            "pareto": pareto(points), "plots": plots}
+
+
+def _md_cell(value) -> str:
+    """A Markdown table cell: pipes escaped and line breaks flattened, whatever a model is named."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
@@ -210,7 +219,7 @@ def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
     h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     h += "</tbody></table>"
     md = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
-    md += "".join("| " + " | ".join(str(c) for c in r) + " |\n" for r in rows)
+    md += "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
     return h, md
 
 
@@ -311,7 +320,7 @@ def write_report(run_dir: str | Path | None, bench_paths: list[str], compress_pa
                  output: str | Path, markdown: str | Path | None = None) -> list[Path]:
     """Build the report and write the HTML (and Markdown with its PNGs, named after it); every output
     is checked against every input before anything is written. Returns the files written."""
-    from ltc.fileio import check_outputs, write_bytes_atomic
+    from ltc.fileio import check_outputs, write_all_atomic
 
     inputs = [run_dir, *bench_paths, *compress_paths]
     check_outputs([output, markdown], inputs)
@@ -323,6 +332,5 @@ def write_report(run_dir: str | Path | None, bench_paths: list[str], compress_pa
         files[md] = text.encode()
         files.update({md.with_name(name): data for name, data in images.items()})
     check_outputs(list(files), inputs)
-    for path, data in files.items():
-        write_bytes_atomic(path, data)
+    write_all_atomic(files)
     return list(files)

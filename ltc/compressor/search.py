@@ -261,7 +261,9 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> 
     resume: dict[int, tuple[int, dict]] = {}
     if not run_dir.is_dir():
         return resume
-    _check_hparams(run_dir, thp, php)
+    if not _check_hparams(run_dir, thp, php) and any(run_dir.iterdir()):
+        raise LtcError(f"{run_dir}: a folder with files but no hparams.json is not an ltc run folder; ltc would "
+                       "write over its files: give an empty or new --run-dir")
     structure = "channel" if php.strategy == "channel" else "unstructured"
     model = _fresh(thp, data, 0)
     for trial in range(php.trials):

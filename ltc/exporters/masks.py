@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +65,9 @@ def sniff(path: Path) -> str:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             return "broken zip"
-        if any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names):
-            return "npz"
-        return "torch"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        return "npz" if any(n.endswith(".npy") for n in names) else "zip"
     if head[:1] == b"\x80":  # a pickle protocol header: torch's legacy (non-zip) format
         return "torch"
     if head.startswith(b"\x93NUMPY"):
@@ -82,6 +83,7 @@ def _not_torch(kind: str) -> str:
     return {"onnx": "is an ONNX model, not a mask or ticket file (the model is the first argument)",
             "npy": "is a single .npy array; save the masks with numpy.savez as {name: mask}",
             "broken zip": "is a damaged zip archive (truncated download?)",
+            "zip": "is a zip archive holding neither a torch file nor .npy arrays",
             "text": "is a text file, not a torch or .npz file",
             }.get(kind, "is neither a torch file (.pt) nor an .npz archive")
 
@@ -98,7 +100,9 @@ def load_torch_data(path: Path, what: str = "torch file"):
         raise LtcError(f"{path}: reading a .pt {what} needs torch (pip install 'ltc[torch]'); masks can "
                        "also be given as .npz") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some tensor kinds; the checks below say more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise LtcError(f"{path}: refused: the file contains pickled Python objects, not only tensors "
@@ -108,7 +112,7 @@ def load_torch_data(path: Path, what: str = "torch file"):
 
 def check_ticket_version(ticket: dict, path: Path) -> None:
     version = ticket.get("version")
-    if version != TICKET_VERSION:
+    if type(version) is not int or version != TICKET_VERSION:
         raise LtcError(f"{path}: ticket format version {version!r} is not supported (this ltc reads "
                        f"version {TICKET_VERSION}); re-create the ticket with this ltc")
 
@@ -161,7 +165,7 @@ def _read_torch(path: Path) -> MaskSet:
     if obj.get("format") == TICKET_FORMAT:
         validate_ticket(obj, path)
         weights = obj.get("final") or obj.get("init") or {}
-        return MaskSet(_as_masks(obj["masks"], path), _as_arrays(weights), source="ticket")
+        return MaskSet(_as_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     bad = [k for k in obj if not isinstance(k, str)]
@@ -173,22 +177,32 @@ def _read_torch(path: Path) -> MaskSet:
         for name, m in masks.items():
             orig = obj.get(name + "_orig")
             if _is_tensor(orig) and _is_tensor(m) and tuple(orig.shape) == tuple(m.shape):
-                weights[name] = _to_numpy(orig) * (_to_numpy(m) != 0)
+                weights[name] = _to_numpy(orig, name + "_orig", path) * (_to_numpy(m, name + "_mask", path) != 0)
         return MaskSet(_as_masks(masks, path), weights, source="torch.nn.utils.prune")
     return MaskSet(_as_masks(obj, path), source="pt")
 
 
-def _to_numpy(v) -> np.ndarray:
+def _to_numpy(v, name: str = "", path: Path | None = None) -> np.ndarray:
+    """A tensor as a numpy array; sparse, quantized and numpy-less dtypes (float8...) are refused."""
     if hasattr(v, "detach"):
+        where = f"{path}: tensor '{name}'" if path else f"tensor '{name}'"
+        if getattr(v, "is_sparse", False) or str(getattr(v, "layout", "torch.strided")) != "torch.strided":
+            raise LtcError(f"{where} is stored sparse ({v.layout}); save it dense (tensor.to_dense())")
+        if getattr(v, "is_quantized", False):
+            raise LtcError(f"{where} is quantized ({v.dtype}); save it dequantized (tensor.dequantize())")
         v = v.detach().cpu()
         if str(v.dtype) == "torch.bfloat16":
             v = v.float()
-        return v.numpy()
+        try:
+            return v.numpy()
+        except (TypeError, RuntimeError):
+            raise LtcError(f"{where} has dtype {v.dtype}, which numpy cannot hold; save it as float32 or "
+                           "bool") from None
     return np.asarray(v)
 
 
-def _as_arrays(d: dict) -> dict[str, np.ndarray]:
-    return {k: _to_numpy(v) for k, v in d.items() if hasattr(v, "shape")}
+def _as_arrays(d: dict, path: Path | None = None) -> dict[str, np.ndarray]:
+    return {k: _to_numpy(v, k, path) for k, v in d.items() if hasattr(v, "shape")}
 
 
 def _as_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
@@ -198,7 +212,7 @@ def _as_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
             raise LtcError(f"{path}: mask names must be strings, found the key {name!r}")
         if not _is_tensor(v):
             continue
-        a = _to_numpy(v)
+        a = _to_numpy(v, name, path)
         if a.dtype != np.bool_:
             if a.dtype.kind not in "biuf":
                 raise LtcError(f"{path}: mask '{name}' has dtype {a.dtype}; masks are bool or 0/1 numbers")

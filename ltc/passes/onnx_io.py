@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from ltc.errors import LtcError, first_line
-from ltc.fileio import atomic_file, check_input_file, check_outputs, write_bytes_atomic
+from ltc.fileio import atomic_file, check_input_file, write_bytes_atomic
 
 TWO_GB = 2**31 - 1
 # Initializers at most this many elements keep their values during shape inference, so that
@@ -52,7 +52,8 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSource]:
             "an ONNX protobuf (re-export it if it was truncated)"
         ) from None
     if not model.graph.node:
-        raise LtcError(f"{path}: not an ONNX model (no graph nodes found); pass an exported .onnx file")
+        raise LtcError(f"{path}: the model has no nodes (or is not an ONNX model): nothing to work on; pass an "
+                       "exported .onnx file")
     data_files = load_external_data(model, path)
     check_model_structure(model, str(path))
     return model, ModelSource(path, data_files)
@@ -68,11 +69,6 @@ def model_files(path: str | os.PathLike) -> list[Path]:
         return [path]
     locations = {e.value for t in _all_tensors(model.graph) for e in t.external_data if e.key == "location"}
     return [path, *(path.parent / loc for loc in sorted(locations))]
-
-
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """:func:`read_model` without the source record."""
-    return read_model(path)[0]
 
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
@@ -92,6 +88,8 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
         if not location or os.path.isabs(location) or ".." in Path(location).parts:
             raise LtcError(f"{where}, which is not a file inside the model's folder; ltc reads external data "
                            "only from beside the model (re-save it with relative locations)")
+        if "\0" in location:
+            raise LtcError(f"{path}: tensor '{t.name}' names its data file with a NUL byte; the model is corrupt")
         data = folder / location
         if data.is_symlink():
             raise LtcError(f"{where}, which is a symlink; ltc does not follow links out of the model's folder "
@@ -106,7 +104,9 @@ def load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:
         except ValueError:
             raise LtcError(f"{where} with a non-integer offset or length; the model is corrupt") from None
         expected = _expected_bytes(t)
-        if offset < 0 or length < 0 or offset + length > size:
+        if offset < 0 or length < 0:
+            raise LtcError(f"{where} with a negative offset or length ({offset}, {length}); the model is corrupt")
+        if offset + length > size:
             raise LtcError(f"{where} at bytes {offset}..{offset + length}, past the end of that file ({size} "
                            "bytes); the data file is truncated or belongs to another model")
         if expected is not None and length != expected:
@@ -146,7 +146,7 @@ _TYPED_FIELD = {onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "
                 onnx.TensorProto.INT8: "int32_data", onnx.TensorProto.UINT16: "int32_data",
                 onnx.TensorProto.UINT8: "int32_data", onnx.TensorProto.BOOL: "int32_data",
                 onnx.TensorProto.FLOAT16: "int32_data", onnx.TensorProto.BFLOAT16: "int32_data",
-                onnx.TensorProto.UINT32: "uint64_data"}
+                onnx.TensorProto.UINT32: "uint64_data", onnx.TensorProto.STRING: "string_data"}
 
 
 def _expected_bytes(t: onnx.TensorProto) -> int | None:
@@ -172,6 +172,9 @@ def _check_tensor(t: onnx.TensorProto, label: str, where: str) -> None:
         if held != n and not (held == 0 and n == 0):
             raise LtcError(f"{label}: {where} '{t.name}' has shape {list(t.dims)} ({n} values) but holds "
                            f"{held}; the model is corrupt (re-export it)")
+    elif n and not any(f.name.endswith("_data") for f, _value in t.ListFields()):
+        raise LtcError(f"{label}: {where} '{t.name}' declares shape {list(t.dims)} ({n:,} values) but holds no "
+                       "data; the model is corrupt (re-export it)")
 
 
 MIN_OPSET = 13
@@ -192,11 +195,18 @@ def check_model_structure(model: onnx.ModelProto, label: str = "model") -> None:
                        f"(opset >= {MIN_OPSET}, IR >= 4); convert it first with "
                        f"onnx.version_converter.convert_version(model, {MIN_OPSET}) or re-export it")
     g = model.graph
-    for t in g.initializer:
-        _check_tensor(t, label, "initializer")
+    if len(g.sparse_initializer):
+        raise LtcError(f"{label}: the model stores {len(g.sparse_initializer)} weight(s) as sparse initializers "
+                       f"('{g.sparse_initializer[0].values.name}'), which ltc does not read; store them dense "
+                       "(onnx.numpy_helper.to_array of the dense tensor) and re-save")
+    overridable = sorted({t.name for t in g.initializer} & {vi.name for vi in g.input})
+    if overridable:
+        raise LtcError(f"{label}: initializer(s) {overridable[:4]} are also graph inputs (weights a caller may "
+                       "replace at run time), which ltc cannot shrink; re-export without them as inputs "
+                       "(torch: keep_initializers_as_inputs=False) or remove them from graph.input")
+    initializers = {id(t) for t in g.initializer}
     for t in _all_tensors(g):
-        if t not in g.initializer:
-            _check_tensor(t, label, "constant")
+        _check_tensor(t, label, "initializer" if id(t) in initializers else "constant")
     for vi in g.input:
         dims = vi.type.tensor_type.shape.dim
         if any(d.HasField("dim_value") and d.dim_value <= 0 for d in dims):
@@ -343,17 +353,13 @@ def checker_problem(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def check_output_path(out: str | os.PathLike, inputs: list[str | os.PathLike | None]) -> Path:
-    """One output checked against ``inputs`` (see :func:`ltc.fileio.check_outputs`)."""
-    return check_outputs([out], inputs)[0]
-
-
 def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bool | None = None,
                serialized: bytes | None = None) -> None:
     """Write ``model`` to ``out`` atomically (exclusive temp files, then renames; see ltc.fileio).
 
-    ``external_data=None`` chooses: external data (``<out>.data``) when the model is over 2 GB. The
-    data file is written (and renamed into place) before the model file that points at it.
+    ``external_data=None`` chooses: external data (``<out>.data``) when the model is over 2 GB. Both
+    files are written in full before either is renamed; the data file is renamed before the model
+    that points at it.
     ``serialized``: ``model.SerializeToString()`` if the caller already has it.
     """
     out = Path(out)
@@ -367,13 +373,13 @@ def save_model(model: onnx.ModelProto, out: str | os.PathLike, external_data: bo
         write_bytes_atomic(out, data)
         return
     data_name = out.name + ".data"
-    with atomic_file(out) as model_file:
-        with atomic_file(out.with_name(data_name)) as data_file:
-            restore = _externalize(model, data_file, data_name)
+    with atomic_file(out) as model_file, atomic_file(out.with_name(data_name)) as data_file:
+        restore = _externalize(model, data_file, data_name)
         try:
             model_file.write(model.SerializeToString())
         finally:
             restore()
+        # both temporaries are complete here; the data file is renamed first, then the model
 
 
 def _externalize(model: onnx.ModelProto, f, location: str, threshold: int = 1024):

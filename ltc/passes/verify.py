@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Verification:
                 "max_abs_error": self.max_abs, "max_rel_error": self.max_rel, "outputs": self.outputs}
 
 
+MAX_RANDOM_INPUT_BYTES = 2 << 30  # per input: a batch of 2 this large is not a model's real input
 InputSpec = tuple[str, list, np.dtype]  # name, dims (int, or str/None when symbolic), dtype
 
 
@@ -76,10 +78,16 @@ def random_feeds(specs: list[InputSpec], batch: int = 2, seed: int = 0,
                 shape.append(batch)
             else:
                 raise LtcError(f"input '{name}' has a symbolic dimension {i} ({d!r}); {way_out}")
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        if size > MAX_RANDOM_INPUT_BYTES:
+            raise LtcError(f"input '{name}' of shape {shape} would take {size / 2**30:.1f} GiB; "
+                           f"ltc makes random inputs of at most {MAX_RANDOM_INPUT_BYTES / 2**30:.0f} GiB ({way_out})")
+        if dtype in (np.float32, np.float64):
+            feeds[name] = rng.standard_normal(shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
         else:
-            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
+            feeds[name] = rng.integers(0, 2, size=shape, dtype=np.int8).astype(dtype)
     return feeds
 
 
@@ -102,6 +110,8 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
         raise LtcError(f"{path}: array(s) {extra} match no model input (the model takes {names}); rename or drop them")
     for name, dims, dtype in specs:
         a = feeds[name]
+        if a.dtype != dtype and a.dtype.newbyteorder("=") == dtype:  # the same type in the other byte order
+            a = feeds[name] = a.astype(dtype)
         if a.dtype != dtype:
             raise LtcError(f"{path}: '{name}' is {a.dtype} but the model takes {dtype}; save it as {dtype}")
         if a.ndim != len(dims):
@@ -127,7 +137,7 @@ def _session(model: Runnable, tmpdir: str, tag: str):
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # errors become exceptions, reported in one line; ORT's own logs stay quiet
     if isinstance(model, bytes | str):
         src = model
     elif model_size_bytes(model) > TWO_GB:

@@ -57,7 +57,7 @@ def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
     """The resolved path, and (device, inode) when the file exists."""
     try:
         resolved = path.resolve()
-    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+    except (RuntimeError, OSError, ValueError) as exc:  # a symlink loop (RuntimeError before Python 3.13), NUL
         raise LtcError(f"{path}: cannot resolve the path ({first_line(exc)}); is it a symlink loop?") from None
     try:
         st = resolved.stat()
@@ -81,8 +81,8 @@ def _expand(paths: Iterable[PathLike | None]) -> list[Path]:
             if p.is_dir():
                 out.extend(f for f in p.rglob("*") if f.is_file())
                 continue
-        except OSError as exc:
-            raise LtcError(f"{p}: cannot read ({exc.strerror or exc})") from None
+        except (OSError, ValueError) as exc:
+            raise LtcError(f"{p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
         out.append(p)
     return out
 

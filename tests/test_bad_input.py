@@ -786,6 +786,7 @@ def test_external_data_location_with_nul_or_negative_offset(work):
             m.graph.initializer[0].external_data.add(key="offset", value=value)
         (work / "ext.onnx").write_bytes(m.SerializeToString())
         _compress(work, pattern=pattern, model="ext.onnx")
+        refused(["bench", work / "ext.onnx", "--json", work / "out" / "b.json"], pattern, watch=[work])
 
 
 def test_paths_that_cannot_be_used(work):

@@ -68,7 +68,7 @@ def model_files(path: str | os.PathLike) -> list[Path]:
     except Exception:  # noqa: BLE001 - an unreadable model is reported by read_model
         return [path]
     locations = {e.value for t in _all_tensors(model.graph) for e in t.external_data if e.key == "location"}
-    return [path, *(path.parent / loc for loc in sorted(locations))]
+    return [path, *(path.parent / loc for loc in sorted(locations) if "\0" not in loc)]  # NUL: read_model refuses
 
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> list[Path]:

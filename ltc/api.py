@@ -59,7 +59,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     read = [*source.files, mask, inputs]
     if external_data is None and source.external:
         external_data = True
-    check_outputs([out_path, report, data_out if external_data is not False else None], read)
+    check_outputs([out_path, report, data_out if external_data else None], read)  # again once it is decided
     masks, mask_info = _masks_for(model, mask, strict_mask)
     feeds = load_inputs(inputs, model) if inputs else None
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,

@@ -381,6 +381,11 @@ def test_external_data_output_would_overwrite_an_input(work):
     onnx.save(_model(), work / "y.onnx.data")
     refused(["compress", work / "y.onnx.data", "-o", work / "y.onnx", "--external-data"],
             "overwrite the input", watch=[work])
+    # without external data nothing is written to y.onnx.data: that is not a collision
+    before = (work / "y.onnx.data").read_bytes()
+    r = CliRunner().invoke(main, ["compress", str(work / "y.onnx.data"), "-o", str(work / "y.onnx"), "--round-to", "1"])
+    assert r.exit_code == 0, r.output
+    assert (work / "y.onnx.data").read_bytes() == before and onnx.load(work / "y.onnx").graph.node
 
 
 def test_planted_temp_files_and_symlinked_outputs_are_not_followed(work):

@@ -46,7 +46,7 @@ def read_masks(path: str | os.PathLike) -> MaskSet:
     path = check_input_file(path, "mask file", "pass a ticket.pt, a prune state dict (.pt) or an .npz")
     kind = sniff(path)
     if kind == "npz":
-        return MaskSet(_as_masks(load_npz(path, "mask file"), path), source="npz")
+        return MaskSet(as_bool_masks(load_npz(path, "mask file"), path), source="npz")
     if kind != "torch":
         raise LtcError(f"{path}: {_not_torch(kind)}; pass a ticket.pt, a prune state dict (.pt) or an .npz")
     return _read_torch(path)
@@ -165,7 +165,7 @@ def _read_torch(path: Path) -> MaskSet:
     if obj.get("format") == TICKET_FORMAT:
         validate_ticket(obj, path)
         weights = obj.get("final") or obj.get("init") or {}
-        return MaskSet(_as_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket")
+        return MaskSet(as_bool_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     bad = [k for k in obj if not isinstance(k, str)]
@@ -178,8 +178,8 @@ def _read_torch(path: Path) -> MaskSet:
             orig = obj.get(name + "_orig")
             if _is_tensor(orig) and _is_tensor(m) and tuple(orig.shape) == tuple(m.shape):
                 weights[name] = _to_numpy(orig, name + "_orig", path) * (_to_numpy(m, name + "_mask", path) != 0)
-        return MaskSet(_as_masks(masks, path), weights, source="torch.nn.utils.prune")
-    return MaskSet(_as_masks(obj, path), source="pt")
+        return MaskSet(as_bool_masks(masks, path), weights, source="torch.nn.utils.prune")
+    return MaskSet(as_bool_masks(obj, path), source="pt")
 
 
 def _to_numpy(v, name: str = "", path: Path | None = None) -> np.ndarray:
@@ -205,7 +205,8 @@ def _as_arrays(d: dict, path: Path | None = None) -> dict[str, np.ndarray]:
     return {k: _to_numpy(v, k, path) for k, v in d.items() if hasattr(v, "shape")}
 
 
-def _as_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
+def as_bool_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
+    """``{name: bool array}`` from tensors or arrays of bool or 0/1 numbers; anything else is refused."""
     out = {}
     for name, v in d.items():
         if not isinstance(name, str):
@@ -215,7 +216,8 @@ def _as_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
         a = _to_numpy(v, name, path)
         if a.dtype != np.bool_:
             if a.dtype.kind not in "biuf":
-                raise LtcError(f"{path}: mask '{name}' has dtype {a.dtype}; masks are bool or 0/1 numbers")
+                raise LtcError(f"{path}: mask '{name}' has dtype {getattr(v, 'dtype', a.dtype)}; masks are bool or "
+                               "0/1 numbers")
             if not np.all((a == 0) | (a == 1)):
                 raise LtcError(f"{path}: mask '{name}' has values other than 0 and 1; is this a weight "
                                "file rather than a mask file?")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import load_torch_data, validate_ticket
+from ltc.exporters.masks import as_bool_masks, load_torch_data, validate_ticket
 
 MAX_MEMORY_GIB = 4.0
 # Above this much weight the exporters switch to external data: dynamo writes one <output>.data (its
@@ -76,7 +76,7 @@ def check_memory(ticket: dict, path: str | os.PathLike, max_memory_gib: float = 
     return {**est, "needed": need}
 
 
-def _kind(t) -> str:
+def _dtype_kind(t) -> str:
     if t.dtype.is_floating_point:
         return "float"
     if t.dtype.is_complex:
@@ -103,30 +103,23 @@ def _check_state(state: dict, model, arch_name: str, field: str, path) -> None:
             raise LtcError(f"{path}: ticket '{field}' entry '{name}' is a {t.layout} tensor on {t.device}, not a "
                            "dense tensor with data; the ticket is damaged or forged")
         want = "float" if ref.dtype.is_floating_point else "int"
-        if _kind(t) != want and not (want == "int" and _kind(t) == "bool"):
+        if _dtype_kind(t) != want and not (want == "int" and _dtype_kind(t) == "bool"):
             raise LtcError(f"{path}: ticket '{field}' entry '{name}' has dtype {t.dtype}; the model needs {want} "
                            "values there")
 
 
 def _check_masks(masks: dict, model, arch_name: str, path) -> dict:
+    """The ticket's masks as bool tensors: each names a parameter of the model, has its shape, and holds
+    bool or 0/1 values (checked by the mask readers' :func:`as_bool_masks`)."""
     import torch
 
     params = dict(model.named_parameters())
     bad = [n for n, m in masks.items() if n not in params or tuple(params[n].shape) != tuple(m.shape)]
     if bad:
         raise LtcError(f"{path}: ticket masks do not fit architecture {arch_name!r}: {', '.join(bad[:5])}")
-    out = {}
-    for name, m in masks.items():
-        if str(m.layout) != "torch.strided" or m.device.type != "cpu":
-            raise LtcError(f"{path}: ticket mask '{name}' is a {m.layout} tensor on {m.device}, not a dense tensor "
-                           "with data; the ticket is damaged or forged")
-        if m.dtype != torch.bool:
-            if _kind(m) not in ("int", "float"):
-                raise LtcError(f"{path}: ticket mask '{name}' has dtype {m.dtype}; masks are bool or 0/1 numbers")
-            if not bool(((m == 0) | (m == 1)).all()):
-                raise LtcError(f"{path}: ticket mask '{name}' has values other than 0 and 1; masks are bool or 0/1")
-        out[name] = m.to(torch.bool)
-    return out
+    if not masks:
+        return {}
+    return {n: torch.from_numpy(a) for n, a in as_bool_masks(masks, Path(path)).items()}
 
 
 def model_from_ticket(ticket: dict, weights: str = "final", path: str | os.PathLike = "ticket"):

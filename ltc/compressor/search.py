@@ -34,7 +34,7 @@ from ltc.compressor.pruning import (
     layer_densities,
     random_like,
 )
-from ltc.compressor.ticket import make_ticket, save_ticket, save_torch
+from ltc.compressor.ticket import entry_mismatch, make_ticket, save_ticket, save_torch
 from ltc.compressor.training import distributed, total_iterations, train
 from ltc.errors import LtcError, first_line
 from ltc.exporters.masks import load_torch_data, validate_ticket
@@ -182,17 +182,9 @@ def _fits(state, reference: dict[str, torch.Tensor], field: str, path: Path, boo
         raise LtcError(f"{path}: '{field}' does not hold this model's tensors (differs in {', '.join(names[:4])}"
                        f"{'...' if len(names) > 4 else ''}); {way}")
     for name, ref in reference.items():
-        t = state[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise LtcError(f"{path}: '{field}' entry '{name}' has shape {list(t.shape)}, the model's is "
-                           f"{list(ref.shape)}; {way}")
-        if t.layout != torch.strided or t.device.type != "cpu":
-            raise LtcError(f"{path}: '{field}' entry '{name}' is not a dense CPU tensor; {way}")
-        want = "bool" if bool_ok else ("float" if ref.is_floating_point() else "int")
-        got = "bool" if t.dtype == torch.bool else ("float" if t.is_floating_point() else
-                                                      "complex" if t.is_complex() else "int")
-        if got != want:
-            raise LtcError(f"{path}: '{field}' entry '{name}' has dtype {t.dtype}, expected {want}; {way}")
+        problem = entry_mismatch(state[name], ref, ("bool",) if bool_ok else None)
+        if problem:
+            raise LtcError(f"{path}: '{field}' entry '{name}' {problem}; {way}")
 
 
 def read_round_ticket(path: Path, model: torch.nn.Module, structure: str) -> dict:

@@ -12,6 +12,25 @@ from ltc.exporters.masks import TICKET_FORMAT, TICKET_VERSION
 from ltc.fileio import atomic_file
 
 
+def _dtype_kind(t: torch.Tensor) -> str:
+    if t.dtype == torch.bool:
+        return "bool"
+    return "float" if t.is_floating_point() else "complex" if t.is_complex() else "int"
+
+
+def entry_mismatch(t: torch.Tensor, ref: torch.Tensor, accept: tuple[str, ...] | None = None) -> str | None:
+    """Why ``t`` (from a file) cannot stand in for the model's ``ref``: its shape, storage (dense, on the
+    CPU) or kind of dtype (``accept``: default the kind of ``ref``); None when it can."""
+    if tuple(t.shape) != tuple(ref.shape):
+        return f"is {list(t.shape)}, the model's is {list(ref.shape)}"
+    if t.layout != torch.strided or t.device.type != "cpu":
+        return f"is a {t.layout} tensor on {t.device}, not a dense tensor with data"
+    accept = accept or (_dtype_kind(ref),)
+    if _dtype_kind(t) not in accept:
+        return f"has dtype {t.dtype}; the model needs {accept[0]} values there"
+    return None
+
+
 def make_ticket(arch: str, arch_kwargs: dict, masks: dict[str, torch.Tensor], init: dict[str, torch.Tensor],
                 final: dict[str, torch.Tensor] | None = None, structure: dict | None = None,
                 history: list | None = None, hparams: dict | None = None, seed: int = 0) -> dict:

@@ -76,16 +76,10 @@ def check_memory(ticket: dict, path: str | os.PathLike, max_memory_gib: float = 
     return {**est, "needed": need}
 
 
-def _dtype_kind(t) -> str:
-    if t.dtype.is_floating_point:
-        return "float"
-    if t.dtype.is_complex:
-        return "complex"
-    return "bool" if str(t.dtype) == "torch.bool" else "int"
-
-
 def _check_state(state: dict, model, arch_name: str, field: str, path) -> None:
     """``state`` holds exactly the model's tensors: names, shapes, dense CPU tensors of a fitting dtype."""
+    from ltc.compressor.ticket import entry_mismatch
+
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -95,17 +89,11 @@ def _check_state(state: dict, model, arch_name: str, field: str, path) -> None:
         raise LtcError(f"{path}: ticket weights do not fit architecture {arch_name!r} ({'; '.join(parts)}); is the "
                        "ticket for another model?")
     for name, ref in expected.items():
-        t = state[name]
-        if tuple(t.shape) != tuple(ref.shape):
-            raise LtcError(f"{path}: ticket weights do not fit architecture {arch_name!r}: '{field}' entry '{name}' is "
-                           f"{list(t.shape)}, the model's is {list(ref.shape)}")
-        if str(t.layout) != "torch.strided" or t.device.type != "cpu":
-            raise LtcError(f"{path}: ticket '{field}' entry '{name}' is a {t.layout} tensor on {t.device}, not a "
-                           "dense tensor with data; the ticket is damaged or forged")
-        want = "float" if ref.dtype.is_floating_point else "int"
-        if _dtype_kind(t) != want and not (want == "int" and _dtype_kind(t) == "bool"):
-            raise LtcError(f"{path}: ticket '{field}' entry '{name}' has dtype {t.dtype}; the model needs {want} "
-                           "values there")
+        # an integer buffer (BN's num_batches_tracked) may come as bool; weights must be floats
+        problem = entry_mismatch(state[name], ref, None if ref.is_floating_point() else ("int", "bool"))
+        if problem:
+            raise LtcError(f"{path}: ticket weights do not fit architecture {arch_name!r}: '{field}' entry '{name}' "
+                           f"{problem}")
 
 
 def _check_masks(masks: dict, model, arch_name: str, path) -> dict:

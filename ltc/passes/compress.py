@@ -69,7 +69,7 @@ class RemoveDeadChannels(Pass):
         cg = ChannelGraph(graph)
         plan = plan_removal(cg, self.allow_lossy, self.round_to)
         layers = layer_channels(cg, plan)
-        frozen_by = Counter(cg.frozen_reason.values())
+        frozen_by = frozen_reasons(cg)
         modified = apply_removal(cg, plan)
         details = {
             "layers": [asdict(layer) for layer in layers],
@@ -169,6 +169,13 @@ def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
         raise
 
 
+def frozen_reasons(cg: ChannelGraph) -> dict[str, int]:
+    """Classes that cannot go, counted by the first reason recorded for each (frozen or pinned)."""
+    reasons = dict(cg.pinned_reason)
+    reasons.update(cg.frozen_reason)
+    return dict(Counter(reasons.values()))
+
+
 def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
     """The output passes ``onnx.checker`` whenever the input does (raises :class:`InternalError`)."""
     problem = checker_problem(candidate)
@@ -186,11 +193,11 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         cg = ChannelGraph(import_graph(reference))
         plan = plan_removal(cg, allow_lossy, 1)
     layers = [asdict(layer) for layer in layer_channels(cg, plan)]
-    frozen_classes = Counter(cg.frozen_reason[c] for c in range(cg.n_classes) if c in cg.frozen_reason)
+    frozen_classes = frozen_reasons(cg)
     return {
         "layers": layers,
         "classes": int(cg.n_classes),
-        "frozen_classes": int(cg.frozen.sum()),
+        "frozen_classes": int((cg.frozen | cg.pinned).sum()),
         "removable_classes": int(plan.removed.sum()),
         "frozen_by": dict(frozen_classes),
         "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in RULES}),

@@ -19,6 +19,7 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(saved)
+    graph.toposort()
     return graph
 
 

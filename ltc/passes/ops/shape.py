@@ -1,0 +1,406 @@
+"""Layout ops: pools and spatial ops (channel-first), reductions, Flatten/Reshape/Squeeze/Unsqueeze,
+Transpose (moves the channel axis), Concat/Split/Slice (offsets along the channel axis), Shape."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ltc.passes.ops.elementwise import pass_through
+from ltc.passes.records import ConcatRecord, ReshapeTarget, SliceRecord, SplitRecord
+from ltc.passes.rules import NAN, Refuse, Rule, attr_str, const_value, no_padding, register, static
+
+if TYPE_CHECKING:
+    from ltc.passes.channels import NodeView
+
+
+def _channel_first(v: NodeView):
+    x = v.x(0)
+    if x is None or x.axis != 1 or x.stride != 1:
+        raise Refuse(f"{v.where}: input is not a channel-first tensor")
+    return x
+
+
+@register
+class Pool(Rule):
+    """Pools keep each channel on its own; a constant channel stays that constant (max pooling pads
+    with -inf; average pooling counting zero padding does not)."""
+
+    ops = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool", "GlobalLpPool")
+
+    def analyze(self, v: NodeView) -> None:
+        _channel_first(v)
+        averages_padding = v.op == "AveragePool" and not no_padding(v.node) and int(v.attrs.get("count_include_pad", 0))
+        if v.op in ("LpPool", "GlobalLpPool") or averages_padding:
+            pass_through(v, lambda k: np.where(k == 0, 0.0, NAN))
+        else:
+            pass_through(v, lambda k: k)
+
+
+@register
+class Resize(Rule):
+    ops = ("Resize",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        scales, sizes = v.need_value(2, "scales"), v.need_value(3, "sizes")
+        if x is None or v.attrs.get("axes") is not None or (sizes is not None and sizes.size) or scales is None \
+                or len(scales) != x.rank or scales[0] != 1 or scales[x.axis] != 1:
+            raise Refuse(f"{v.where}: only constant scales with 1 on the batch and channel axes")
+        pass_through(v, lambda k: k)  # interpolating a constant gives that constant
+
+
+@register
+class Pad(Rule):
+    ops = ("Pad",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        if x is None:
+            raise Refuse(f"{v.where}: input shape unknown")
+        pads = v.need_value(1, "pads")
+        value = v.need_value(2, "constant_value")
+        axes = v.need_value(3, "axes")
+        if pads is None:
+            raise Refuse(f"{v.where}: no pads input")
+        axes = list(range(x.rank)) if axes is None else [int(a) % x.rank for a in axes.reshape(-1)]
+        pads = pads.reshape(-1).astype(np.int64)
+        if len(pads) != 2 * len(axes):
+            raise Refuse(f"{v.where}: pads do not match the axes")
+        for j, a in enumerate(axes):
+            if a in (0, x.axis) and (pads[j] or pads[j + len(axes)]):
+                raise Refuse(f"{v.where} pads the batch or channel axis")
+        fill = float(value.reshape(-1)[0]) if value is not None and value.size else 0.0
+        if attr_str(v.node, "mode", "constant") == "constant":
+            pass_through(v, lambda k: np.where(k == fill, k, NAN))
+        else:
+            pass_through(v, lambda k: k)
+
+
+_REDUCE = {
+    "ReduceMean": lambda k, n: k,
+    "ReduceMax": lambda k, n: k,
+    "ReduceMin": lambda k, n: k,
+    "ReduceSum": lambda k, n: k * n if n else np.where(k == 0, 0.0, NAN),
+    "ReduceSumSquare": lambda k, n: k * k * n if n else np.where(k == 0, 0.0, NAN),
+    "ReduceL1": lambda k, n: np.abs(k) * n if n else np.where(k == 0, 0.0, NAN),
+    "ReduceL2": lambda k, n: np.abs(k) * math.sqrt(n) if n else np.where(k == 0, 0.0, NAN),
+    "ReduceLogSumExp": lambda k, n: k + math.log(n) if n else np.full_like(k, NAN),
+    "ReduceProd": lambda k, n: k ** n if n else np.full_like(k, NAN),
+}
+
+
+@register
+class Reduce(Rule):
+    """A reduction over axes other than the channel axis keeps channels apart (the channel axis may
+    move when dims are dropped); over the channel axis it reads every channel together (pinned)."""
+
+    ops = tuple(_REDUCE)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        if x is None:
+            raise Refuse(f"{v.where}: input shape unknown")
+        axes = v.attrs.get("axes")
+        if axes is None:
+            axes = v.need_value(1, "axes")
+        keepdims = int(v.attrs.get("keepdims", 1))
+        if axes is None or np.size(axes) == 0:
+            if int(v.attrs.get("noop_with_empty_axes", 0)):
+                pass_through(v, lambda k: k)
+                return
+            axes = range(x.rank)  # empty axes: reduce over every axis
+        axes = sorted({int(a) % x.rank for a in np.atleast_1d(axes)})
+        if x.axis in axes:
+            v.pin(x, f"{v.where} reduces over the channel axis")
+            return
+        if 0 in axes:
+            raise Refuse(f"{v.where} reduces over the batch axis")
+        n = static([x.shape[a] for a in axes])
+        axis = x.axis if keepdims else x.axis - sum(a < x.axis for a in axes)
+        pass_through(v, lambda k: _REDUCE[v.op](k, n), axis=axis)
+
+
+@register
+class Transpose(Rule):
+    ops = ("Transpose",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        if x is None:
+            raise Refuse(f"{v.where}: input shape unknown")
+        perm = [int(p) for p in v.attrs.get("perm", range(x.rank - 1, -1, -1))]
+        if sorted(perm) != list(range(x.rank)):
+            raise Refuse(f"{v.where}: perm {perm} is not a permutation of {x.rank} axes")
+        pass_through(v, lambda k: k, axis=perm.index(x.axis), shape=[x.shape[p] for p in perm])
+
+
+def _batch_from_shape(t: gs.Tensor) -> gs.Tensor | None:
+    """The tensor whose batch size ``t`` holds: ``Shape(s)[0:1]`` through Gather/Slice/Unsqueeze."""
+    node = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+    if node is not None and node.op in ("Unsqueeze", "Reshape") and node.inputs:
+        inner = node.inputs[0]
+        node = inner.inputs[0] if isinstance(inner, gs.Variable) and len(inner.inputs) == 1 else None
+    if node is None or not node.inputs:
+        return None
+    src = node.inputs[0]
+    shape_node = src.inputs[0] if isinstance(src, gs.Variable) and len(src.inputs) == 1 else None
+    if shape_node is None or shape_node.op != "Shape" or int(shape_node.attrs.get("start", 0)) != 0:
+        return None
+    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+        idx = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        ok = idx is not None and idx.size == 1 and int(idx.reshape(-1)[0]) == 0
+    elif node.op == "Slice":
+        starts = const_value(node.inputs[1]) if len(node.inputs) > 2 else None
+        ends = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
+        ok = starts is not None and ends is not None and starts.size == 1 and int(starts[0]) == 0 and int(ends[0]) == 1
+    else:
+        ok = False
+    return shape_node.inputs[0] if ok else None
+
+
+def _same_batch(a: list, b: list) -> bool:
+    return a is not None and b is not None and a[0] is not None and a[0] == b[0]
+
+
+@register
+class ReshapeLike(Rule):
+    """Flatten, Reshape, Squeeze, Unsqueeze that keep the batch axis and regroup a channel-first
+    tensor's other axes: a unit owns ``stride * prod(spatial)`` consecutive entries per sample."""
+
+    ops = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        reason = f"{v.where} mixes channels with other axes"
+        if x is None or x.axis != 1:
+            raise Refuse(reason)
+        oshape = v.shape(v.out(0))
+        if oshape is None or len(oshape) < 2:
+            raise Refuse(reason)
+        oshape = list(oshape)
+        entries = self._entries(v, x) if v.op == "Reshape" else None
+        if not self._keeps_batch(v, x, oshape, entries):
+            raise Refuse(reason)
+        t_in, t_out = static(x.shape[2:]), static(oshape[2:])
+        if t_in is None or not t_out:
+            raise Refuse(reason)
+        if not isinstance(oshape[1], int):
+            if (x.size * t_in) % t_out:
+                raise Refuse(reason)
+            oshape[1] = x.size * t_in // t_out
+        per_unit = x.stride * t_in
+        if x.size * t_in != oshape[1] * t_out or per_unit % t_out:
+            raise Refuse(reason)
+        stride = per_unit // t_out
+        y = v.new(0, x.units * stride, stride, 1, oshape)
+        if entries is not None:
+            e1 = entries[1]
+            copies = e1[0] == 0 and not int(v.attrs.get("allowzero", 0))
+            if e1[0] != -1 and not (copies and x.units == y.units and x.stride == y.stride):
+                if not isinstance(e1[0], int) or e1[1] is None:
+                    raise Refuse(f"{v.where}: target shape is computed, not constant")
+                v.record(ReshapeTarget(e1[1], e1[2], e1[3], y))
+        v.tie(x, y)
+        v.set_const(y, v.const(x).copy())
+
+    @staticmethod
+    def _keeps_batch(v: NodeView, x, oshape: list, entries: list | None) -> bool:
+        if v.op == "Flatten":
+            return int(v.attrs.get("axis", 1)) == 1
+        if v.op in ("Squeeze", "Unsqueeze"):
+            axes = v.attrs.get("axes")
+            if axes is None:
+                axes = v.need_value(1, "axes")
+            if axes is None:
+                return False
+            rank = x.rank if v.op == "Squeeze" else len(oshape)
+            return 0 not in {int(a) % rank for a in np.atleast_1d(axes)}
+        if entries is None:
+            return False
+        e0 = entries[0][0]
+        if e0 == "batch" or (e0 == 0 and not int(v.attrs.get("allowzero", 0))):
+            return True
+        if e0 == -1:  # the batch if the other dims hold exactly one sample
+            rest = [e[0] for e in entries[1:]]
+            per_sample = static([x.size, *x.shape[2:]])
+            return all(isinstance(d, int) and d > 0 for d in rest) and per_sample == static(rest)
+        return isinstance(e0, int) and e0 > 0 and e0 == x.shape[0]
+
+    @staticmethod
+    def _entries(v: NodeView, x) -> list | None:
+        """Per target dim (at least the first two): (value or 'batch', holder, input index, position)."""
+        t = v.input(1)
+        value = const_value(t)
+        if value is not None:
+            out = [(int(e), v.node, 1, j) for j, e in enumerate(value.reshape(-1))]
+            return out if len(out) >= 2 else None
+        producer = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+        if producer is None or producer.op != "Concat":
+            return None
+        out = []
+        for i, piece in enumerate(producer.inputs):
+            pv = const_value(piece)
+            if pv is not None:
+                out += [(int(e), producer, i, j) for j, e in enumerate(pv.reshape(-1))]
+                continue
+            src = _batch_from_shape(piece)
+            if src is None or not (src is v.node.inputs[0] or _same_batch(v.shape(src), x.shape)) or out:
+                return None  # only the leading dim may be computed: the batch
+            out.append(("batch", None, None, None))
+        return out if len(out) >= 2 else None
+
+
+@register
+class Concat(Rule):
+    ops = ("Concat",)
+
+    def analyze(self, v: NodeView) -> None:
+        ins = [v.x(i) for i in range(len(v.node.inputs))]
+        if any(ct is None for ct in ins):
+            raise Refuse(f"{v.where}: an input is not a channel tensor")
+        first = ins[0]
+        if any(ct.rank != first.rank or ct.stride != first.stride for ct in ins):
+            raise Refuse(f"{v.where}: inputs with different layouts")
+        axis = int(v.attrs.get("axis", 0)) % first.rank
+        if all(ct.axis == axis for ct in ins):
+            y = v.new(0, sum(ct.size for ct in ins), first.stride, axis)
+            bounds, offset = [], 0
+            for ct in ins:
+                v.tie(ct, y, 0, offset, ct.units)
+                bounds.append(offset)
+                offset += ct.units
+            v.record(ConcatRecord(y, bounds))
+            v.set_const(y, np.concatenate([v.const(ct) for ct in ins]))
+            return
+        if axis == 0 or any(ct.axis != first.axis or ct.units != first.units for ct in ins):
+            raise Refuse(f"{v.where}: inputs do not share a channel axis")
+        y = v.new(0, first.size, first.stride, first.axis)  # concatenated along another axis
+        for ct in ins:
+            v.tie(ct, y)
+        ks = np.array([v.const(ct) for ct in ins])
+        v.set_const(y, np.where(np.all(ks == ks[:1], axis=0), ks[0], NAN))
+
+
+@register
+class Split(Rule):
+    ops = ("Split",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        if x is None:
+            raise Refuse(f"{v.where}: input shape unknown")
+        axis = int(v.attrs.get("axis", 0)) % x.rank
+        outs = v.node.outputs
+        if axis != x.axis:
+            if axis == 0:
+                raise Refuse(f"{v.where} splits the batch axis")
+            for i in range(len(outs)):
+                y = v.new(i, x.size, x.stride, x.axis)
+                v.tie(x, y)
+                v.set_const(y, v.const(x).copy())
+            return
+        split = v.need_value(1, "split")
+        if split is None and v.attrs.get("split") is not None:
+            split = np.array(v.attrs["split"])
+        if split is None:
+            shapes = [v.shape(o) for o in outs]
+            if any(s is None or not isinstance(s[axis], int) for s in shapes):
+                raise Refuse(f"{v.where}: split sizes unknown")
+            sizes = [s[axis] for s in shapes]
+        else:
+            sizes = [int(s) for s in split.reshape(-1)]
+        if len(sizes) != len(outs) or any(s <= 0 or s % x.stride for s in sizes) or sum(sizes) != x.size:
+            raise Refuse(f"{v.where}: split sizes {sizes} unknown or cut through a unit")
+        bounds, offset = [], 0
+        for i, s in enumerate(sizes):
+            shape = list(v.shape(outs[i]) or x.shape)
+            y = v.new(i, s, x.stride, x.axis, shape)
+            v.tie(x, y, offset, 0, y.units)
+            v.set_const(y, v.const(x)[offset:offset + y.units].copy())
+            bounds.append(offset)
+            offset += y.units
+        v.record(SplitRecord(x, bounds, node=v.node, opset=v.opset))
+
+
+@register
+class Slice(Rule):
+    ops = ("Slice",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        if x is None:
+            raise Refuse(f"{v.where}: input shape unknown")
+        starts, ends = v.need_value(1, "starts"), v.need_value(2, "ends")
+        axes, steps = v.need_value(3, "axes"), v.need_value(4, "steps")
+        if starts is None or ends is None:
+            raise Refuse(f"{v.where}: starts/ends missing")
+        starts, ends = starts.reshape(-1), ends.reshape(-1)
+        axes = list(range(len(starts))) if axes is None else [int(a) % x.rank for a in axes.reshape(-1)]
+        steps = np.ones(len(starts), dtype=np.int64) if steps is None else steps.reshape(-1)
+        if x.axis not in axes:
+            pass_through(v, lambda k: k)
+            return
+        i = axes.index(x.axis)
+        if int(steps[i]) != 1 or x.stride != 1:
+            raise Refuse(f"{v.where}: channel slice with step != 1")
+        start, stop, _ = slice(int(starts[i]), int(ends[i])).indices(x.size)
+        if stop <= start:
+            raise Refuse(f"{v.where}: empty channel slice")
+        shape = list(v.shape(v.out(0)) or x.shape)
+        y = v.new(0, stop - start, 1, x.axis, shape)
+        v.tie(x, y, start, 0, y.units)
+        v.set_const(y, v.const(x)[start:stop].copy())
+        outside = np.ones(x.units, dtype=bool)
+        outside[start:stop] = False
+        v.ignore(x, outside)
+        v.record(SliceRecord(x, [0, start, stop], node=v.node, position=i))
+
+
+@register
+class Shape(Rule):
+    """``Shape(x)`` is harmless if the dims read from it are not the channel axis (x.view(x.size(0), -1))."""
+
+    ops = ("Shape",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.x(0)
+        r = x.rank
+        start = int(v.attrs.get("start", 0))
+        end = v.attrs.get("end")
+        start = min(max(start + r if start < 0 else start, 0), r)
+        end = r if end is None else min(max(int(end) + r if int(end) < 0 else int(end), 0), r)
+        dims = list(range(start, end))
+        v.read(x)
+        if x.axis not in dims:
+            return
+        out = v.out(0)
+        if out in v.cg.graph.outputs:
+            v.block(x, f"{v.where} reads the channel count")
+            return
+        for consumer in out.outputs:
+            read = _dims_read(consumer, dims)
+            if read is None or x.axis in read:
+                v.block(x, f"{v.where} reads the channel count")
+                return
+
+
+def _dims_read(consumer: gs.Node, dims: list[int]) -> set[int] | None:
+    """Which entries of a shape vector ``consumer`` reads (Gather or Slice with constants), or None."""
+    n = len(dims)
+    if consumer.op == "Gather" and int(consumer.attrs.get("axis", 0)) == 0 and len(consumer.inputs) > 1:
+        idx = const_value(consumer.inputs[1])
+        if idx is None:
+            return None
+        return {dims[int(i) % n] for i in np.atleast_1d(idx).reshape(-1)} if n else set()
+    if consumer.op == "Slice" and len(consumer.inputs) >= 3:
+        starts, ends = const_value(consumer.inputs[1]), const_value(consumer.inputs[2])
+        steps = const_value(consumer.inputs[4]) if len(consumer.inputs) > 4 and consumer.inputs[4].name else None
+        if starts is None or ends is None or starts.size != 1 or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+            return None
+        lo, hi, _ = slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])).indices(n)
+        return set(dims[lo:hi])
+    return None

@@ -1,0 +1,354 @@
+"""What a channel analysis records, and how each record re-indexes the graph.
+
+A *plan* maps channel tensors to index arrays over their units (``{name: idx}``; a tensor not in the
+plan keeps ``arange(units)``). Removal is the plan of sorted kept units; a permutation is a plan too.
+Every record answers :meth:`Record.admits` (can this plan be applied exactly?) and contributes its
+part of :meth:`Record.apply`. Ties are records as well: two tied ranges must keep the same channels
+in the same order, which is what makes a plan consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+IndexOf = Callable[[str], np.ndarray]
+
+
+@dataclass
+class ChannelTensor:
+    """The channel axis of one tensor: ``size`` entries along ``axis``, ``stride`` entries per unit."""
+
+    name: str
+    size: int
+    stride: int
+    base: int  # global id of unit 0
+    rank: int
+    shape: list  # inferred shape (may hold symbols or None)
+    axis: int = 1
+
+    @property
+    def units(self) -> int:
+        return self.size // self.stride
+
+    def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.units if stop is None else stop
+        return np.arange(self.base + start, self.base + stop)
+
+    def features(self, idx: np.ndarray) -> np.ndarray:
+        """Entries along the axis of the units ``idx``, in that order."""
+        s = self.stride
+        return (np.asarray(idx)[:, None] * s + np.arange(s)[None, :]).reshape(-1)
+
+
+class Edits:
+    """The edits a plan makes, collected from every record before any is written (see reindex.py)."""
+
+    def __init__(self, value: Callable[[gs.Node, int], np.ndarray]):
+        self._value = value
+        self.values: dict[tuple[int, int], tuple[gs.Node, int, np.ndarray]] = {}
+        self.attrs: list[tuple[gs.Node, str, object]] = []
+        self.inputs: list[tuple[gs.Node, int, np.ndarray, str]] = []  # (node, index, constant, name suffix)
+        self.drop_attrs: list[tuple[gs.Node, str]] = []
+
+    def get(self, node: gs.Node, index: int) -> np.ndarray:
+        key = (id(node), index)
+        if key in self.values:
+            return self.values[key][2]
+        return self._value(node, index)
+
+    def set(self, node: gs.Node, index: int, value: np.ndarray) -> None:
+        self.values[(id(node), index)] = (node, index, value)
+
+
+class Record:
+    """A fact a plan must respect, and the rewrite it implies."""
+
+    def tensors(self) -> list[str]:
+        return []
+
+    def admits(self, idx: IndexOf) -> bool:
+        return True
+
+    def segments(self, name: str) -> np.ndarray | None:
+        """Per unit of ``name``: the segment it belongs to, when segments must stay in order."""
+        return None
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        return None
+
+
+def _ordered(segment_ids: np.ndarray) -> bool:
+    return bool(np.all(np.diff(segment_ids) >= 0)) if len(segment_ids) > 1 else True
+
+
+@dataclass
+class Tie(Record):
+    """Units ``a[a_start:a_start+count]`` and ``b[b_start:b_start+count]`` are the same channels."""
+
+    a: str
+    b: str
+    a_start: int
+    b_start: int
+    count: int
+
+    def tensors(self) -> list[str]:
+        return [self.a, self.b]
+
+    def admits(self, idx: IndexOf) -> bool:
+        ia, ib = idx(self.a), idx(self.b)
+        sa = ia[(ia >= self.a_start) & (ia < self.a_start + self.count)] - self.a_start
+        sb = ib[(ib >= self.b_start) & (ib < self.b_start + self.count)] - self.b_start
+        return bool(np.array_equal(sa, sb))
+
+
+@dataclass
+class Take(Record):
+    """Input ``index`` of ``node`` is a constant whose ``axis`` runs along ``tensor``'s channel entries."""
+
+    node: gs.Node
+    index: int
+    axis: int
+    tensor: ChannelTensor
+
+    def tensors(self) -> list[str]:
+        return [self.tensor.name]
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        i = idx(self.tensor.name)
+        if len(i) == self.tensor.units and np.array_equal(i, np.arange(len(i))):
+            return
+        v = edits.get(self.node, self.index)
+        edits.set(self.node, self.index, np.take(v, self.tensor.features(i), axis=self.axis))
+
+
+@dataclass
+class Segmented(Record):
+    """Units of ``tensor`` fall into consecutive segments (``bounds``: starts in units, first 0) that must
+    stay contiguous and in order: Concat inputs, Split outputs, a channel Slice (before, inside, after)."""
+
+    tensor: ChannelTensor
+    bounds: list[int]
+
+    def tensors(self) -> list[str]:
+        return [self.tensor.name]
+
+    def segment_of(self, units: np.ndarray) -> np.ndarray:
+        return np.searchsorted(np.asarray(self.bounds), units, side="right") - 1
+
+    def segments(self, name: str) -> np.ndarray | None:
+        return self.segment_of(np.arange(self.tensor.units))
+
+    def admits(self, idx: IndexOf) -> bool:
+        return _ordered(self.segment_of(idx(self.tensor.name)))
+
+    def counts(self, idx: IndexOf) -> list[int]:
+        seg = self.segment_of(idx(self.tensor.name))
+        return np.bincount(seg, minlength=len(self.bounds)).tolist()
+
+    def full(self) -> list[int]:
+        return np.diff([*self.bounds, self.tensor.units]).tolist()
+
+
+@dataclass
+class ConcatRecord(Segmented):
+    """A Concat on the channel axis: the output is its inputs' channels, in input order."""
+
+
+@dataclass
+class SplitRecord(Segmented):
+    """A Split on the channel axis: its sizes become the kept units per output, times the stride."""
+
+    node: gs.Node | None = None
+    opset: int = 13
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        counts = self.counts(idx)
+        if counts == self.full():
+            return
+        sizes = np.array(counts, dtype=np.int64) * self.tensor.stride
+        edits.drop_attrs.append((self.node, "num_outputs"))
+        if self.opset >= 13:
+            edits.inputs.append((self.node, 1, sizes, "__ltc_split"))
+        else:
+            edits.attrs.append((self.node, "split", sizes.tolist()))
+
+
+@dataclass
+class SliceRecord(Segmented):
+    """A Slice on the channel axis (bounds ``[0, start, stop]``): ``starts``/``ends`` entry ``position``
+    are rewritten."""
+
+    node: gs.Node | None = None
+    position: int = 0
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        counts = self.counts(idx)
+        start, stop = counts[0], counts[0] + counts[1]
+        if start == self.bounds[1] and stop == self.bounds[2]:
+            return
+        for index, val in ((1, start), (2, stop)):
+            v = edits.get(self.node, index).copy()
+            v.reshape(-1)[self.position] = val
+            edits.set(self.node, index, v)
+
+
+@dataclass
+class ReshapeTarget(Record):
+    """Entry ``position`` of the constant at input ``index`` of ``holder`` is ``tensor``'s axis length."""
+
+    holder: gs.Node
+    index: int
+    position: int
+    tensor: ChannelTensor
+
+    def tensors(self) -> list[str]:
+        return [self.tensor.name]
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        n = len(idx(self.tensor.name)) * self.tensor.stride
+        if n == self.tensor.size:
+            return
+        v = edits.get(self.holder, self.index).copy()
+        v.reshape(-1)[self.position] = n
+        edits.set(self.holder, self.index, v)
+
+
+@dataclass
+class Depthwise(Record):
+    """A depthwise Conv (group = channels): ``group`` follows the channel count of ``tensor``."""
+
+    node: gs.Node
+    tensor: ChannelTensor
+
+    def tensors(self) -> list[str]:
+        return [self.tensor.name]
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        n = len(idx(self.tensor.name))
+        if n != self.tensor.units:
+            edits.attrs.append((self.node, "group", n))
+
+
+@dataclass
+class GroupedConv(Record):
+    """Weight of a grouped Conv: rows follow ``out`` and columns follow ``inp`` within each group.
+
+    Admissible plans keep each group's channels together and in group order, keep the same number
+    of input and of output channels in every group that stays, and drop a group only whole.
+    """
+
+    node: gs.Node
+    inp: ChannelTensor
+    out: ChannelTensor
+    groups: int
+
+    def tensors(self) -> list[str]:
+        return [self.inp.name, self.out.name]
+
+    def segments(self, name: str) -> np.ndarray | None:
+        ct = self.inp if name == self.inp.name else self.out
+        return np.arange(ct.units) // (ct.units // self.groups)
+
+    def _groups(self, idx: IndexOf) -> tuple[np.ndarray, np.ndarray]:
+        gi = idx(self.inp.name) // (self.inp.units // self.groups)
+        go = idx(self.out.name) // (self.out.units // self.groups)
+        return gi, go
+
+    def admits(self, idx: IndexOf) -> bool:
+        gi, go = self._groups(idx)
+        if not (_ordered(gi) and _ordered(go)):
+            return False
+        ni, no = np.bincount(gi, minlength=self.groups), np.bincount(go, minlength=self.groups)
+        if not np.array_equal(ni > 0, no > 0) or not (ni > 0).any():
+            return False
+        return len(set(ni[ni > 0])) == 1 and len(set(no[no > 0])) == 1
+
+    def balance(self, kept_in: np.ndarray, kept_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Units to keep besides the kept ones so that the plan is admissible (equal groups)."""
+        kin, kout = kept_in.reshape(self.groups, -1), kept_out.reshape(self.groups, -1)
+        n_in, n_out = kin.sum(axis=1), kout.sum(axis=1)
+        alive = (n_in > 0) | (n_out > 0)
+        if not alive.any():
+            alive[0] = True
+        t_in, t_out = max(int(n_in[alive].max()), 1), max(int(n_out[alive].max()), 1)
+        extra_in, extra_out = [], []
+        for g in np.flatnonzero(alive):
+            extra_in += (np.flatnonzero(~kin[g])[: t_in - n_in[g]] + g * kin.shape[1]).tolist()
+            extra_out += (np.flatnonzero(~kout[g])[: t_out - n_out[g]] + g * kout.shape[1]).tolist()
+        return np.array(extra_in, dtype=np.int64), np.array(extra_out, dtype=np.int64)
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        ii, io = idx(self.inp.name), idx(self.out.name)
+        if len(ii) == self.inp.units and len(io) == self.out.units and np.array_equal(ii, np.arange(len(ii))) \
+                and np.array_equal(io, np.arange(len(io))):
+            return
+        w = edits.get(self.node, 1)
+        per_in, rows = self.inp.units // self.groups, self.out.units // self.groups
+        gi, go = ii // per_in, io // rows
+        blocks = [w[io[go == g]][:, ii[gi == g] - g * per_in] for g in dict.fromkeys(go.tolist())]
+        edits.set(self.node, 1, np.concatenate(blocks, axis=0))
+        if len(blocks) != self.groups:
+            edits.attrs.append((self.node, "group", len(blocks)))
+
+
+@dataclass
+class Producer:
+    """An op whose filters create ``tensor``'s channels: ``zero`` per unit, the filter is all zero."""
+
+    node: gs.Node
+    tensor: str
+    zero: np.ndarray
+
+
+@dataclass
+class BiasSlot:
+    """Where a contraction's constant contribution goes: input ``index`` of ``node``, along ``out``.
+
+    ``materialize`` turns the current (reindexed) bias, or None when there is none, into a full
+    per-output vector of the kept length, shaped as the slot needs; contributions are added to it.
+    """
+
+    node: gs.Node
+    index: int
+    out: ChannelTensor
+    shape: Callable[[int], tuple]  # bias shape for a given output length
+    dtype: np.dtype
+    scale: float = 1.0  # contribution is divided by this (Gemm's beta)
+
+
+@dataclass
+class Contraction:
+    """An op that sums over the units of ``tensor`` (Conv, Gemm, MatMul, ...).
+
+    ``zero`` per input unit: every weight reading it is zero. ``foldable``: a known constant input
+    can be folded exactly into ``bias``; ``lossy_foldable``: only approximately (zero padding).
+    ``contribution(units, k)`` is the per-output-feature sum a constant ``k`` on ``units`` adds.
+    """
+
+    node: gs.Node
+    tensor: str
+    zero: np.ndarray
+    foldable: bool
+    contribution: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    bias: BiasSlot | None
+    lossy_foldable: bool = False
+    blocked_why: str = "no bias to fold into"
+
+
+@dataclass
+class Analysis:
+    """Everything the rules recorded for one node, committed together or not at all."""
+
+    tensors: list[ChannelTensor] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    producers: list[Producer] = field(default_factory=list)
+    contractions: list[Contraction] = field(default_factory=list)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    pins: list[tuple[str, str]] = field(default_factory=list)
+    blocks: list[tuple[str, str]] = field(default_factory=list)
+    ignores: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    read: set[str] = field(default_factory=set)

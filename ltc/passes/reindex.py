@@ -1,0 +1,176 @@
+"""Plan -> ``{tensor: unit index array}`` -> :func:`apply_reindex`: the one structural rewrite.
+
+Removal is the plan of sorted kept units (after folding dead constants into biases); a permutation
+plan moves channels; regroup will be a permutation plus a grouped-Conv rewrite. Every record of the
+analysis must admit the plan (:func:`refusals`), frozen tensors keep every channel in place, and
+pinned ones keep every channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ltc.errors import InternalError
+from ltc.passes.channels import ChannelGraph
+from ltc.passes.records import BiasSlot, Edits, IndexOf, Record
+from ltc.passes.rules import const_value, is_empty
+
+Plan = dict[str, np.ndarray]
+
+
+def lookup(cg: ChannelGraph, plan: Plan) -> IndexOf:
+    def idx(name: str) -> np.ndarray:
+        found = plan.get(name)
+        return found if found is not None else np.arange(cg.tensors[name].units)
+
+    return idx
+
+
+def refusals(cg: ChannelGraph, plan: Plan) -> list[str]:
+    """Why ``plan`` cannot be applied exactly (empty if it can)."""
+    idx = lookup(cg, plan)
+    problems = [f"{type(r).__name__} on {', '.join(r.tensors())}" for r in cg.records if not r.admits(idx)]
+    for name, i in plan.items():
+        ct = cg.tensors.get(name)
+        if ct is None:
+            problems.append(f"'{name}' is not a channel tensor")
+            continue
+        i = np.asarray(i)
+        if i.ndim != 1 or (len(i) and (i.min() < 0 or i.max() >= ct.units)) or len(np.unique(i)) != len(i):
+            problems.append(f"'{name}': not an index array of distinct units below {ct.units}")
+            continue
+        cls = cg.classes_of(name)
+        frozen, pinned = cg.frozen[cls], cg.pinned[cls]
+        if frozen.any() and not np.array_equal(i[frozen[i]], np.flatnonzero(frozen)):
+            problems.append(f"'{name}': a frozen channel moves or goes")
+        if (pinned & ~frozen).any() and not np.isin(np.flatnonzero(pinned), i).all():
+            problems.append(f"'{name}': a pinned channel goes")
+    for name, _ in cg.blocks:
+        i = plan.get(name)
+        if i is not None and not np.array_equal(i, np.arange(cg.tensors[name].units)):
+            problems.append(f"'{name}' is frozen but re-indexed")
+    return problems
+
+
+def apply_reindex(cg: ChannelGraph, plan: Plan, folds: list[tuple[BiasSlot, np.ndarray]] = ()) -> bool:
+    """Rewrite ``cg.graph`` in place so every channel tensor holds its plan's units, in that order.
+
+    ``folds`` add per-output-entry vectors (in the original indexing) to biases: the constants that
+    removed channels contributed. Raises :class:`InternalError` if the plan is not admissible (a
+    plan's author is ltc or a pipeline, never the model). Returns whether anything changed.
+    """
+    problems = refusals(cg, plan)
+    if problems:
+        raise InternalError(f"re-index plan refused: {'; '.join(problems[:5])}")
+    idx = lookup(cg, plan)
+    edits = Edits(_value)
+    records: list[Record] = cg.records
+    for r in records:
+        r.apply(idx, edits)
+    for slot, contribution in folds:
+        _add_to_bias(edits, slot, np.asarray(contribution, dtype=np.float64)[slot.out.features(idx(slot.out.name))])
+    if not (edits.values or edits.attrs or edits.inputs):
+        return False
+    _write(cg.graph, edits)
+    cg.graph.cleanup()
+    return True
+
+
+def _value(node: gs.Node, index: int) -> np.ndarray | None:
+    if index >= len(node.inputs) or is_empty(node.inputs[index]):
+        return None
+    return const_value(node.inputs[index])
+
+
+def _add_to_bias(edits: Edits, slot: BiasSlot, add: np.ndarray) -> None:
+    shape = slot.shape(len(add))
+    current = edits.get(slot.node, slot.index)
+    base = np.zeros(shape) if current is None else np.broadcast_to(current.astype(np.float64), shape)
+    new = (base + (add / slot.scale).reshape(shape)).astype(slot.dtype)
+    if current is None:
+        edits.inputs.append((slot.node, slot.index, new, "__ltc_bias"))
+    else:
+        edits.set(slot.node, slot.index, new)
+
+
+def _write(graph: gs.Graph, edits: Edits) -> None:
+    """Write the edits. A constant read by several nodes stays one constant where all of them get the
+    same new value, and is copied only where they differ; names are fresh and unique."""
+    names = set(graph.tensors().keys())
+
+    def fresh(base: str, suffix: str = "__ltc") -> str:
+        name, n = f"{base}{suffix}", 0
+        while name in names:
+            n += 1
+            name = f"{base}_{n}{suffix}"
+        names.add(name)
+        return name
+
+    groups: dict[int, tuple[gs.Tensor, list[tuple[gs.Node, int, np.ndarray]]]] = {}
+    for node, index, value in edits.values.values():
+        t = node.inputs[index]
+        groups.setdefault(id(t), (t, []))[1].append((node, index, value))
+    for t, users in groups.values():
+        readers = [(n, i) for n in t.outputs for i, inp in enumerate(n.inputs) if inp is t]
+        first = users[0][2]
+        same = all(_equal(first, v) for _, _, v in users)
+        if isinstance(t, gs.Constant) and same and len(users) == len(readers):
+            t.values = np.ascontiguousarray(first)
+            continue
+        made: list[tuple[np.ndarray, gs.Constant]] = []
+        for node, index, value in users:
+            c = next((c for v, c in made if _equal(v, value)), None)
+            if c is None:
+                c = gs.Constant(fresh(t.name or node.name), np.ascontiguousarray(value))
+                made.append((value, c))
+            node.inputs[index] = c
+    for node, index, value, suffix in edits.inputs:
+        c = gs.Constant(fresh(node.name or node.outputs[0].name, suffix), np.ascontiguousarray(value))
+        while len(node.inputs) < index:
+            node.inputs.append(gs.Variable.empty())
+        if index < len(node.inputs):
+            node.inputs[index] = c
+        else:
+            node.inputs.append(c)
+    for node, name, value in edits.attrs:
+        node.attrs[name] = value
+    for node, name in edits.drop_attrs:
+        node.attrs.pop(name, None)
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int = 60) -> Plan:
+    """A random admissible plan that permutes every channel class it can and removes none.
+
+    Classes get random sort keys; a record that refuses has its segments put back in order (their
+    contents stay shuffled), and after half the attempts its classes are left in place.
+    """
+    key = rng.random(cg.n_classes)
+    fixed = cg.frozen.copy()
+    for attempt in range(attempts):
+        plan: Plan = {}
+        for name, ct in cg.tensors.items():
+            cls = cg.classes_of(name)
+            free = np.flatnonzero(~fixed[cls])
+            order = np.arange(ct.units)
+            order[free] = free[np.argsort(key[cls[free]], kind="stable")]
+            if not np.array_equal(order, np.arange(ct.units)):
+                plan[name] = order
+        idx = lookup(cg, plan)
+        bad = [r for r in cg.records if not r.admits(idx)]
+        if not bad:
+            return plan
+        for r in bad:
+            for name in r.tensors():
+                cls = cg.classes_of(name)
+                seg = r.segments(name)
+                if seg is not None and attempt < attempts // 2:
+                    order = np.lexsort((key[cls], seg))
+                    key[cls[order]] = np.sort(key[cls])
+                else:
+                    fixed[cls] = True
+    return {}

@@ -1,0 +1,137 @@
+"""The rule registry: one :class:`Rule` per op type says how the op ties channel axes, what a
+re-index must rewrite in it, and (for weight layers) its MACs.
+
+A rule reads the node through a :class:`~ltc.passes.channels.NodeView` and records ties, records,
+constants and evidence there. It checks first and refuses by raising :class:`Refuse` with a reason;
+nothing it recorded is kept then, and every channel tensor the node touches is frozen with that
+reason. A channel tensor the node reads that the rule neither tied, contracted, pinned nor declared
+read is frozen too: an unrecognised reader never lets a channel go.
+
+Pipelines add their own ops with :func:`register_rule` (custom ops, or a stricter rule for a
+built-in one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+if TYPE_CHECKING:
+    from ltc.passes.channels import NodeView
+
+NAN = float("nan")
+
+
+ShapeOf = Callable[[gs.Tensor], "list | None"]
+
+
+class Refuse(Exception):  # noqa: N818 - a rule's verdict, not an error
+    """Raised by a rule to freeze every channel tensor of the node, with the reason."""
+
+
+class Rule:
+    """How one op (or family) touches channels. Subclasses implement :meth:`analyze`."""
+
+    ops: tuple[str, ...] = ()
+    layer: bool = False  # a weight layer: reported per layer, counted in MACs
+
+    def analyze(self, v: NodeView) -> None:
+        raise NotImplementedError
+
+    def macs(self, node: gs.Node, shape: ShapeOf) -> int | None:
+        """Multiply-accumulates per sample, for weight layers; None if the shapes are not known."""
+        return None
+
+RULES: dict[str, Rule] = {}
+
+
+def register_rule(op_type: str | Sequence[str], rule: Rule) -> None:
+    """Register ``rule`` for ``op_type`` (replaces a built-in rule of that op type)."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule must be an ltc.passes.rules.Rule, got {type(rule).__name__}")
+    for op in [op_type] if isinstance(op_type, str) else op_type:
+        RULES[op] = rule
+
+
+def register(cls: type[Rule]) -> type[Rule]:
+    """Class decorator for built-in rules: registers one instance under each of ``cls.ops``."""
+    register_rule(cls.ops, cls())
+    return cls
+
+
+# --------------------------------------------------------------------------- helpers rules share
+def const_value(t: gs.Tensor | None) -> np.ndarray | None:
+    """Value of a constant input: an initializer, a Constant node's output, or Identity of either."""
+    if t is None:
+        return None
+    if isinstance(t, gs.Constant):
+        return constant_array(t)
+    if len(t.inputs) == 1 and t.inputs[0].op == "Identity" and t.inputs[0].inputs:  # legacy exporter dedup
+        return const_value(t.inputs[0].inputs[0])
+    if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
+        v = t.inputs[0].attrs.get("value")
+        if isinstance(v, gs.Constant):
+            return np.asarray(v.values)
+        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+            if key in t.inputs[0].attrs:
+                return np.asarray(t.inputs[0].attrs[key], dtype=dtype)
+        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in t.inputs[0].attrs:
+                return np.asarray(list(t.inputs[0].attrs[key]), dtype=dtype)
+    return None
+
+
+def constant_array(c: gs.Constant) -> np.ndarray:
+    """The constant's values without making graphsurgeon materialise them (export then reuses the
+    untouched proto as it is)."""
+    from onnx import numpy_helper
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    lazy = getattr(c, "_values", None)
+    if isinstance(lazy, LazyValues) and hasattr(lazy.tensor, "raw_data"):
+        return numpy_helper.to_array(lazy.tensor)
+    return np.asarray(c.values)
+
+
+def is_empty(t: gs.Tensor | None) -> bool:
+    return t is None or (isinstance(t, gs.Variable) and t.name == "")
+
+
+def no_padding(node: gs.Node) -> bool:
+    auto_pad = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad == "VALID":
+        return True
+    if auto_pad not in ("NOTSET", ""):
+        return False
+    return not any(node.attrs.get("pads", []))
+
+
+def attr_str(node: gs.Node, name: str, default: str) -> str:
+    value = node.attrs.get(name, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def static(dims: Sequence | None) -> int | None:
+    """Product of ``dims`` if all are known integers."""
+    if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
+        return None
+    return math.prod(dims)
+
+
+def per_unit(values: np.ndarray, units: int, stride: int) -> np.ndarray:
+    """Per-unit value of a per-entry vector: the value if all of a unit's entries agree, else NaN."""
+    v = values.astype(np.float64).reshape(units, stride)
+    same = np.all(v == v[:, :1], axis=1)
+    return np.where(same, v[:, 0], NAN)
+
+
+def zero_rows(w: np.ndarray, axis: int, units: int) -> np.ndarray:
+    """Per unit: every weight along ``axis`` belonging to the unit is exactly zero."""
+    moved = np.moveaxis(w, axis, 0).reshape(units, -1)
+    return ~np.any(moved != 0, axis=1)

@@ -143,21 +143,29 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int = 60) -> Plan:
+def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int = 20) -> Plan:
     """A random admissible plan that permutes every channel class it can and removes none.
 
-    Classes get random sort keys; a record that refuses has its segments put back in order (their
-    contents stay shuffled), and after half the attempts its classes are left in place.
+    Classes get random sort keys; a tensor whose records cut it into segments (Concat, Split, Slice,
+    groups) is ordered by segment first, so segments stay in place with shuffled contents. Classes of
+    a record that still refuses are left in place.
     """
     key = rng.random(cg.n_classes)
     fixed = cg.frozen.copy()
-    for attempt in range(attempts):
+    segments: dict[str, list[np.ndarray]] = {}
+    for r in cg.records:
+        for name in r.tensors():
+            seg = r.segments(name)
+            if seg is not None:
+                segments.setdefault(name, []).append(seg)
+    for _ in range(attempts):
         plan: Plan = {}
         for name, ct in cg.tensors.items():
             cls = cg.classes_of(name)
             free = np.flatnonzero(~fixed[cls])
             order = np.arange(ct.units)
-            order[free] = free[np.argsort(key[cls[free]], kind="stable")]
+            sort_keys = [key[cls[free]], *(seg[free] for seg in reversed(segments.get(name, [])))]
+            order[free] = free[np.lexsort(sort_keys)]
             if not np.array_equal(order, np.arange(ct.units)):
                 plan[name] = order
         idx = lookup(cg, plan)
@@ -166,11 +174,5 @@ def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int =
             return plan
         for r in bad:
             for name in r.tensors():
-                cls = cg.classes_of(name)
-                seg = r.segments(name)
-                if seg is not None and attempt < attempts // 2:
-                    order = np.lexsort((key[cls], seg))
-                    key[cls[order]] = np.sort(key[cls])
-                else:
-                    fixed[cls] = True
+                fixed[cg.classes_of(name)] = True
     return {}

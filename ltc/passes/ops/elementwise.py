@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 
 def pass_through(v: NodeView, fn: Callable[[np.ndarray], np.ndarray] | None, outputs: int = 1,
-                 axis: int | None = None, shape: list | None = None) -> ChannelTensor:
-    """Output 0 has input 0's channels on ``axis`` (default: the same axis); ``fn`` maps constants."""
+                 axis: int | None = None, shape: list | None = None, unknown_stays: bool = True) -> ChannelTensor:
+    """Output 0 has input 0's channels on ``axis`` (default: the same axis); ``fn`` maps constants.
+
+    An unknown (NaN) input channel stays unknown unless ``unknown_stays`` is False (an op that outputs
+    a constant whatever its input, as BatchNormalization with a zero scale)."""
     x = v.x(0)
     if x is None:
         raise Refuse(f"{v.where}: input shape unknown")
@@ -31,8 +34,10 @@ def pass_through(v: NodeView, fn: Callable[[np.ndarray], np.ndarray] | None, out
         raise Refuse(f"{v.where}: output shape unknown")
     y = v.new(0, x.size, x.stride, axis, shape)
     v.tie(x, y)
+    k = v.const(x)
     with np.errstate(all="ignore"):
-        v.set_const(y, fn(v.const(x)) if fn is not None else np.full(y.units, NAN))
+        out = fn(k) if fn is not None else np.full(y.units, NAN)
+    v.set_const(y, np.where(np.isnan(k), NAN, out) if unknown_stays else out)
     return y
 
 

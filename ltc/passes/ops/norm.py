@@ -50,7 +50,7 @@ class BatchNormalization(Rule):
             y = (k - mean) / np.sqrt(var + eps) * scale + bias
             return np.where(scale == 0, bias, y)
 
-        pass_through(v, fn)
+        pass_through(v, fn, unknown_stays=False)
 
 
 @register
@@ -61,7 +61,7 @@ class InstanceNormalization(Rule):
         x = _channel_first(v)
         scale, bias = _per_channel(v, 1, x, "scale"), _per_channel(v, 2, x, "B")
         # a constant channel normalizes to 0: the output is the shift
-        pass_through(v, lambda k: np.where(np.isfinite(k) | (scale == 0), bias, NAN))
+        pass_through(v, lambda k: np.where(np.isfinite(k) | (scale == 0), bias, NAN), unknown_stays=False)
 
 
 @register

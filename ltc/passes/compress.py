@@ -29,7 +29,7 @@ class ApplyMasks(Pass):
     name = "apply-masks"
 
     def __init__(self, masks: dict[str, np.ndarray]):
-        self.masks = masks
+        self.masks = {name: bool_mask(name, m) for name, m in masks.items()}
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         out = onnx.ModelProto()
@@ -51,6 +51,18 @@ class ApplyMasks(Pass):
                 out.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), t.name))
                 zeroed += newly
         return PassResult(out, zeroed > 0, {"weights_zeroed": zeroed, "masked_tensors": len(self.masks)})
+
+
+def bool_mask(name: str, mask) -> np.ndarray:
+    """A mask as bool: bool, or numbers that are all 0 or 1 (torch prune masks are float)."""
+    a = np.asarray(mask)
+    if a.dtype == np.bool_:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise LtcError(f"mask for '{name}' has dtype {a.dtype}; masks are bool or 0/1 numbers")
+    if not np.isin(a, (0, 1)).all():
+        raise LtcError(f"mask for '{name}' holds values other than 0 and 1; pass a bool or 0/1 mask")
+    return a != 0
 
 
 class RemoveDeadChannels(Pass):

@@ -1,0 +1,295 @@
+"""A seeded generator of random ONNX DAGs that mixes the rule-table ops the way exporters do.
+
+Convolutions (dense, grouped, depthwise, padded or not, a weight shared by two calls), BatchNorm,
+activations, residual sums, Concat/Split/Slice on channels, squeeze-excitation, pools, channel-last
+MLP blocks (Transpose -> LayerNorm or its decomposition -> MatMul + Add -> GELU or its Erf form ->
+MatMul + Add -> Transpose), ops without a rule (LRN), and a Flatten or ``x.view(x.size(0), -1)`` ->
+Gemm head, at opsets 13-21. Weights carry random dead filters (with zero and with non-zero bias or
+BN shift), dead input columns, partial filters and whole dead layers, either as zeros in the
+weights or as a separate float/uint8/bool mask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+OPSETS = (13, 15, 17, 18, 20, 21)
+
+
+class RandomGraph:
+    def __init__(self, seed: int, steps: int | None = None):
+        self.rng = np.random.default_rng(seed)
+        self.opset = int(self.rng.choice(OPSETS))
+        self.nodes: list = []
+        self.inits: dict[str, np.ndarray] = {}
+        self.masks: dict[str, np.ndarray] = {}
+        self.use_masks = bool(self.rng.random() < 0.4)
+        self.mask_dtype = self.rng.choice([np.float32, np.uint8, np.bool_])
+        self.shapes: dict[str, list] = {"x": ["N", 4, 8, 8]}
+        self.pool: list[str] = ["x"]
+        self.provable: list[tuple[str, int, str]] = []  # (weight, live rows, relu output) removal must reach
+        self.outputs: list[str] = []
+        self._n = 0
+        for _ in range(steps if steps is not None else int(self.rng.integers(4, 12))):
+            self.step()
+        self.head()
+
+    # ------------------------------------------------------------------ building blocks
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+        name = self.name(prefix)
+        self.inits[name] = np.asarray(value)
+        return name
+
+    def op(self, op: str, inputs: list[str], shape: list | None, outputs: int = 1, **attrs) -> str | list[str]:
+        outs = [self.name(op.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n"), **attrs))
+        if shape is not None:
+            for o in outs:
+                self.shapes[o] = shape
+        return outs[0] if outputs == 1 else outs
+
+    def four_d(self, min_hw: int = 1) -> str:
+        cands = [t for t in self.pool if len(self.shapes[t]) == 4 and self.shapes[t][2] >= min_hw]
+        return cands[int(self.rng.integers(len(cands)))]
+
+    def channels(self, t: str) -> int:
+        return self.shapes[t][1]
+
+    def weight(self, shape: tuple, dead_rows: np.ndarray | None = None, dead_cols: np.ndarray | None = None,
+               prefix: str = "w", row_axis: int = 0, col_axis: int = 1) -> str:
+        w = (self.rng.standard_normal(shape) * 0.5).astype(np.float32)
+        zero = np.zeros(shape, dtype=bool)
+        if dead_rows is not None and len(dead_rows):
+            np.moveaxis(zero, row_axis, 0)[dead_rows] = True
+        if dead_cols is not None and len(dead_cols):
+            np.moveaxis(zero, col_axis, 0)[dead_cols] = True
+        if self.rng.random() < 0.3:  # partial filters
+            zero |= self.rng.random(shape) < 0.3
+        name = self.const(w, prefix)
+        if self.use_masks and zero.any():
+            self.masks[name] = (~zero).astype(self.mask_dtype)
+        else:
+            self.inits[name] = np.where(zero, 0, w).astype(np.float32)
+        return name
+
+    def dead(self, n: int) -> np.ndarray:
+        r = self.rng.random()
+        if r < 0.05:
+            return np.arange(n)  # a whole layer dead
+        if r < 0.3:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(self.rng.random(n) < 0.4)
+
+    def bias(self, n: int, dead: np.ndarray) -> np.ndarray:
+        b = (self.rng.standard_normal(n) * 0.3).astype(np.float32)
+        if self.rng.random() < 0.6:
+            b[dead] = 0  # zero bias: a dead filter outputs exactly 0
+        return b
+
+    # ------------------------------------------------------------------ ops
+    def conv(self, x: str, cout: int | None = None, k: int | None = None, group: int = 1, track: bool = True,
+             same: bool = False) -> str:
+        n, cin, h, w = self.shapes[x]
+        cout = cout or int(self.rng.choice([4, 6, 8, 12]))
+        if group > 1:
+            cout = cin if group == cin else cout - cout % group or group
+        k = k or int(self.rng.choice([1, 3]))
+        pad = k // 2 if same or self.rng.random() < 0.85 else 0
+        if h - k + 1 + 2 * pad < 1:
+            pad = k // 2
+        dead = self.dead(cout)
+        dead_cols = np.flatnonzero(self.rng.random(cin // group) < 0.2) if self.rng.random() < 0.3 else None
+        wname = self.weight((cout, cin // group, k, k), dead, dead_cols)
+        inputs = [x, wname]
+        zero_bias = True
+        if self.rng.random() < 0.7:
+            b = self.bias(cout, dead)
+            zero_bias = not np.any(b[dead])
+            inputs.append(self.const(b, "b"))
+        hw = h - k + 1 + 2 * pad
+        y = self.op("Conv", inputs, [n, cout, hw, hw], pads=[pad] * 4, group=group)
+        if track and group == 1 and zero_bias and 0 < len(dead) < cout and dead_cols is None:
+            self._pending = (wname, cout - len(dead), y)
+        return y
+
+    def step(self) -> None:
+        self._pending = None
+        choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
+                                  "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
+                                  "resize", "reduce", "prelu"])
+        x = self.four_d()
+        c = self.channels(x)
+        if choice == "conv":
+            self.pool.append(self.conv(x))
+        elif choice == "conv_bn_act":
+            y = self.conv(x, track=False)
+            cout = self.channels(y)
+            scale = (self.rng.random(cout) + 0.5).astype(np.float32)
+            if self.rng.random() < 0.3:
+                scale[self.rng.random(cout) < 0.3] = 0  # a channel ticket zeroes BN scale
+            params = [self.const(scale), self.const((self.rng.standard_normal(cout) * 0.2).astype(np.float32)),
+                      self.const((self.rng.standard_normal(cout) * 0.2).astype(np.float32)),
+                      self.const((self.rng.random(cout) + 0.5).astype(np.float32))]
+            bn = self.op("BatchNormalization", [y, *params], self.shapes[y])
+            acts = ["Relu", "LeakyRelu", "Sigmoid", "Clip", "Tanh", "Elu"] + (["HardSwish"] if self.opset >= 14 else [])
+            act = str(self.rng.choice(acts))
+            extra = [self.const(np.float32(0)), self.const(np.float32(6))] if act == "Clip" else []
+            self.pool.append(self.op(act, [bn, *extra], self.shapes[y]))
+        elif choice == "conv_relu_conv":
+            y = self.conv(x)
+            pending = self._pending
+            r = self.op("Relu", [y], self.shapes[y])
+            z = self.conv(r, track=False)
+            if pending is not None:
+                self.provable.append((pending[0], pending[1], r))
+            self.pool.append(z)
+        elif choice == "grouped" and c % 2 == 0:
+            self.pool.append(self.conv(x, cout=int(self.rng.choice([c, 2 * c])), group=2))
+        elif choice == "depthwise":
+            self.pool.append(self.conv(x, group=c, k=3))
+        elif choice == "residual":
+            y = self.conv(x, cout=c, track=False, same=True)
+            self.pool.append(self.op(str(self.rng.choice(["Add", "Sum", "Max", "Mul"])), [x, y], self.shapes[x]))
+        elif choice == "concat":
+            y = self.conv(x, track=False, same=True)
+            n, _, h, w = self.shapes[x]
+            self.pool.append(self.op("Concat", [x, y], [n, c + self.channels(y), h, w], axis=1))
+        elif choice == "split" and c >= 2:
+            cut = int(self.rng.integers(1, c))
+            n, _, h, w = self.shapes[x]
+            sizes = [cut, c - cut]
+            parts = self.op("Split", [x, self.const(np.array(sizes, np.int64))], None, outputs=2, axis=1)
+            for p, s in zip(parts, sizes, strict=True):
+                self.shapes[p] = [n, s, h, w]
+                self.pool.append(p)
+        elif choice == "slice" and c >= 3:
+            lo = int(self.rng.integers(0, c - 1))
+            hi = int(self.rng.integers(lo + 1, c + 1))
+            n, _, h, w = self.shapes[x]
+            ins = [x, self.const(np.array([lo], np.int64)), self.const(np.array([hi], np.int64)),
+                   self.const(np.array([1], np.int64))]
+            self.pool.append(self.op("Slice", ins, [n, hi - lo, h, w]))
+        elif choice == "se":
+            n = self.shapes[x][0]
+            g = self.op("GlobalAveragePool", [x], [n, c, 1, 1])
+            s1 = self.conv(g, cout=max(c // 2, 1), k=1, track=False)
+            r = self.op("Relu", [s1], self.shapes[s1])
+            s2 = self.conv(r, cout=c, k=1, track=False)
+            sg = self.op("Sigmoid", [s2], self.shapes[s2])
+            self.pool.append(self.op("Mul", [x, sg], self.shapes[x]))
+        elif choice == "pool" and self.shapes[x][2] >= 4:
+            n, _, h, w = self.shapes[x]
+            op = str(self.rng.choice(["MaxPool", "AveragePool"]))
+            self.pool.append(self.op(op, [x], [n, c, h // 2, w // 2], kernel_shape=[2, 2], strides=[2, 2]))
+        elif choice == "mlp":
+            self.pool.append(self.mlp(x))
+        elif choice == "unknown":
+            self.pool.append(self.op("LRN", [x], self.shapes[x], size=3))
+        elif choice == "shared":
+            w = self.weight((c, c, 1, 1), self.dead(c))
+            a = self.op("Conv", [x, w], self.shapes[x])
+            r = self.op("Relu", [a], self.shapes[x])
+            self.pool.append(self.op("Conv", [r, w], self.shapes[x]))  # one module called twice
+        elif choice == "pad":
+            n, _, h, w = self.shapes[x]
+            ins = [x, self.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))]
+            if self.rng.random() < 0.5:
+                ins.append(self.const(np.float32(self.rng.choice([0.0, 0.5]))))
+            self.pool.append(self.op("Pad", ins, [n, c, h + 2, w + 2]))
+        elif choice == "resize":
+            n, _, h, w = self.shapes[x]
+            if h <= 8:
+                ins = [x, "", self.const(np.array([1, 1, 2, 2], np.float32))]
+                self.pool.append(self.op("Resize", ins, [n, c, 2 * h, 2 * w], mode="nearest"))
+        elif choice == "reduce":
+            n = self.shapes[x][0]
+            axes = [2, 3]
+            if self.opset >= 18:
+                y = self.op("ReduceMean", [x, self.const(np.array(axes, np.int64))], [n, c, 1, 1], keepdims=1)
+            else:
+                y = self.op("ReduceMean", [x], [n, c, 1, 1], axes=axes, keepdims=1)
+            self.pool.append(y)
+        elif choice == "prelu":
+            slope = (self.rng.random((c, 1, 1)) * 0.3).astype(np.float32)
+            self.pool.append(self.op("PRelu", [x, self.const(slope)], self.shapes[x]))
+
+    def mlp(self, x: str) -> str:
+        """Channel-last MLP with a residual: the hidden neurons are the removable channels."""
+        n, c, h, w = self.shapes[x]
+        t = self.op("Transpose", [x], [n, h, w, c], perm=[0, 2, 3, 1])
+        ln = self.layernorm(t, c)
+        hidden = 2 * c
+        dead = self.dead(hidden)
+        w1 = self.weight((c, hidden), dead, None, row_axis=1, col_axis=0)
+        hb = self.op("Add", [self.op("MatMul", [ln, w1], [n, h, w, hidden]), self.const(self.bias(hidden, dead))],
+                     [n, h, w, hidden])
+        g = self.gelu(hb)
+        w2 = self.weight((hidden, c), None, None)
+        o = self.op("Add", [self.op("MatMul", [g, w2], [n, h, w, c]), self.const(self.bias(c, np.zeros(0, int)))],
+                    [n, h, w, c])
+        back = self.op("Transpose", [o], [n, c, h, w], perm=[0, 3, 1, 2])
+        return self.op("Add", [x, back], [n, c, h, w])
+
+    def layernorm(self, t: str, c: int) -> str:
+        shape = self.shapes[t]
+        gamma = self.const((self.rng.random(c) + 0.5).astype(np.float32))
+        beta = self.const((self.rng.standard_normal(c) * 0.1).astype(np.float32))
+        if self.opset >= 17 and self.rng.random() < 0.6:
+            return self.op("LayerNormalization", [t, gamma, beta], shape, axis=-1)
+        mean_shape = [*shape[:-1], 1]  # the exporters' decomposition
+        mean = self.reduce_mean(t, mean_shape)
+        d = self.op("Sub", [t, mean], shape)
+        var = self.reduce_mean(self.op("Pow", [d, self.const(np.float32(2))], shape), mean_shape)
+        std = self.op("Sqrt", [self.op("Add", [var, self.const(np.float32(1e-5))], mean_shape)], mean_shape)
+        normed = self.op("Div", [d, std], shape)
+        return self.op("Add", [self.op("Mul", [normed, gamma], shape), beta], shape)
+
+    def reduce_mean(self, t: str, shape: list) -> str:
+        if self.opset >= 18:
+            return self.op("ReduceMean", [t, self.const(np.array([-1], np.int64))], shape, keepdims=1)
+        return self.op("ReduceMean", [t], shape, axes=[-1], keepdims=1)
+
+    def gelu(self, t: str) -> str:
+        shape = self.shapes[t]
+        if self.opset >= 20 and self.rng.random() < 0.5:
+            return self.op("Gelu", [t], shape)
+        e = self.op("Erf", [self.op("Div", [t, self.const(np.float32(np.sqrt(2)))], shape)], shape)
+        m = self.op("Mul", [t, self.op("Add", [e, self.const(np.float32(1))], shape)], shape)
+        return self.op("Mul", [m, self.const(np.float32(0.5))], shape)
+
+    def head(self) -> None:
+        x = self.pool[-1] if len(self.shapes[self.pool[-1]]) == 4 else self.four_d()
+        n, c, h, w = self.shapes[x]
+        if self.rng.random() < 0.5:
+            x = self.op("GlobalAveragePool", [x], [n, c, 1, 1])
+            h = w = 1
+        feats = c * h * w
+        if self.rng.random() < 0.5:
+            f = self.op("Flatten", [x], [n, feats], axis=1)
+        else:  # x.view(x.size(0), -1)
+            s = self.op("Shape", [x], [4])
+            b = self.op("Gather", [s, self.const(np.array(0, np.int64))], [], axis=0)
+            u = self.op("Unsqueeze", [b, self.const(np.array([0], np.int64))], [1])
+            tgt = self.op("Concat", [u, self.const(np.array([-1], np.int64))], [2], axis=0)
+            f = self.op("Reshape", [x, tgt], [n, feats])
+        classes = 5
+        dead_in = np.flatnonzero(self.rng.random(feats) < 0.2) if self.rng.random() < 0.3 else None
+        fw = self.weight((classes, feats), None, dead_in)
+        self.outputs.append(self.op("Gemm", [f, fw, self.const(self.bias(classes, np.zeros(0, int)))],
+                                    [n, classes], transB=1))
+        if self.rng.random() < 0.25:
+            self.outputs.append(self.four_d())
+
+    def model(self):
+        graph = helper.make_graph(
+            self.nodes, "random", [helper.make_tensor_value_info("x", TensorProto.FLOAT, self.shapes["x"])],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, self.shapes[o]) for o in self.outputs],
+            [numpy_helper.from_array(v, k) for k, v in self.inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        model.ir_version = 8
+        return model

@@ -7,24 +7,44 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from ltc.passes import compress
+from ltc.errors import InternalError
+from ltc.passes import compress, verify
 from ltc.passes.stats import count_parameters
 from tests.random_graphs import RandomGraph
 
 
-def _run(model, feeds):
+def _run(model, feeds, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
+    opts.graph_optimization_level = level
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _run_optimized(model, feeds):
+    """ONNX Runtime with its optimizer on. Its pad fusion rejects Pad -> Pad -> Pool once the pads add
+    up to the kernel (a valid model; an ONNX Runtime bug that removal can expose by dropping the Pad's
+    other readers): then the comparison runs without graph optimizations."""
+    try:
+        return _run(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+        if "Pad should be smaller than kernel" not in str(exc):
+            raise
+        return _run(model, feeds, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
 
 
 def check_graph(seed: int) -> None:
     g = RandomGraph(seed)
     model = g.model()
-    r = compress(model, g.masks or None)
-    assert r.verification.passed, seed
+    try:
+        r = compress(model, g.masks or None)
+    except InternalError as exc:  # refused, not silently wrong: ORT's optimizer miscomputes the output
+        assert "graph optimizer" in str(exc), f"seed {seed}: {exc}"
+        r = compress(model, g.masks or None, check=False)
+        assert verify(r.reference, r.model, {"x": np.ones((2, 4, 8, 8), np.float32)}, optimized=False).passed
+        return
+    assert r.verification.passed and r.verification.optimizer_ok, seed
     feeds = {"x": np.random.default_rng(seed).standard_normal((3, 4, 8, 8)).astype(np.float32)}
-    for a, b in zip(_run(r.reference, feeds), _run(r.model, feeds), strict=True):  # optimisations on
+    for a, b in zip(_run_optimized(r.reference, feeds), _run_optimized(r.model, feeds), strict=True):  # optimisations on
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 + 1e-4 * scale, equal_nan=True, err_msg=f"seed {seed}")
     onnx.checker.check_model(r.model)

@@ -35,7 +35,8 @@ def _same(a, b, batch: int = 2, seed: int = 0) -> None:
     feeds = {"x": np.random.default_rng(seed).standard_normal((batch, *X["x"][1:])).astype(np.float32)}
     for optimize in (False, True):
         for ra, rb in zip(_run(a, feeds, optimize), _run(b, feeds, optimize), strict=True):
-            np.testing.assert_allclose(rb, ra, rtol=1e-4, atol=1e-4, equal_nan=True)
+            scale = float(np.nanmax(np.abs(ra), initial=0.0))  # float32 rounding grows with the output's scale
+            np.testing.assert_allclose(rb, ra, rtol=0, atol=1e-5 + 1e-5 * scale, equal_nan=True)
 
 
 def test_every_rule_has_a_graph_test():

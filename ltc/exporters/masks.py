@@ -269,19 +269,31 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
         taken.add(target)
     arrays: dict[str, np.ndarray] = {}
     unmatched = []
-    for name in pending:
+    cands: dict[str, list[str]] = {}
+    for name in pending:  # candidates by shape, narrowed by values; assigned below in any order
         m = masks.masks[name]
-        cands = [n for n, t in inits.items() if n not in taken and tuple(t.dims) == m.shape and m.ndim > 1]
-        if len(cands) > 1:
-            cands = _disambiguate(name, m, cands, inits, masks, arrays)
-        if len(cands) == 1:
-            matched[name] = cands[0]
-            taken.add(cands[0])
-        elif len(cands) > 1:
-            raise LtcError(f"mask '{name}' {m.shape} matches several initializers ({', '.join(cands[:6])}); "
+        found = [n for n, t in inits.items() if n not in taken and tuple(t.dims) == m.shape and m.ndim > 1]
+        cands[name] = _disambiguate(name, m, found, inits, masks, arrays) if len(found) > 1 else found
+    progress = True
+    while progress:  # a mask with one candidate left takes it; that may leave another with one
+        progress = False
+        for name in list(cands):
+            left = [n for n in cands[name] if n not in taken]
+            if len(left) == 1:
+                matched[name] = left[0]
+                taken.add(left[0])
+                del cands[name]
+                progress = True
+    for name, found in cands.items():
+        left = [n for n in found if n not in taken]
+        if len(left) > 1:
+            raise LtcError(f"mask '{name}' {masks.masks[name].shape} matches several initializers "
+                           f"({', '.join(left[:6])}); rename the masks to the model's initializer names")
+        if found:
+            others = [k for k, v in matched.items() if v in found]
+            raise LtcError(f"mask '{name}' matches '{found[0]}', which mask '{others[0]}' matched too; "
                            "rename the masks to the model's initializer names")
-        else:
-            unmatched.append(name)
+        unmatched.append(name)
     if not matched:
         raise LtcError(f"no mask matches this model (mask names like {list(masks.masks)[:3]}, shapes "
                        "differ from every weight); is the mask for another model?")

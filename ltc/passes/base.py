@@ -1,26 +1,58 @@
-"""The pass contract: ``call(model) -> PassResult``, invariants checked before and after, composable."""
+"""The pass contract: ``call(model) -> PassResult``, invariants checked before and after, composable.
+
+After onnx-ir's pass infrastructure: a pass is functional (it never modifies its input model: checked
+on every call), ``requires`` refuses inputs the pass cannot take (:class:`LtcError`, the input's
+fault), ``ensures`` checks the pass's own postconditions (:class:`InternalError`, ltc's fault), and
+each pass reports a typed result (``PassResult.info``); ``details`` is its plain-dict view.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import onnx
 
-from ltc.errors import InternalError, LtcError
+from ltc.errors import InternalError, LtcError, first_line
 
 
 @dataclass
 class PassResult:
     model: onnx.ModelProto
     modified: bool
-    details: dict = field(default_factory=dict)
+    info: object = None  # the pass's typed result: a dataclass, or an object with ``to_dict()``
+
+    @property
+    def details(self) -> dict:
+        info = self.info
+        if info is None:
+            return {}
+        if hasattr(info, "to_dict"):
+            return info.to_dict()
+        if is_dataclass(info):
+            return asdict(info)
+        return dict(info)
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A cheap digest of a model's structure and tensor headers (names, shapes, byte sizes), to
+    catch a pass that edits its input in place without hashing gigabytes of weights."""
+    h = hashlib.blake2b(digest_size=16)
+    for n in model.graph.node:
+        h.update(n.SerializeToString())
+    for t in model.graph.initializer:
+        h.update(f"{t.name}:{list(t.dims)}:{t.data_type}:{t.ByteSize()}".encode())
+    for seq in (model.graph.input, model.graph.output, model.opset_import):
+        for item in seq:
+            h.update(item.SerializeToString())
+    return h.hexdigest()
 
 
 class Pass:
     """A model-to-model transformation. Subclasses implement :meth:`call`.
 
-    ``requires`` and ``ensures`` check invariants before and after; calling the pass object runs all
-    three. Passes never modify their input model: they return a new one.
+    Calling the pass object runs ``requires``, ``call`` and ``ensures``, and checks that the input
+    model was not modified.
     """
 
     name = "pass"
@@ -42,13 +74,25 @@ class Pass:
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         self.requires(model)
+        before = fingerprint(model)
         result = self.call(model)
+        if fingerprint(model) != before:
+            raise InternalError(f"{self.name}: the pass modified its input model")
         self.ensures(result)
         return result
 
 
+@dataclass
+class SequenceInfo:
+    steps: list[tuple[str, PassResult]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {name: r.details for name, r in self.steps}
+
+
 class Sequential(Pass):
-    """Run passes in order; the result is modified if any pass modified it. Errors name the pass."""
+    """Run passes in order; the result is modified if any pass modified it. Any error names the pass:
+    input errors stay :class:`LtcError`, anything else becomes :class:`InternalError`."""
 
     name = "sequential"
 
@@ -57,15 +101,25 @@ class Sequential(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         modified = False
-        details: dict = {}
+        info = SequenceInfo()
         for p in self.passes:
             try:
                 r = p(model)
             except (LtcError, InternalError) as exc:
                 raise type(exc)(f"{p.name}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a pass's bug: name it, keep the cause
+                raise InternalError(f"{p.name}: {type(exc).__name__}: {first_line(exc)}") from exc
             model, modified = r.model, modified or r.modified
-            details[p.name] = r.details
-        return PassResult(model, modified, details)
+            info.steps.append((p.name, r))
+        return PassResult(model, modified, info)
+
+
+@dataclass
+class RepeatInfo:
+    steps: list[PassResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"steps": [r.details for r in self.steps]}
 
 
 class PassManager(Pass):
@@ -79,11 +133,11 @@ class PassManager(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         modified = False
-        steps = []
+        info = RepeatInfo()
         for _ in range(self.max_steps):
             r = self.inner(model)
-            steps.append(r.details)
+            info.steps.append(r)
             if not r.modified:
                 break
             model, modified = r.model, True
-        return PassResult(model, modified, {"steps": steps})
+        return PassResult(model, modified, info)

@@ -15,10 +15,16 @@ from onnx import numpy_helper
 
 from ltc.errors import InternalError, LtcError
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.channels import RULES, ChannelGraph
+from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
-from ltc.passes.remove import apply_removal, layer_channels, plan_removal
+from ltc.passes.remove import (
+    LayerChannels,
+    RemovalPlan,
+    apply_removal,
+    layer_channels,
+    plan_removal,
+)
 from ltc.passes.stats import model_stats
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
 
@@ -50,7 +56,7 @@ class ApplyMasks(Pass):
             if newly:
                 out.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), t.name))
                 zeroed += newly
-        return PassResult(out, zeroed > 0, {"weights_zeroed": zeroed, "masked_tensors": len(self.masks)})
+        return PassResult(out, zeroed > 0, MaskInfo(zeroed, len(self.masks)))
 
 
 def bool_mask(name: str, mask) -> np.ndarray:
@@ -76,22 +82,42 @@ class RemoveDeadChannels(Pass):
         self.allow_lossy = allow_lossy
         self.round_to = round_to
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = import_graph(model)
-        cg = ChannelGraph(graph)
+    def analyze(self, model: onnx.ModelProto) -> RemovalAnalysis:
+        """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies."""
+        cg = ChannelGraph(import_graph(model))
         plan = plan_removal(cg, self.allow_lossy, self.round_to)
-        layers = layer_channels(cg, plan)
-        frozen_by = frozen_reasons(cg)
-        modified = apply_removal(cg, plan)
-        details = {
-            "layers": [asdict(layer) for layer in layers],
-            "classes": int(cg.n_classes),
-            "removed_classes": int(plan.removed.sum()),
-            "frozen": dict(frozen_by),
-            "notes": plan.notes,
-            "lossy": plan.lossy,
-        }
-        return PassResult(export_graph(graph, model) if modified else model, modified, details)
+        return RemovalAnalysis(cg, plan, layer_channels(cg, plan), frozen_reasons(cg))
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        a = self.analyze(model)
+        modified = apply_removal(a.cg, a.plan)
+        info = RemovalInfo(a.layers, int(a.cg.n_classes), int(a.plan.removed.sum()), a.frozen, a.plan.notes,
+                           a.plan.lossy)
+        return PassResult(export_graph(a.cg.graph, model) if modified else model, modified, info)
+
+
+@dataclass
+class MaskInfo:
+    weights_zeroed: int
+    masked_tensors: int
+
+
+@dataclass
+class RemovalAnalysis:
+    cg: ChannelGraph
+    plan: RemovalPlan
+    layers: list[LayerChannels]
+    frozen: dict[str, int]  # reason -> classes that cannot go for it (frozen or pinned)
+
+
+@dataclass
+class RemovalInfo:
+    layers: list[LayerChannels]
+    classes: int
+    removed_classes: int
+    frozen: dict[str, int]
+    notes: list[str]
+    lossy: bool
 
 
 @dataclass
@@ -136,7 +162,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
         result = RemoveDeadChannels(allow_lossy, round_to)(reference)
-    d = result.details
+    info: RemovalInfo = result.info
     serialized = None  # the output's bytes, made once: for ONNX Runtime and for the file
     if result.modified and model_size_bytes(result.model) <= TWO_GB:
         serialized = result.model.SerializeToString()
@@ -146,7 +172,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     if check:
         feeds = feeds if feeds is not None else random_inputs(reference)
         verification = verify(reference_run, candidate, feeds, rtol, atol, inputs_label)
-        if not verification.passed and not d["lossy"]:
+        if not verification.passed and not info.lossy:
             name, worst = max(verification.outputs.items(),
                               key=lambda kv: kv[1]["max_abs"] / max(kv[1]["tolerance"], 1e-300))
             raise InternalError(
@@ -154,6 +180,14 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
                 f"{worst['max_abs'] / max(worst['tolerance'], 1e-300):.3g}x the tolerance {worst['tolerance']:.3g} "
                 f"(atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g}); if that is rounding, raise --rtol; "
                 "--no-verify writes it anyway, at your own risk")
+        if verification.optimizer_ok is False:
+            raise InternalError(
+                "the compressed model is exact, but ONNX Runtime's graph optimizer "
+                + ("cannot load it" if verification.optimized_max_abs == float("inf") else
+                   f"computes it differently (by {verification.optimized_max_abs:.3g})")
+                + " while it runs the input as is: an optimizer fusion the rewrite exposed (ORT fuses a zero Pad "
+                "into MaxPool once the Pad has no other reader); --no-verify writes it anyway, to be run with "
+                "graph optimizations off")
     elif result.modified:  # never write a model that does not load, verified or not
         load_check(candidate, reference_run)
     else:  # an unchanged copy of an input that ONNX Runtime cannot load is not written either
@@ -161,9 +195,9 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
-    return CompressResult(result.model, reference, d["layers"], model_stats(reference),
-                          model_stats(result.model), verification, seconds, d["lossy"], d["notes"],
-                          d["frozen"], serialized)
+    return CompressResult(result.model, reference, [asdict(la) for la in info.layers], model_stats(reference),
+                          model_stats(result.model), verification, seconds, info.lossy, info.notes,
+                          info.frozen, serialized)
 
 
 @contextlib.contextmanager
@@ -202,17 +236,15 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        cg = ChannelGraph(import_graph(reference))
-        plan = plan_removal(cg, allow_lossy, 1)
-    layers = [asdict(layer) for layer in layer_channels(cg, plan)]
-    frozen_classes = frozen_reasons(cg)
+        a = RemoveDeadChannels(allow_lossy, 1).analyze(reference)
+    cg = a.cg
     return {
-        "layers": layers,
+        "layers": [asdict(layer) for layer in a.layers],
         "classes": int(cg.n_classes),
         "frozen_classes": int((cg.frozen | cg.pinned).sum()),
-        "removable_classes": int(plan.removed.sum()),
-        "frozen_by": dict(frozen_classes),
-        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in RULES}),
+        "removable_classes": int(a.plan.removed.sum()),
+        "frozen_by": a.frozen,
+        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules}),
         "stats": {k: v for k, v in model_stats(reference).items() if k != "layer_macs"},
-        "notes": plan.notes,
+        "notes": a.plan.notes,
     }

@@ -14,11 +14,24 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     saved = list(model.graph.value_info)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
+    # graphsurgeon names the tensors of Constant nodes' attributes in place (on import and on export):
+    # put them back as they were now, and give the graph its own copies for later
+    unnamed = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+               if a.HasField("t") and not a.t.HasField("name")]
     try:
         graph = gs.import_onnx(model)
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(saved)
+        for t in unnamed:
+            t.ClearField("name")
+    for node in graph.nodes:
+        value = node.attrs.get("value") if node.op == "Constant" else None
+        lazy = getattr(value, "_values", None)
+        if hasattr(lazy, "tensor"):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(lazy.tensor)
+            lazy.tensor = copy
     graph.toposort()
     return graph
 

@@ -28,6 +28,8 @@ class Verification:
     atol: float
     outputs: dict[str, dict] = field(default_factory=dict)  # name -> max_abs, max_rel, passed
     inputs: str = "random"
+    optimizer_ok: bool | None = None  # the candidate under ORT's graph optimizations matches too
+    optimized_max_abs: float | None = None
 
     @property
     def max_abs(self) -> float:
@@ -39,7 +41,8 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "rtol": self.rtol, "atol": self.atol, "inputs": self.inputs,
-                "max_abs_error": self.max_abs, "max_rel_error": self.max_rel, "outputs": self.outputs}
+                "max_abs_error": self.max_abs, "max_rel_error": self.max_rel, "outputs": self.outputs,
+                "optimizer_ok": self.optimizer_ok, "optimized_max_abs_error": self.optimized_max_abs}
 
 
 MAX_RANDOM_INPUT_BYTES = 2 << 30  # per input: a batch of 2 this large is not a model's real input
@@ -132,11 +135,12 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
 Runnable = onnx.ModelProto | bytes | str  # a model, its serialized bytes, or the path of its file
 
 
-def _session(model: Runnable, tmpdir: str, tag: str):
+def _session(model: Runnable, tmpdir: str, tag: str, optimize: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 4  # errors become exceptions, reported in one line; ORT's own logs stay quiet
     if isinstance(model, bytes | str):
         src = model
@@ -155,9 +159,10 @@ def _session(model: Runnable, tmpdir: str, tag: str):
         raise InternalError(f"ONNX Runtime cannot load the {tag} model ltc produced ({first_line(exc)})") from None
 
 
-def run_model(model: Runnable, feeds: dict[str, np.ndarray], tag: str = "model") -> dict[str, np.ndarray]:
+def run_model(model: Runnable, feeds: dict[str, np.ndarray], tag: str = "model",
+              optimize: bool = False) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
-        sess = _session(model, tmp, tag)
+        sess = _session(model, tmp, tag, optimize)
         names = [o.name for o in sess.get_outputs()]
         try:
             return dict(zip(names, sess.run(names, feeds), strict=True))
@@ -186,21 +191,55 @@ def load_check(model: Runnable, reference: Runnable | None = None) -> None:
 
 
 def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray],
-           rtol: float = 1e-4, atol: float = 1e-5, inputs: str = "random") -> Verification:
+           rtol: float = 1e-4, atol: float = 1e-5, inputs: str = "random", optimized: bool = True) -> Verification:
     """Run both models one after the other (one session alive at a time) and compare every output.
 
     An output passes when its largest difference is at most ``atol + rtol * max|reference|``: float32
     rounding grows with the magnitude of the terms summed, not with each element, so an element-wise
     test refuses exact compressions of wide layers (an output near zero next to values of 1e3 carries
-    the rounding of the 1e3 terms). NaN and infinities must match position by position."""
+    the rounding of the 1e3 terms). NaN and infinities must match position by position.
+
+    Both runs have ONNX Runtime's graph optimizations off: the models are compared, not ORT's fusions.
+    With ``optimized``, the candidate then also runs the way users run it (optimizations on) and must
+    match too (``Verification.optimizer_ok``): a rewrite can expose an optimizer bug (ORT fuses a
+    zero Pad into a MaxPool, whose padding is -inf, once the Pad has no other reader). If the
+    reference changes the same way under the optimizer, that is ORT's behaviour on the input too.
+    """
     ref = run_model(reference, feeds, "reference")
     got = run_model(candidate, feeds, "compressed")
     result = Verification(True, rtol, atol, inputs=inputs)
+    result.passed, result.outputs = _compare(ref, got, rtol, atol)
+    if optimized and result.passed:
+        result.optimizer_ok, result.optimized_max_abs = _optimized_check(reference, candidate, feeds, ref, rtol, atol)
+    return result
+
+
+def _optimized_check(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray],
+                     ref: dict[str, np.ndarray], rtol: float, atol: float) -> tuple[bool | None, float]:
+    """(the optimized candidate matches, its largest difference); None when the optimizer fails on
+    the input too (then it is no finding about ltc's output)."""
+    try:
+        opt = run_model(candidate, feeds, "compressed", optimize=True)
+    except InternalError:
+        try:
+            run_model(reference, feeds, "reference", optimize=True)
+        except LtcError:
+            return None, float("inf")
+        return False, float("inf")
+    ok, outputs = _compare(ref, opt, rtol, atol)
+    if not ok:  # ORT may change the input's results the same way: then the output behaves as the input does
+        ok = _compare(run_model(reference, feeds, "reference", optimize=True), opt, rtol, atol)[0]
+    return ok, max((o["max_abs"] for o in outputs.values()), default=0.0)
+
+
+def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float,
+             atol: float) -> tuple[bool, dict[str, dict]]:
+    passed, outputs = True, {}
     for name, r in ref.items():
         g = got.get(name)
         if g is None or g.shape != r.shape:
-            result.outputs[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "passed": False}
-            result.passed = False
+            outputs[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "passed": False}
+            passed = False
             continue
         r64, g64 = r.astype(np.float64), g.astype(np.float64)
         same_nonfinite = ~np.isfinite(r64) & ((r64 == g64) | (np.isnan(r64) & np.isnan(g64)))
@@ -212,7 +251,7 @@ def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray
         scale = float(np.abs(r64).max()) if r64.size else 0.0
         tolerance = atol + rtol * scale
         ok = max_abs <= tolerance
-        result.outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "tolerance": tolerance,
-                                "passed": ok}
-        result.passed &= ok
-    return result
+        outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "tolerance": tolerance,
+                         "passed": ok}
+        passed &= ok
+    return passed, outputs

@@ -179,10 +179,14 @@ class ReshapeLike(Rule):
         if x is None or x.axis != 1:
             raise Refuse(reason)
         oshape = v.shape(v.out(0))
+        entries = self._entries(v, x) if v.op == "Reshape" else None
+        if oshape is None and entries is not None:  # shape inference did not follow a computed target
+            oshape = [x.shape[j] if e == 0 else (e if isinstance(e, int) and e > 0 else None)
+                      for j, (e, *_) in enumerate(entries)]
+            oshape[0] = x.shape[0]
         if oshape is None or len(oshape) < 2:
             raise Refuse(reason)
         oshape = list(oshape)
-        entries = self._entries(v, x) if v.op == "Reshape" else None
         if not self._keeps_batch(v, x, oshape, entries):
             raise Refuse(reason)
         t_in, t_out = static(x.shape[2:]), static(oshape[2:])
@@ -306,9 +310,13 @@ class Split(Rule):
         split = v.need_value(1, "split")
         if split is None and v.attrs.get("split") is not None:
             split = np.array(v.attrs["split"])
-        if split is None:
+        if split is None and v.attrs.get("num_outputs") is not None:
+            n = int(v.attrs["num_outputs"])
+            chunk = -(-x.size // n)
+            sizes = [chunk] * (n - 1) + [x.size - chunk * (n - 1)]
+        elif split is None:
             shapes = [v.shape(o) for o in outs]
-            if any(s is None or not isinstance(s[axis], int) for s in shapes):
+            if any(s is None or len(s) != x.rank or not isinstance(s[axis], int) for s in shapes):
                 raise Refuse(f"{v.where}: split sizes unknown")
             sizes = [s[axis] for s in shapes]
         else:
@@ -317,7 +325,8 @@ class Split(Rule):
             raise Refuse(f"{v.where}: split sizes {sizes} unknown or cut through a unit")
         bounds, offset = [], 0
         for i, s in enumerate(sizes):
-            shape = list(v.shape(outs[i]) or x.shape)
+            shape = v.shape(outs[i])
+            shape = list(shape) if shape and len(shape) == x.rank else list(x.shape)
             y = v.new(i, s, x.stride, x.axis, shape)
             v.tie(x, y, offset, 0, y.units)
             v.set_const(y, v.const(x)[offset:offset + y.units].copy())

@@ -1,0 +1,237 @@
+"""The defect classes random graphs found in the old core, each as a test of its family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltc.errors import InternalError, LtcError
+from ltc.exporters.masks import MaskSet, match_masks
+from ltc.passes import compress
+from ltc.passes.channels import ChannelGraph
+from ltc.passes.graph import import_graph
+from ltc.passes.stats import count_parameters, layer_macs
+from tests.helpers import assert_equivalent, conv_weight, make_model, node, vec, weight_shapes
+
+X = {"x": ["N", 4, 6, 6]}
+DEAD = [1, 4, 6]
+
+
+def _conv_a(bias=None, dead=DEAD):
+    b = np.zeros(8, np.float32) if bias is None else bias
+    return node("Conv", ["x", "w0", "b0"], ["a"], pads=[1] * 4), {"w0": conv_weight(8, 4, dead=dead), "b0": b}
+
+
+def _exact(model, **kw):
+    r = compress(model, **kw)
+    assert r.verification.passed
+    assert_equivalent(r.reference, r.model, {k: v for k, v in X.items()} if "x" in {i.name for i in model.graph.input}
+                      else {i.name: [d.dim_value or "N" for d in i.type.tensor_type.shape.dim] for i in model.graph.input})
+    assert count_parameters(r.model) <= count_parameters(r.reference)
+    return r
+
+
+def test_removal_needs_evidence_a_broadcast_read_freezes():
+    # x[1,C,H,W] + gemm_out[1,W]: the Gemm's 6 outputs line up with W, not with channels; no mask at all
+    nodes = [node("Flatten", ["x"], ["f"]), node("Gemm", ["f", "gw", "gb"], ["g"], transB=1),
+             node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Add", ["a", "g"], ["y"])]
+    inits = {"gw": vec(6 * 144).reshape(6, 144), "gb": vec(6), "w0": conv_weight(8, 4)}
+    model = make_model(nodes, {"x": [1, 4, 6, 6]}, ["y"], inits)
+    r = compress(model)
+    assert not r.model.graph.node or weight_shapes(r.model, "Gemm") == [(6, 144)]
+
+
+def test_shape_with_start_reads_the_channel_count():
+    conv, inits = _conv_a()
+    nodes = [conv, node("Conv", ["a", "w1"], ["y"]), node("Shape", ["a"], ["s"], start=1),
+             node("Gather", ["s", "zero"], ["c"], axis=0), node("Cast", ["c"], ["cf"], to=1)]
+    model = make_model(nodes, X, ["y", "cf"], inits | {"w1": conv_weight(5, 8, 1), "zero": np.array(0, np.int64)})
+    r = compress(model)
+    assert weight_shapes(r.model, "Conv")[0][0] == 8  # the channel count is an output: nothing may go
+
+
+def test_prelu_slope_varying_along_width_is_not_a_channel_constant():
+    conv, inits = _conv_a(bias=np.where(np.isin(np.arange(8), DEAD), -1.0, 0.5).astype(np.float32))
+    nodes = [conv, node("PRelu", ["a", "slope"], ["p"]), node("Conv", ["p", "w1"], ["y"])]
+    r = _exact(make_model(nodes, X, ["y"], inits | {"slope": vec(6, 0.1, 0.9).reshape(1, 1, 6),
+                                                    "w1": conv_weight(5, 8, 1)}))
+    assert weight_shapes(r.model, "Conv")[0][0] == 8  # slope * (-1) varies along W: cannot fold
+
+
+@pytest.mark.parametrize("noop", [0, 1])
+def test_reduce_with_empty_axes(noop):
+    conv, inits = _conv_a()
+    nodes = [conv, node("Conv", ["a", "w1"], ["y"]), node("ReduceMean", ["a", "axes"], ["m"], keepdims=1,
+                                                         noop_with_empty_axes=noop), node("Relu", ["m"], ["z"])]
+    model = make_model(nodes, X, ["y", "z"], inits | {"w1": conv_weight(5, 8, 1), "axes": np.zeros(0, np.int64)},
+                       opset=18)
+    r = _exact(model)
+    assert weight_shapes(r.model, "Conv")[0][0] == 8  # reduce-all reads every channel; noop outputs them
+
+
+def test_batchnorm_in_training_mode_freezes():
+    conv, inits = _conv_a()
+    bn = {"s": vec(8), "bb": vec(8), "mu": vec(8), "var": vec(8, 0.5, 1)}
+    nodes = [conv, node("BatchNormalization", ["a", "s", "bb", "mu", "var"], ["n"], training_mode=1),
+             node("Conv", ["n", "w1"], ["y"])]
+    cg = ChannelGraph(import_graph(make_model(nodes, X, ["y"], inits | bn | {"w1": conv_weight(5, 8, 1)})))
+    assert any("training_mode" in r for r in cg.frozen_reason.values())
+
+
+def test_two_splits_without_split_input_get_their_own_sizes():
+    conv, inits = _conv_a()
+    nodes = [conv, node("Conv", ["x", "wb"], ["b"], pads=[1] * 4),
+             node("Split", ["a"], ["a0", "a1"], axis=1, num_outputs=2),
+             node("Split", ["b"], ["c0", "c1"], axis=1, num_outputs=2)]
+    tail = [node("Conv", [t, f"w_{t}"], [f"y_{t}"]) for t in ("a0", "a1", "c0", "c1")]
+    inits |= {"wb": conv_weight(8, 4, dead=[0, 5]), **{f"w_{t}": conv_weight(3, 4, 1) for t in ("a0", "a1", "c0", "c1")}}
+    model = make_model(nodes + tail, X, [f"y_{t}" for t in ("a0", "a1", "c0", "c1")], inits, opset=18)
+    r = _exact(model)
+    splits = [n for n in r.model.graph.node if n.op_type == "Split"]
+    assert len({n.input[1] for n in splits}) == 2
+
+
+@pytest.mark.parametrize("c", [np.float32(0.3), np.array([0.3], np.float32), None])
+def test_gemm_fold_into_scalar_or_missing_bias(c):
+    conv, inits = _conv_a(bias=np.where(np.isin(np.arange(8), DEAD), 0.7, 0.0).astype(np.float32))
+    nodes = [conv, node("Relu", ["a"], ["r"]), node("GlobalAveragePool", ["r"], ["g"]), node("Flatten", ["g"], ["f"]),
+             node("Gemm", ["f", "gw"] + (["gc"] if c is not None else []), ["y"], transB=1, alpha=0.5, beta=2.0)]
+    inits |= {"gw": vec(40).reshape(5, 8)} | ({"gc": c} if c is not None else {})
+    r = _exact(make_model(nodes, X, ["y"], inits))
+    assert weight_shapes(r.model, "Gemm") == [(5, 5)]
+
+
+def test_pad_with_computed_value_freezes_instead_of_crashing():
+    conv, inits = _conv_a()
+    nodes = [conv, node("ReduceMax", ["x"], ["mx"], keepdims=0, axes=[0, 1, 2, 3]),
+             node("Pad", ["a", "pads", "mx"], ["p"]), node("Conv", ["p", "w1"], ["y"])]
+    inits |= {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w1": conv_weight(5, 8, 1)}
+    r = _exact(make_model(nodes, X, ["y"], inits, opset=17))
+    assert any("constant_value" in reason for reason in r.frozen)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.bool_])
+def test_masks_of_every_numeric_kind(dtype):
+    conv, inits = _conv_a()
+    inits["w0"] = conv_weight(8, 4)
+    mask = np.ones((8, 4, 3, 3), dtype)
+    mask[DEAD] = 0
+    model = make_model([conv, node("Conv", ["a", "w1"], ["y"])], X, ["y"], inits | {"w1": conv_weight(5, 8, 1)})
+    r = _exact(model, masks={"w0": mask})
+    assert weight_shapes(r.model, "Conv")[0][0] == 5
+
+
+def test_mask_with_values_other_than_0_and_1_is_refused():
+    conv, inits = _conv_a()
+    model = make_model([conv, node("Conv", ["a", "w1"], ["y"])], X, ["y"], inits | {"w1": conv_weight(5, 8, 1)})
+    with pytest.raises(LtcError, match="other than 0 and 1"):
+        compress(model, masks={"w0": np.full((8, 4, 3, 3), 0.5, np.float32)})
+
+
+def test_value_matching_is_independent_of_mask_order():
+    w = {f"w{i}": conv_weight(8, 8, 1) for i in range(2)}
+    nodes = [node("Conv", ["x8", "w0"], ["a"]), node("Conv", ["a", "w1"], ["y"])]
+    model = make_model(nodes, {"x8": ["N", 8, 4, 4]}, ["y"], w)
+    m0, m1 = np.ones((8, 8, 1, 1), bool), np.ones((8, 8, 1, 1), bool)
+    m0[2] = False  # only w0 has no entries outside... both are dense: match by the ticket's weights
+    for order in (["A", "B"], ["B", "A"]):
+        weights = {"A": w["w0"], "B": w["w1"]}
+        ms = MaskSet({k: {"A": m0, "B": m1}[k] for k in order}, {k: weights[k] for k in order}, source="pt")
+        assert match_masks(model, ms).matched == {"A": "w0", "B": "w1"}
+    # B is told apart by its weights, A only by elimination: any order must assign both
+    ms = MaskSet({"A": m0, "B": m1}, {"B": w["w1"]}, source="pt")
+    assert match_masks(model, ms).matched == {"A": "w0", "B": "w1"}
+
+
+def test_weight_shared_by_two_nodes_stays_one_tensor():
+    w = conv_weight(8, 8, 1, dead=[2, 5])
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]),
+             node("Conv", ["r", "ws"], ["s1"]), node("Relu", ["s1"], ["t"]), node("Conv", ["t", "ws"], ["s2"]),
+             node("Conv", ["s2", "w1"], ["y"])]
+    model = make_model(nodes, X, ["y"], {"w0": conv_weight(8, 4), "ws": w, "w1": conv_weight(5, 8, 1)})
+    r = _exact(model)
+    assert sum(1 for t in r.model.graph.initializer if t.name.startswith("ws")) == 1
+    assert r.model.ByteSize() <= model.ByteSize()
+
+
+def test_layer_after_an_unanalysable_input_still_loses_its_dead_filters():
+    nodes = [node("LRN", ["x"], ["l"], size=3), node("Conv", ["l", "w0"], ["a"], pads=[1] * 4),
+             node("Relu", ["a"], ["r"]), node("Conv", ["r", "w1"], ["y"])]
+    r = _exact(make_model(nodes, X, ["y"], {"w0": conv_weight(8, 4, dead=DEAD), "w1": conv_weight(5, 8, 3)}))
+    assert weight_shapes(r.model, "Conv") == [(5, 4, 3, 3), (5, 5, 3, 3)]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_view_with_dynamic_batch_is_followed(opset):
+    conv, inits = _conv_a()
+    nodes = [conv, node("Relu", ["a"], ["r"]), node("Shape", ["r"], ["s"]), node("Gather", ["s", "zero"], ["n0"], axis=0),
+             node("Unsqueeze", ["n0", "uq"], ["n1"]), node("Concat", ["n1", "m1"], ["tgt"], axis=0),
+             node("Reshape", ["r", "tgt"], ["f"]), node("Gemm", ["f", "gw", "gb"], ["y"], transB=1)]
+    inits |= {"zero": np.array(0, np.int64), "uq": np.array([0], np.int64), "m1": np.array([-1], np.int64),
+              "gw": vec(5 * 288).reshape(5, 288), "gb": vec(5)}
+    r = _exact(make_model(nodes, X, ["y"], inits, opset=opset))
+    assert weight_shapes(r.model, "Gemm") == [(5, 180)]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_transformer_mlp_hidden_neurons_are_removed(fused):
+    """[B, T, C] -> LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C) + residual; half the hidden dead."""
+    c, hidden = 8, 32
+    w1 = vec(c * hidden).reshape(c, hidden)
+    dead = np.arange(0, hidden, 2)
+    w1[:, dead] = 0
+    b1 = vec(hidden)
+    b1[dead] = 0
+    nodes = [node("LayerNormalization", ["t", "g", "be"], ["n"], axis=-1), node("MatMul", ["n", "w1"], ["h"]),
+             node("Add", ["h", "b1"], ["hb"])]
+    if fused:
+        nodes.append(node("Gelu", ["hb"], ["ge"]))
+    else:
+        nodes += [node("Div", ["hb", "sq2"], ["d"]), node("Erf", ["d"], ["e"]), node("Add", ["e", "one"], ["e1"]),
+                  node("Mul", ["hb", "e1"], ["m"]), node("Mul", ["m", "half"], ["ge"])]
+    nodes += [node("MatMul", ["ge", "w2"], ["o"]), node("Add", ["o", "b2"], ["ob"]), node("Add", ["t", "ob"], ["y"])]
+    inits = {"g": vec(c), "be": vec(c), "w1": w1, "b1": b1, "w2": vec(hidden * c).reshape(hidden, c), "b2": vec(c),
+             "sq2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}
+    model = make_model(nodes, {"t": ["N", 5, c]}, ["y"], inits, opset=20)
+    r = compress(model)
+    assert r.verification.passed
+    assert weight_shapes(r.model, "MatMul") == [(c, 16), (16, c)]
+
+
+@pytest.mark.parametrize("act,alpha", [("LeakyRelu", 0.2), ("Elu", 0.7), ("PRelu", None)])
+def test_negative_constants_through_leaky_activations_fold(act, alpha):
+    conv, inits = _conv_a(bias=np.where(np.isin(np.arange(8), DEAD), -0.8, 0.0).astype(np.float32))
+    ins = ["a", "slope"] if act == "PRelu" else ["a"]
+    attrs = {} if alpha is None else {"alpha": alpha}
+    nodes = [conv, node(act, ins, ["p"], **attrs), node("Conv", ["p", "w1", "b1"], ["y"])]
+    inits |= {"slope": vec(8, 0.1, 0.5).reshape(8, 1, 1), "w1": conv_weight(5, 8, 1), "b1": vec(5)}
+    r = _exact(make_model(nodes, X, ["y"], inits))
+    assert weight_shapes(r.model, "Conv")[0][0] == 5  # a non-zero constant folded into the 1x1 conv's bias
+
+
+def test_absolute_parameter_and_mac_counts():
+    nodes = [node("Conv", ["x", "w0", "b0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]),
+             node("Conv", ["r", "dw"], ["d"], group=8, pads=[1] * 4), node("GlobalAveragePool", ["d"], ["g"]),
+             node("Flatten", ["g"], ["f"]), node("Gemm", ["f", "gw", "gb"], ["h"], transB=1),
+             node("MatMul", ["h", "mw"], ["y"])]
+    inits = {"w0": conv_weight(8, 4, dead=DEAD), "b0": np.zeros(8, np.float32), "dw": conv_weight(8, 1),
+             "gw": vec(40).reshape(5, 8), "gb": vec(5), "mw": vec(15).reshape(5, 3)}
+    model = make_model(nodes, X, ["y"], inits)
+    assert count_parameters(model) == 8 * 4 * 9 + 8 + 8 * 9 + 40 + 5 + 15
+    macs = layer_macs(model)
+    assert sorted(macs.values()) == sorted([8 * 36 * 4 * 9, 8 * 36 * 9, 5 * 8, 3 * 5])
+    r = _exact(model)
+    assert count_parameters(r.model) == 5 * 4 * 9 + 5 + 5 * 9 + 25 + 5 + 15
+    assert sum(layer_macs(r.model).values()) == 5 * 36 * 4 * 9 + 5 * 36 * 9 + 5 * 5 + 3 * 5
+
+
+def test_an_output_that_onnx_runtimes_optimizer_miscomputes_is_refused():
+    """Pad(0) read by MaxPool and by a layer nothing uses: cleanup leaves MaxPool the Pad's only reader,
+    and ORT's pad fusion then pads MaxPool with 0 where it means -inf. Exact, but wrong as users run it."""
+    nodes = [node("Pad", ["x", "pads"], ["p"]), node("MaxPool", ["p"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+             node("Conv", ["p", "w0"], ["unused"])]
+    model = make_model(nodes, X, ["y"], {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+                                         "w0": conv_weight(8, 4, dead=[0, 1])})
+    with pytest.raises(InternalError, match="graph optimizer"):
+        compress(model, feeds={"x": -np.ones((2, 4, 6, 6), np.float32)})
+    assert compress(model, check=False).model.graph.node[-1].op_type == "MaxPool"  # --no-verify still writes it

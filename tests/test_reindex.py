@@ -80,3 +80,28 @@ def test_a_plan_that_moves_a_frozen_channel_is_refused():
     cg = ChannelGraph(import_graph(rule_model("Relu")))
     with pytest.raises(InternalError, match="frozen"):
         apply_reindex(cg, {"x": np.array([1, 0, 2, 3])})
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_connected_components_match_a_reference_union_find(seed):
+    from ltc.passes.channels import connected_components
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    e = int(rng.integers(0, 2 * n))
+    a, b = rng.integers(0, n, e), rng.integers(0, n, e)
+    parent = list(range(n))
+
+    def find(u):
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for u, v in zip(a.tolist(), b.tolist(), strict=True):
+        parent[find(u)] = find(v)
+    k, labels = connected_components(n, a, b)
+    roots = [find(u) for u in range(n)]
+    assert k == len(set(roots))
+    for u in range(n):  # same component <=> same label
+        assert all((labels[u] == labels[v]) == (roots[u] == roots[v]) for v in range(0, n, 7))

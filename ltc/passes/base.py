@@ -8,7 +8,6 @@ each pass reports a typed result (``PassResult.info``); ``details`` is its plain
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, is_dataclass
 
 import onnx
@@ -34,18 +33,13 @@ class PassResult:
         return dict(info)
 
 
-def fingerprint(model: onnx.ModelProto) -> str:
-    """A cheap digest of a model's structure and tensor headers (names, shapes, byte sizes), to
-    catch a pass that edits its input in place without hashing gigabytes of weights."""
-    h = hashlib.blake2b(digest_size=16)
-    for n in model.graph.node:
-        h.update(n.SerializeToString())
-    for t in model.graph.initializer:
-        h.update(f"{t.name}:{list(t.dims)}:{t.data_type}:{t.ByteSize()}".encode())
-    for seq in (model.graph.input, model.graph.output, model.opset_import):
-        for item in seq:
-            h.update(item.SerializeToString())
-    return h.hexdigest()
+def fingerprint(model: onnx.ModelProto) -> tuple:
+    """A cheap summary of a model's structure and tensor headers (names, shapes, types), to catch a
+    pass that edits its input in place without hashing gigabytes of weights."""
+    g = model.graph
+    parts = [n.SerializeToString() for n in g.node]
+    parts += [x.SerializeToString() for x in (*g.input, *g.output, *model.opset_import)]
+    return (hash(b"\0".join(parts)), [(t.name, tuple(t.dims), t.data_type, len(t.raw_data)) for t in g.initializer])
 
 
 class Pass:

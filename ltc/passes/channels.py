@@ -292,9 +292,6 @@ class ChannelGraph:
                     self.block(ct.name, reason)
 
     def _components(self) -> None:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         n = self.n_units
         ea, eb = [], []
         for r in self.records:
@@ -304,8 +301,7 @@ class ChannelGraph:
                 eb.append(b.ids(r.b_start, r.b_start + r.count))
         a = np.concatenate(ea) if ea else np.zeros(0, dtype=np.int64)
         b = np.concatenate(eb) if eb else np.zeros(0, dtype=np.int64)
-        adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-        self.n_classes, self.labels = connected_components(adj, directed=False)
+        self.n_classes, self.labels = connected_components(n, a, b)
         self.frozen = np.zeros(self.n_classes, dtype=bool)
         self.frozen_reason: dict[int, str] = {}
         self.pinned = np.zeros(self.n_classes, dtype=bool)
@@ -336,9 +332,52 @@ class ChannelGraph:
             evidence[self.classes_of(name)[mask]] = True
         return evidence
 
+    @staticmethod
+    def default_rules() -> dict[str, Rule]:
+        return RULES
+
+    def macs(self, plan: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+        """MACs per sample of every weight layer, from the analysis' shapes; with ``plan``, the
+        shapes after that re-index (call it after :func:`apply_reindex` so weights are rewritten)."""
+        from ltc.passes.stats import graph_macs, shapes_of
+
+        shapes = self.shapes
+        if plan:
+            shapes = dict(shapes)
+            for name, idx in plan.items():
+                ct = self.tensors[name]
+                if shapes.get(name) is not None:
+                    shape = list(shapes[name])
+                    shape[ct.axis] = len(idx) * ct.stride
+                    shapes[name] = shape
+        return graph_macs(self.graph, self.rules, shapes_of(shapes))
+
     def is_layer(self, node: gs.Node) -> bool:
         rule = self.rules.get(node.op)
         return rule is not None and rule.layer
+
+
+def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
+    """Components of the undirected graph on ``n`` nodes with edges ``a[i] -- b[i]``: (count, label
+    per node, numbered in order of each component's smallest node). Hook-and-compress in numpy:
+    every round hooks both ends of each edge and their roots to the smaller label, then jumps
+    pointers; a fixed point has equal labels across every edge."""
+    labels = np.arange(n)
+    while len(a):
+        m = np.minimum(labels[a], labels[b])
+        new = labels.copy()
+        for ends in (a, b, labels[a], labels[b]):
+            np.minimum.at(new, ends, m)
+        while True:  # pointer jumping until every label is a root
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    roots, inverse = np.unique(labels, return_inverse=True)
+    return len(roots), inverse
 
 
 def _source(t: gs.Tensor) -> gs.Tensor | None:

@@ -25,7 +25,7 @@ from ltc.passes.remove import (
     layer_channels,
     plan_removal,
 )
-from ltc.passes.stats import model_stats
+from ltc.passes.stats import count_parameters
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
 
 
@@ -90,9 +90,11 @@ class RemoveDeadChannels(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         a = self.analyze(model)
+        macs_before = a.cg.macs()
         modified = apply_removal(a.cg, a.plan)
+        macs_after = a.cg.macs(a.plan.index(a.cg)) if modified else macs_before
         info = RemovalInfo(a.layers, int(a.cg.n_classes), int(a.plan.removed.sum()), a.frozen, a.plan.notes,
-                           a.plan.lossy)
+                           a.plan.lossy, macs_before, macs_after)
         return PassResult(export_graph(a.cg.graph, model) if modified else model, modified, info)
 
 
@@ -118,6 +120,8 @@ class RemovalInfo:
     frozen: dict[str, int]
     notes: list[str]
     lossy: bool
+    macs_before: dict[str, int] = field(default_factory=dict)  # per weight layer, per sample
+    macs_after: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -195,9 +199,14 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
-    return CompressResult(result.model, reference, [asdict(la) for la in info.layers], model_stats(reference),
-                          model_stats(result.model), verification, seconds, info.lossy, info.notes,
-                          info.frozen, serialized)
+    before = _stats(reference, info.macs_before)
+    after = _stats(result.model, info.macs_after) if result.modified else before
+    return CompressResult(result.model, reference, [asdict(la) for la in info.layers], before, after,
+                          verification, seconds, info.lossy, info.notes, info.frozen, serialized)
+
+
+def _stats(model: onnx.ModelProto, macs: dict[str, int]) -> dict:
+    return {"parameters": count_parameters(model), "macs": sum(macs.values()), "layer_macs": macs}
 
 
 @contextlib.contextmanager
@@ -245,6 +254,6 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         "removable_classes": int(a.plan.removed.sum()),
         "frozen_by": a.frozen,
         "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules}),
-        "stats": {k: v for k, v in model_stats(reference).items() if k != "layer_macs"},
+        "stats": {k: v for k, v in _stats(reference, a.cg.macs()).items() if k != "layer_macs"},
         "notes": a.plan.notes,
     }

@@ -25,6 +25,12 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         model.graph.value_info.extend(saved)
         for t in unnamed:
             t.ClearField("name")
+    inferred_out = {o.name: o for o in inferred.graph.output}
+    for var in graph.outputs:  # outputs declared without a shape: take the inferred one
+        vi = inferred_out.get(var.name)
+        if var.shape is None and vi is not None and vi.type.tensor_type.HasField("shape"):
+            var.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                         for d in vi.type.tensor_type.shape.dim]
     for node in graph.nodes:
         value = node.attrs.get("value") if node.op == "Constant" else None
         lazy = getattr(value, "_values", None)

@@ -6,8 +6,6 @@ import math
 
 import onnx
 
-from ltc.passes.onnx_io import infer_shapes
-
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 
@@ -31,37 +29,41 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return sum(sizes.get(i, 0) for node in model.graph.node if node.op_type != "Identity" for i in node.input)
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list:
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+def graph_macs(graph, rules: dict, shape_of) -> dict[str, int]:
+    """MACs per sample of every weight layer of a graphsurgeon graph, from each op's rule, with
+    ``shape_of(tensor)`` giving shapes (the analysis' own: no second shape inference)."""
+    macs: dict[str, int] = {}
+    for node in graph.nodes:
+        rule = rules.get(node.op)
+        if rule is None or not rule.layer or not node.outputs:
+            continue
+        value = rule.macs(node, shape_of)
+        if value is not None:
+            macs[node.name or node.outputs[0].name] = int(value)
+    return macs
+
+
+def shapes_of(shapes: dict[str, list | None]):
+    """``shape_of`` over a name -> shape table; constants answer with their own shape."""
+    import onnx_graphsurgeon as gs
+
+    def shape_of(t):
+        if isinstance(t, gs.Constant):
+            return list(t.shape)
+        return shapes.get(t.name)
+
+    return shape_of
 
 
 def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """MACs per sample for each Conv, ConvTranspose, Gemm and MatMul node, keyed by node name or output."""
-    inferred = infer_shapes(model)
-    shapes = {vi.name: _dims(vi) for vi in [*inferred.graph.value_info, *inferred.graph.input,
-                                            *inferred.graph.output]}
-    for t in model.graph.initializer:
-        shapes[t.name] = list(t.dims)
-    macs: dict[str, int] = {}
-    for node in model.graph.node:
-        key = node.name or node.output[0]
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        out = shapes.get(node.output[0]) if node.output else None
-        w = shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if out is None or w is None or any(d is None for d in (out[1:] if out else [None])):
-            continue
-        if node.op_type == "Conv":
-            macs[key] = math.prod(out[1:]) * math.prod(w[1:])
-        elif node.op_type == "ConvTranspose":
-            x = shapes.get(node.input[0])
-            if x and all(d is not None for d in x[1:]):
-                macs[key] = math.prod(x[1:]) * math.prod(w[1:])
-        elif node.op_type == "Gemm":
-            k = w[1] if attrs.get("transB", 0) else w[0]
-            macs[key] = math.prod(out[1:]) * k
-        elif node.op_type == "MatMul" and len(w) == 2:
-            macs[key] = math.prod(out[1:]) * w[0]
-    return macs
+    """MACs per sample for each weight layer (Conv, ConvTranspose, Gemm, MatMul, and registered
+    layers), keyed by node name or output, from the rules' formulas and inferred shapes."""
+    from ltc.passes.channels import ChannelGraph
+    from ltc.passes.graph import import_graph
+
+    graph = import_graph(model)
+    shapes = {name: list(t.shape) if t.shape is not None else None for name, t in graph.tensors().items()}
+    return graph_macs(graph, ChannelGraph.default_rules(), shapes_of(shapes))
 
 
 def model_stats(model: onnx.ModelProto) -> dict:

@@ -135,9 +135,8 @@ class Conv(Rule):
         else:
             v.record(GroupedConv(v.node, x, y, groups))
             zero_in = ~nz.reshape(groups, c_out // groups, -1).any(axis=1).reshape(-1)
-        w64 = w.astype(np.float64)
         v.contract(Contraction(
-            v.node, x.name, zero_in, pad_free, lambda units, k: _conv_contribution(w64, units, k, groups),
+            v.node, x.name, zero_in, pad_free, lambda units, k: _conv_contribution(w, units, k, groups),
             BiasSlot(v.node, 2, y, lambda n: (n,), w.dtype), lossy_foldable=True,
             blocked_why="zero padding; --allow-lossy folds it"))
         v.set_const(y, conv_const(w, nz, v.const(x), bias, groups, pad_free))
@@ -151,7 +150,7 @@ class Conv(Rule):
 def _conv_contribution(w: np.ndarray, units: np.ndarray, k: np.ndarray, groups: int) -> np.ndarray:
     """Per output channel: what constant inputs ``k`` on input channels ``units`` add (no padding)."""
     c_out, per_in = w.shape[0], w.shape[1]
-    sums = w.reshape(c_out, per_in, -1).sum(axis=2)  # [C_out, C_in/G]
+    sums = w.reshape(c_out, per_in, -1).sum(axis=2, dtype=np.float64)  # [C_out, C_in/G]
     if groups == 1:
         return sums[:, units] @ k[units]
     rows = c_out // groups
@@ -199,7 +198,7 @@ class ConvTranspose(Rule):
 def _dense_contribution(w_mk: np.ndarray, stride: int, scale: float):
     def contribution(units: np.ndarray, k: np.ndarray) -> np.ndarray:
         m = w_mk.shape[0]
-        wu = w_mk.astype(np.float64).reshape(m, -1, stride)[:, units, :]  # [M, units, stride]
+        wu = w_mk.reshape(m, -1, stride)[:, units, :].astype(np.float64)  # [M, units, stride]
         return scale * np.einsum("mus,u->m", wu, k[units])
 
     return contribution

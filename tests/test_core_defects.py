@@ -235,3 +235,28 @@ def test_an_output_that_onnx_runtimes_optimizer_miscomputes_is_refused():
     with pytest.raises(InternalError, match="graph optimizer"):
         compress(model, feeds={"x": -np.ones((2, 4, 6, 6), np.float32)})
     assert compress(model, check=False).model.graph.node[-1].op_type == "MaxPool"  # --no-verify still writes it
+
+
+def test_a_registered_rule_lets_channels_through_an_op_the_table_lacks():
+    from ltc.passes import RULES, Refuse, Rule, register_rule
+    from ltc.passes.ops.elementwise import pass_through
+
+    class RoundRule(Rule):  # the README's example, for an op ORT runs and ltc has no rule for
+        def analyze(self, v):
+            if v.x(0) is None:
+                raise Refuse(f"{v.where}: input shape unknown")
+            pass_through(v, np.round)
+
+    conv, inits = _conv_a()
+    model = make_model([conv, node("Round", ["a"], ["r"]), node("Conv", ["r", "w1"], ["y"])], X, ["y"],
+                       inits | {"w1": conv_weight(5, 8, 1)})
+    assert weight_shapes(compress(model).model, "Conv")[0][0] == 8  # no rule: Round freezes
+    assert "Round" not in RULES
+    try:
+        register_rule("Round", RoundRule())
+        r = _exact(model)
+        assert weight_shapes(r.model, "Conv")[0][0] == 5
+    finally:
+        RULES.pop("Round", None)
+    with pytest.raises(TypeError):
+        register_rule("Round", object())

@@ -93,7 +93,12 @@ def constant_array(c: gs.Constant) -> np.ndarray:
 
     lazy = getattr(c, "_values", None)
     if isinstance(lazy, LazyValues) and hasattr(lazy.tensor, "raw_data"):
-        return numpy_helper.to_array(lazy.tensor)
+        cached = c.__dict__.get("_ltc_array")  # rules and the rewrite read a weight several times
+        if cached is None or cached[0] is not lazy:
+            cached = (lazy, numpy_helper.to_array(lazy.tensor))
+            cached[1].flags.writeable = False
+            c.__dict__["_ltc_array"] = cached
+        return cached[1]
     return np.asarray(c.values)
 
 

@@ -60,6 +60,13 @@ class NodeView:
         t = self.input(i)
         return None if t is None or isinstance(t, gs.Constant) else self.cg.tensors.get(t.name)
 
+    def need_x(self, i: int = 0) -> ChannelTensor:
+        """Input ``i``'s channel tensor; refuses when the analysis does not know it."""
+        x = self.x(i)
+        if x is None:
+            raise Refuse(f"{self.where}: input {i} shape unknown")
+        return x
+
     def value(self, i: int) -> np.ndarray | None:
         return const_value(self.input(i))
 

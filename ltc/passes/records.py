@@ -81,6 +81,10 @@ class Record:
         return None
 
 
+def _identity(i: np.ndarray, units: int) -> bool:
+    return len(i) == units and bool(np.array_equal(i, np.arange(units)))
+
+
 def _ordered(segment_ids: np.ndarray) -> bool:
     return bool(np.all(np.diff(segment_ids) >= 0)) if len(segment_ids) > 1 else True
 
@@ -119,7 +123,7 @@ class Take(Record):
 
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         i = idx(self.tensor.name)
-        if len(i) == self.tensor.units and np.array_equal(i, np.arange(len(i))):
+        if _identity(i, self.tensor.units):
             return
         v = edits.get(self.node, self.index)
         edits.set(self.node, self.index, np.take(v, self.tensor.features(i), axis=self.axis))
@@ -283,8 +287,7 @@ class GroupedConv(Record):
 
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         ii, io = idx(self.inp.name), idx(self.out.name)
-        if len(ii) == self.inp.units and len(io) == self.out.units and np.array_equal(ii, np.arange(len(ii))) \
-                and np.array_equal(io, np.arange(len(io))):
+        if _identity(ii, self.inp.units) and _identity(io, self.out.units):
             return
         w = edits.get(self.node, 1)
         per_in, rows = self.inp.units // self.groups, self.out.units // self.groups

@@ -249,9 +249,7 @@ class Softmax(Rule):
     ops = ("Softmax", "LogSoftmax", "Hardmax", "LpNormalization")
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         axis = int(v.attrs.get("axis", -1)) % x.rank
         if axis == x.axis:
             y = pass_through(v, None)

@@ -41,6 +41,13 @@ def _weight(v: NodeView) -> np.ndarray:
     return w
 
 
+def _bias(v: NodeView, n: int) -> np.ndarray | None:
+    b = v.need_value(2, "bias")
+    if b is not None and b.shape != (n,):
+        raise Refuse(f"{v.where}: bias shape {b.shape} is not [{n}]")
+    return b
+
+
 def _input_or_block(v: NodeView, ok: bool, why: str) -> ChannelTensor | None:
     """Input 0 if the layer can follow its channels; otherwise it is frozen (and None)."""
     x = v.x(0)
@@ -94,9 +101,7 @@ class Conv(Rule):
         w = _weight(v)
         groups = int(v.attrs.get("group", 1))
         c_out, per_in = w.shape[0], w.shape[1]
-        b = v.need_value(2, "bias")
-        if b is not None and b.shape != (c_out,):
-            raise Refuse(f"{v.where}: bias shape {b.shape} is not [{c_out}]")
+        b = _bias(v, c_out)
         x = _input_or_block(v, (x0 := v.x(0)) is not None and x0.axis == 1 and x0.stride == 1
                             and x0.size == per_in * groups, "input is not a channel-first tensor")
         if groups > 1 and x is None:
@@ -171,9 +176,7 @@ class ConvTranspose(Rule):
         if int(v.attrs.get("group", 1)) != 1 or v.attrs.get("output_shape") is not None:
             raise Refuse(f"{v.where}: grouped, or an explicit output_shape")
         c_in, c_out = w.shape[0], w.shape[1]
-        b = v.need_value(2, "bias")
-        if b is not None and b.shape != (c_out,):
-            raise Refuse(f"{v.where}: bias shape {b.shape} is not [{c_out}]")
+        b = _bias(v, c_out)
         x = _input_or_block(v, (x0 := v.x(0)) is not None and x0.axis == 1 and x0.stride == 1 and x0.size == c_in,
                             "input is not a channel-first tensor")
         y = v.new(0, c_out, rank=w.ndim)

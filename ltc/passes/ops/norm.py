@@ -69,9 +69,7 @@ class LayerNormalization(Rule):
     ops = ("LayerNormalization",)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         first = int(v.attrs.get("axis", -1)) % x.rank
         y = pass_through(v, None, outputs=1)
         if x.axis < first:  # each channel normalized on its own; scale and shift do not follow channels

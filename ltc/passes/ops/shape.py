@@ -58,9 +58,7 @@ class Pad(Rule):
     ops = ("Pad",)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         pads = v.need_value(1, "pads")
         value = v.need_value(2, "constant_value")
         axes = v.need_value(3, "axes")
@@ -101,9 +99,7 @@ class Reduce(Rule):
     ops = tuple(_REDUCE)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         axes = v.attrs.get("axes")
         if axes is None:
             axes = v.need_value(1, "axes")
@@ -129,9 +125,7 @@ class Transpose(Rule):
     ops = ("Transpose",)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         perm = [int(p) for p in v.attrs.get("perm", range(x.rank - 1, -1, -1))]
         if sorted(perm) != list(range(x.rank)):
             raise Refuse(f"{v.where}: perm {perm} is not a permutation of {x.rank} axes")
@@ -294,9 +288,7 @@ class Split(Rule):
     ops = ("Split",)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         axis = int(v.attrs.get("axis", 0)) % x.rank
         outs = v.node.outputs
         if axis != x.axis:
@@ -340,9 +332,7 @@ class Slice(Rule):
     ops = ("Slice",)
 
     def analyze(self, v: NodeView) -> None:
-        x = v.x(0)
-        if x is None:
-            raise Refuse(f"{v.where}: input shape unknown")
+        x = v.need_x()
         starts, ends = v.need_value(1, "starts"), v.need_value(2, "ends")
         axes, steps = v.need_value(3, "axes"), v.need_value(4, "steps")
         if starts is None or ends is None:

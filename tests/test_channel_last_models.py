@@ -89,6 +89,9 @@ def test_dead_mlp_hidden_neurons_are_removed(block, exporter, tmp_path):
     # fc1 keeps its live neurons as outputs, fc2 reads only them (weights as [in, out] or [out, in])
     assert any(set(w) == {c, live} for w in widths), widths
     assert not any(4 * c in w for w in widths), widths
+    fc1 = next(la for la in r.layers if la["out_before"] == 4 * c)  # the report counts the contracted axis
+    assert (fc1["in_before"], fc1["out_after"]) == (c, live)
+    assert all(la["op"] in ("MatMul", "Gemm", "Conv") for la in r.layers)  # no activation @ activation rows
     x = {full.graph.input[0].name: [None, *model.input_shape]}
     assert_equivalent(full, r.model, x, batch_sizes=(1, 3))
     with torch.no_grad():  # and the compressed ONNX model still computes what the torch module does

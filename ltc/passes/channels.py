@@ -156,6 +156,11 @@ class NodeView:
         self.a.ignores.append((ct.name, np.asarray(units, dtype=bool)))
         self.a.read.add(ct.name)
 
+    def layer_input(self, ct: ChannelTensor | None, size: int) -> None:
+        """For the per-layer report: the input this weight layer sums over (``ct`` when the analysis
+        follows it, else None) and its size."""
+        self.a.layer_input = (ct.name if ct is not None else None, size)
+
     def read(self, ct: ChannelTensor) -> None:
         """Declare ``ct`` read in a way that does not depend on its channels (e.g. its batch size)."""
         self.a.read.add(ct.name)
@@ -182,6 +187,7 @@ class ChannelGraph:
         self.blocks: list[tuple[str, str]] = []
         self.pins: list[tuple[str, str]] = []
         self.ignores: list[tuple[str, np.ndarray]] = []
+        self.layer_inputs: dict[int, tuple[str | None, int]] = {}
         self._next = 0
         for t in graph.tensors().values():
             if isinstance(t, gs.Variable):
@@ -226,6 +232,8 @@ class ChannelGraph:
         self.contractions += a.contractions
         self.pins += a.pins
         self.ignores += a.ignores
+        if a.layer_input is not None:
+            self.layer_inputs[id(v.node)] = a.layer_input
         self.blocks += a.blocks
         for t in v.node.inputs:  # a channel tensor read in a way the rule did not account for freezes
             if is_empty(t) or isinstance(t, gs.Constant) or t.name not in self.tensors or t.name in a.read:

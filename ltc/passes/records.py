@@ -354,4 +354,5 @@ class Analysis:
     pins: list[tuple[str, str]] = field(default_factory=list)
     blocks: list[tuple[str, str]] = field(default_factory=list)
     ignores: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    layer_input: tuple[str | None, int] | None = None  # a weight layer's contracted input: (tensor, size)
     read: set[str] = field(default_factory=set)

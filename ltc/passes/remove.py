@@ -145,14 +145,15 @@ def layer_channels(cg: ChannelGraph, plan: RemovalPlan) -> list[LayerChannels]:
         if not cg.is_layer(node) or not node.outputs:
             continue
         out = cg.tensors.get(node.outputs[0].name)
-        inp = cg.tensors.get(node.inputs[0].name) if node.inputs else None
-        if out is None:
+        if out is None or id(node) not in cg.layer_inputs:  # refused: not a layer with constant weights
             continue
+        name, size = cg.layer_inputs[id(node)]
+        inp = cg.tensors.get(name) if name is not None else None
         out_cls = cg.classes_of(out.name)
         kept_out = ~plan.removed[out_cls]
         why = Counter(plan.reasons[int(c)] for c in out_cls[kept_out] if int(c) in plan.reasons)
-        in_before = inp.units if inp is not None else 0
-        in_after = int((~plan.removed[cg.classes_of(inp.name)]).sum()) if inp is not None else 0
+        in_before = inp.units if inp is not None else size
+        in_after = int((~plan.removed[cg.classes_of(inp.name)]).sum()) if inp is not None else size
         rows.append(LayerChannels(node.name or out.name, node.op, out.name, in_before, in_after,
                                   out.units, int(kept_out.sum()), own_dead.get(id(node), 0), dict(why)))
     return rows

@@ -106,6 +106,7 @@ class Conv(Rule):
                             and x0.size == per_in * groups, "input is not a channel-first tensor")
         if groups > 1 and x is None:
             raise Refuse(f"{v.where}: a grouped convolution needs its input's channels")
+        v.layer_input(x, per_in * groups)
         bias = b.astype(np.float64) if b is not None else np.zeros(c_out)
         nz = np.any(w.reshape(c_out, per_in, -1) != 0, axis=2)  # [C_out, C_in/G]: kernel reads channel
         filt_zero = ~nz.any(axis=1)
@@ -179,6 +180,7 @@ class ConvTranspose(Rule):
         b = _bias(v, c_out)
         x = _input_or_block(v, (x0 := v.x(0)) is not None and x0.axis == 1 and x0.stride == 1 and x0.size == c_in,
                             "input is not a channel-first tensor")
+        v.layer_input(x, c_in)
         y = v.new(0, c_out, rank=w.ndim)
         v.take(1, 1, y)
         if b is not None:
@@ -224,6 +226,7 @@ class Gemm(Rule):
         m, k = w.shape[out_axis], w.shape[1 - out_axis]
         x = _input_or_block(v, (x0 := v.x(0)) is not None and x0.rank == 2 and x0.axis == (0 if trans_a else 1)
                             and x0.size == k, "input's features are not on the contracted axis")
+        v.layer_input(x, k)
         c = v.need_value(2, "C")
         y = v.new(0, m, 1, 1, rank=2)
         v.take(1, out_axis, y)
@@ -282,6 +285,7 @@ class MatMul(Rule):
             raise Refuse(f"{v.where}: output shape unknown")
         x = _input_or_block(v, (x0 := v.x(0)) is not None and x0.axis == x0.rank - 1 and x0.size == k,
                             "input's features are not on its last axis")
+        v.layer_input(x, k)
         y = v.new(0, m, 1, len(shape) - 1, shape)
         v.take(1, 1, y)
         w_mk = w.T

@@ -88,11 +88,11 @@ def const_value(t: gs.Tensor | None) -> np.ndarray | None:
 def constant_array(c: gs.Constant) -> np.ndarray:
     """The constant's values without making graphsurgeon materialise them (export then reuses the
     untouched proto as it is)."""
-    from onnx import numpy_helper
+    from onnx import TensorProto, numpy_helper
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     lazy = getattr(c, "_values", None)
-    if isinstance(lazy, LazyValues) and hasattr(lazy.tensor, "raw_data"):
+    if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, TensorProto):  # (hasattr would copy the bytes)
         cached = c.__dict__.get("_ltc_array")  # rules and the rewrite read a weight several times
         if cached is None or cached[0] is not lazy:
             cached = (lazy, numpy_helper.to_array(lazy.tensor))

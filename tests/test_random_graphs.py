@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from ltc.errors import InternalError
-from ltc.passes import compress, verify
+from ltc.passes import ApplyMasks, ChannelGraph, apply_reindex, compress, permutation_plan, verify
+from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.stats import count_parameters
 from tests.random_graphs import RandomGraph
 
@@ -64,3 +65,32 @@ def test_random_graphs(block):
 def test_many_random_graphs():
     for seed in range(1000, 6000):
         check_graph(seed)
+
+
+def check_permutation(seed: int) -> int:
+    """A random admissible permutation of every class of a random graph leaves its outputs unchanged."""
+    g = RandomGraph(seed)
+    model = ApplyMasks(g.masks)(g.model()).model if g.masks else g.model()
+    cg = ChannelGraph(import_graph(model))
+    plan = permutation_plan(cg, np.random.default_rng(seed))
+    if not plan:
+        return 0
+    assert apply_reindex(cg, plan)
+    permuted = export_graph(cg.graph, model)
+    feeds = {"x": np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for a, b in zip(_run(model, feeds, level), _run(permuted, feeds, level), strict=True):
+        scale = float(np.max(np.abs(a))) if a.size else 0.0
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 + 1e-5 * scale, equal_nan=True, err_msg=f"seed {seed}")
+    return len(plan)
+
+
+def test_random_permutations_of_random_graphs():
+    permuted = [check_permutation(seed) for seed in range(10_000, 10_100)]
+    assert sum(n > 0 for n in permuted) >= 80  # most graphs have classes free to move
+
+
+@pytest.mark.slow
+def test_many_random_permutations():
+    for seed in range(20_000, 22_000):
+        check_permutation(seed)

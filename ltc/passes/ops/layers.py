@@ -66,16 +66,19 @@ def conv_const(w: np.ndarray, nz: np.ndarray, k_in: np.ndarray, bias: np.ndarray
     ``nz[o, c]``: the kernel of output o reads input c (of its group).
     """
     c_out, per_in = nz.shape
-    if not np.isfinite(k_in).any():
+    known = np.isfinite(k_in) if no_pad else (k_in == 0)  # per input channel: its constant can pass
+    if not known.any():  # the common case: only all-zero filters give constants
         return np.where(nz.any(axis=1), NAN, bias)
-    k = np.repeat(k_in.reshape(groups, per_in), c_out // groups, axis=0)
-    finite = np.isfinite(k)
-    ok = np.all(~nz | (finite if no_pad else (k == 0)), axis=1)
+    rows_per = c_out // groups
+    reads_unknown = (nz.reshape(groups, rows_per, per_in) & ~known.reshape(groups, 1, per_in)).any(axis=2)
     value = np.full(c_out, NAN)
-    rows = np.flatnonzero(ok)
+    rows = np.flatnonzero(~reads_unknown.reshape(c_out))
+    value[rows] = bias[rows]  # an all-zero filter outputs its bias
+    rows = rows[nz[rows].any(axis=1)]  # filters that read known constants add them up
     if len(rows):
+        k = np.nan_to_num(k_in.reshape(groups, per_in)[rows // rows_per])  # [rows, per_in]
         sums = w.reshape(c_out, per_in, -1)[rows].sum(axis=2, dtype=np.float64)
-        value[rows] = bias[rows] + np.where(nz[rows] & finite[rows], np.nan_to_num(k[rows]) * sums, 0.0).sum(axis=1)
+        value[rows] = bias[rows] + np.where(nz[rows], k * sums, 0.0).sum(axis=1)
     return value
 
 
@@ -108,7 +111,8 @@ class Conv(Rule):
             raise Refuse(f"{v.where}: a grouped convolution needs its input's channels")
         v.layer_input(x, per_in * groups)
         bias = b.astype(np.float64) if b is not None else np.zeros(c_out)
-        nz = np.any(w.reshape(c_out, per_in, -1) != 0, axis=2)  # [C_out, C_in/G]: kernel reads channel
+        kernel = w.reshape(c_out, per_in, -1)
+        nz = kernel[:, :, 0] != 0 if kernel.shape[2] == 1 else np.any(kernel != 0, axis=2)  # [C_out, C_in/G]
         filt_zero = ~nz.any(axis=1)
         pad_free = no_padding(v.node)
         if groups > 1 and groups == x.size == c_out:  # depthwise, multiplier 1: channel c in, channel c out

@@ -259,3 +259,21 @@ def test_a_registered_rule_lets_channels_through_an_op_the_table_lacks():
         RULES.pop("Round", None)
     with pytest.raises(TypeError):
         register_rule("Round", object())
+
+
+def test_verification_matches_nan_position_by_position():
+    """A reference output with NaN (log of negatives) verifies a correct result, and refuses a result
+    whose NaN sit elsewhere."""
+    from ltc.passes import verify
+
+    conv, inits = _conv_a()
+    inits["w1"] = conv_weight(5, 8, 1)
+    nodes = [conv, node("Relu", ["a"], ["r"]), node("Conv", ["r", "w1"], ["y"]), node("Log", ["x"], ["lx"])]
+    model = make_model(nodes, X, ["y", "lx"], inits)
+    r = compress(model)
+    assert r.verification.passed and weight_shapes(r.model, "Conv")[0][0] == 5
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    assert verify(model, model, feeds, optimized=False).passed
+    shifted = make_model([*nodes[:3], node("Neg", ["x"], ["nx"]), node("Log", ["nx"], ["lx"])], X, ["y", "lx"], inits)
+    v = verify(model, shifted, feeds, optimized=False)
+    assert not v.passed and v.outputs["y"]["passed"] and not v.outputs["lx"]["passed"]

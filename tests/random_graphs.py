@@ -121,7 +121,7 @@ class RandomGraph:
         self._pending = None
         choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
                                   "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
-                                  "resize", "reduce", "prelu"])
+                                  "resize", "reduce", "prelu", "groupnorm"])
         x = self.four_d()
         c = self.channels(x)
         if choice == "conv":
@@ -214,6 +214,12 @@ class RandomGraph:
             else:
                 y = self.op("ReduceMean", [x], [n, c, 1, 1], axes=axes, keepdims=1)
             self.pool.append(y)
+        elif choice == "groupnorm" and self.opset >= 18:
+            groups = int(self.rng.choice([g for g in (1, 2, 4) if c % g == 0]))
+            params = c if self.opset >= 21 else groups
+            ins = [x, self.const((self.rng.random(params) + 0.5).astype(np.float32)),
+                   self.const((self.rng.standard_normal(params) * 0.2).astype(np.float32))]
+            self.pool.append(self.op("GroupNormalization", ins, self.shapes[x], num_groups=groups))
         elif choice == "prelu":
             slope = (self.rng.random((c, 1, 1)) * 0.3).astype(np.float32)
             self.pool.append(self.op("PRelu", [x, self.const(slope)], self.shapes[x]))

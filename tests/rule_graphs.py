@@ -165,6 +165,7 @@ GRAPHS = {
                                                               "var": _c(8, low=0.5, high=2.0)}),
     "InstanceNormalization": _with_params("InstanceNormalization", {"s": _c(8), "bb": _c(8)}),
     "LayerNormalization": _layernorm,
+    "GroupNormalization": _with_params("GroupNormalization", {"gs": _c(2), "gb": _c(2)}, num_groups=2),
     "MaxPool": _unary("MaxPool", kernel_shape=[3, 3], pads=[1] * 4),
     "AveragePool": _unary("AveragePool", kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=1),
     "GlobalMaxPool": _unary("GlobalMaxPool"), "GlobalAveragePool": _unary("GlobalAveragePool"),
@@ -179,10 +180,11 @@ GRAPHS = {
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Shape": _shape,
     "Conv": _conv_group(2), "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
 }
-EXTRA = {"depthwise": _conv_group(8), "erf-gelu": _erf_gelu}
+EXTRA = {"depthwise": _conv_group(8), "erf-gelu": _erf_gelu,
+         "groupnorm-per-channel": _with_params("GroupNormalization", {"gs": _c(8), "gb": _c(8)}, num_groups=4)}
 
 
-OPSET = {"Gelu": 20, "MatMul": 20}  # Gelu is an ONNX op from opset 20
+OPSET = {"Gelu": 20, "MatMul": 20, "groupnorm-per-channel": 21}  # Gelu: opset 20; per-channel GN scale: 21
 
 
 def rule_model(op: str, dead: list[int] = (), zero_bias: bool = True, opset: int | None = None):

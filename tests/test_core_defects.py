@@ -277,3 +277,21 @@ def test_verification_matches_nan_position_by_position():
     shifted = make_model([*nodes[:3], node("Neg", ["x"], ["nx"]), node("Log", ["nx"], ["lx"])], X, ["y", "lx"], inits)
     v = verify(model, shifted, feeds, optimized=False)
     assert not v.passed and v.outputs["y"]["passed"] and not v.outputs["lx"]["passed"]
+
+
+@pytest.mark.parametrize("opset,groups,params", [(18, 2, 2), (21, 4, 8), (18, 1, 1)])
+def test_group_norm_loses_whole_dead_groups_only(opset, groups, params):
+    dead = [4, 5, 6, 7]  # the last half: one whole group of 2, two of 4, part of the only group of 1
+    conv, inits = _conv_a(dead=dead)
+    nodes = [conv, node("GroupNormalization", ["a", "gs", "gb"], ["n"], num_groups=groups),
+             node("Relu", ["n"], ["r"]), node("Conv", ["r", "w1"], ["y"])]
+    inits |= {"gs": vec(params, 0.5, 1.5), "gb": vec(params), "w1": conv_weight(5, 8, 1)}
+    r = _exact(make_model(nodes, X, ["y"], inits, opset=opset))
+    gn = next(n for n in r.model.graph.node if n.op_type == "GroupNormalization")
+    kept_groups = {a.name: a.i for a in gn.attribute}["num_groups"]
+    assert weight_shapes(r.model, "Conv")[0][0] == (8 if groups == 1 else 4)
+    assert kept_groups == (1 if groups == 1 else groups // 2)
+    if groups > 1:  # a partly dead group stays whole
+        conv, inits2 = _conv_a(dead=[3, 4, 5, 6, 7])
+        r = _exact(make_model([conv, *nodes[1:]], X, ["y"], inits | {"w0": inits2["w0"]}, opset=opset))
+        assert weight_shapes(r.model, "Conv")[0][0] == 4

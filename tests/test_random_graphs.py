@@ -48,7 +48,12 @@ def check_graph(seed: int) -> None:
     for a, b in zip(_run_optimized(r.reference, feeds), _run_optimized(r.model, feeds), strict=True):  # optimisations on
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 + 1e-4 * scale, equal_nan=True, err_msg=f"seed {seed}")
-    onnx.checker.check_model(r.model)
+    try:  # the output passes the checker whenever the input does (the checker deems GroupNormalization-18
+        onnx.checker.check_model(model)  # deprecated, so graphs using it fail it before ltc sees them)
+    except onnx.checker.ValidationError:
+        pass
+    else:
+        onnx.checker.check_model(r.model)
     assert count_parameters(r.model) <= count_parameters(r.reference), seed
     dims = {t.name: tuple(t.dims) for t in r.model.graph.initializer}
     for weight, live, _ in g.provable:  # (a layer nothing reads is gone altogether)

@@ -80,6 +80,12 @@ class Record:
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         return None
 
+    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """For a removal (``kept(name)``: bool per unit), units it must also keep to be admissible."""
+        return []
+
+    reason = ""  # why ``complete`` keeps units, for the report
+
 
 def _identity(i: np.ndarray, units: int) -> bool:
     return len(i) == units and bool(np.array_equal(i, np.arange(units)))
@@ -285,6 +291,14 @@ class GroupedConv(Record):
             extra_out += (np.flatnonzero(~kout[g])[: t_out - n_out[g]] + g * kout.shape[1]).tolist()
         return np.array(extra_in, dtype=np.int64), np.array(extra_out, dtype=np.int64)
 
+    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        extra_in, extra_out = self.balance(kept(self.inp.name), kept(self.out.name))
+        return [(self.inp.name, extra_in), (self.out.name, extra_out)]
+
+    @property
+    def reason(self) -> str:
+        return f"grouped Conv '{self.node.name}' needs equal channels per group"
+
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         ii, io = idx(self.inp.name), idx(self.out.name)
         if _identity(ii, self.inp.units) and _identity(io, self.out.units):
@@ -296,6 +310,46 @@ class GroupedConv(Record):
         edits.set(self.node, 1, np.concatenate(blocks, axis=0))
         if len(blocks) != self.groups:
             edits.attrs.append((self.node, "group", len(blocks)))
+
+
+@dataclass
+class WholeGroups(Record):
+    """GroupNormalization: its groups (runs of ``units / groups`` channels) stay in order and go only
+    whole; ``num_groups`` follows, and per-group scale and shift (opset 18) lose the groups that go."""
+
+    node: gs.Node
+    tensor: ChannelTensor
+    groups: int
+    per_group_params: bool
+
+    def tensors(self) -> list[str]:
+        return [self.tensor.name]
+
+    def segments(self, name: str) -> np.ndarray | None:
+        return np.arange(self.tensor.units) // (self.tensor.units // self.groups)
+
+    def admits(self, idx: IndexOf) -> bool:
+        g = idx(self.tensor.name) // (self.tensor.units // self.groups)
+        counts = np.bincount(g, minlength=self.groups)
+        return _ordered(g) and bool(np.all((counts == 0) | (counts == self.tensor.units // self.groups)))
+
+    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        k = kept(self.tensor.name).reshape(self.groups, -1)
+        partial = k.any(axis=1) & ~k.all(axis=1)
+        return [(self.tensor.name, np.flatnonzero(partial[:, None] & ~k))]
+
+    @property
+    def reason(self) -> str:
+        return f"GroupNormalization '{self.node.name}' removes whole groups only"
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        present = np.unique(idx(self.tensor.name) // (self.tensor.units // self.groups))
+        if len(present) == self.groups:
+            return
+        edits.attrs.append((self.node, "num_groups", int(len(present))))
+        if self.per_group_params:
+            for index in (1, 2):
+                edits.set(self.node, index, np.take(edits.get(self.node, index), present, axis=0))
 
 
 @dataclass

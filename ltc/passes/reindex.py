@@ -146,25 +146,32 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
 def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int = 20) -> Plan:
     """A random admissible plan that permutes every channel class it can and removes none.
 
-    Classes get random sort keys; a tensor whose records cut it into segments (Concat, Split, Slice,
-    groups) is ordered by segment first, so segments stay in place with shuffled contents. Classes of
-    a record that still refuses are left in place.
+    Classes get random sort keys. A tensor that records cut into segments (Concat, Split, Slice,
+    groups) is ordered by its segments first, and so is a tensor holding exactly the same classes (a
+    GroupNormalization's output), so segments stay in place with shuffled contents. Classes of a
+    record that still refuses are left in place.
     """
     key = rng.random(cg.n_classes)
     fixed = cg.frozen.copy()
-    segments: dict[str, list[np.ndarray]] = {}
+    own: dict[str, list[np.ndarray]] = {}  # tensor -> its segments, per record that cuts it
+    by_classes: dict[frozenset, list[np.ndarray]] = {}  # class set -> per-class segment ranks
     for r in cg.records:
         for name in r.tensors():
             seg = r.segments(name)
             if seg is not None:
-                segments.setdefault(name, []).append(seg)
+                own.setdefault(name, []).append(seg)
+                rank = np.zeros(cg.n_classes)
+                rank[cg.classes_of(name)] = seg
+                by_classes.setdefault(frozenset(cg.classes_of(name).tolist()), []).append(rank)
     for _ in range(attempts):
         plan: Plan = {}
         for name, ct in cg.tensors.items():
             cls = cg.classes_of(name)
             free = np.flatnonzero(~fixed[cls])
             order = np.arange(ct.units)
-            sort_keys = [key[cls[free]], *(seg[free] for seg in reversed(segments.get(name, [])))]
+            ranks = by_classes.get(frozenset(cls.tolist()), []) if name not in own else []
+            sort_keys = [key[cls[free]], *(rank[cls[free]] for rank in reversed(ranks)),
+                         *(seg[free] for seg in reversed(own.get(name, [])))]
             order[free] = free[np.lexsort(sort_keys)]
             if not np.array_equal(order, np.arange(ct.units)):
                 plan[name] = order

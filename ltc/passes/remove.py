@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ltc.passes.channels import ChannelGraph
-from ltc.passes.records import BiasSlot, GroupedConv
+from ltc.passes.records import BiasSlot, Record
 from ltc.passes.reindex import Plan, apply_reindex
 
 
@@ -82,7 +82,7 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int) -> None:
             plan.reasons[int(c)] = reason
         return bool(hit.any())
 
-    grouped = [r for r in cg.records if isinstance(r, GroupedConv)]
+    completing = [r for r in cg.records if type(r).complete is not Record.complete]
     changed = True
     while changed:
         changed = False
@@ -96,11 +96,9 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int) -> None:
             elif round_to > 1 and ct.stride == 1 and n_kept < ct.units and n_kept % round_to:
                 target = min(-(-n_kept // round_to) * round_to, ct.units)
                 changed |= keep(name, np.flatnonzero(~kept)[: target - n_kept], f"--round-to {round_to}")
-        for g in grouped:
-            extra_in, extra_out = g.balance(plan.kept_units(cg, g.inp.name), plan.kept_units(cg, g.out.name))
-            reason = f"grouped Conv '{g.node.name}' needs equal channels per group"
-            changed |= keep(g.inp.name, extra_in, reason)
-            changed |= keep(g.out.name, extra_out, reason)
+        for r in completing:  # records that admit only some removals: grouped Conv, GroupNormalization
+            for name, units in r.complete(lambda name: plan.kept_units(cg, name)):
+                changed |= keep(name, units, r.reason)
 
 
 def _folds(cg: ChannelGraph, plan: RemovalPlan) -> list[tuple[BiasSlot, np.ndarray]]:

@@ -2,8 +2,8 @@
 LayerNormalization (per channel when it normalizes other axes; over the channel axis it reads every
 channel together, so those channels are pinned: they may move but never go).
 
-GroupNormalization is not here on purpose: its groups are runs of consecutive channels, which a
-re-index must keep whole (not built yet), so it freezes as an op without a rule."""
+GroupNormalization normalizes runs of consecutive channels together: channels move only inside their
+group, and go only as whole groups (one group: pinned)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ltc.passes.ops.elementwise import pass_through
-from ltc.passes.records import ChannelTensor
+from ltc.passes.records import ChannelTensor, WholeGroups
 from ltc.passes.rules import NAN, Refuse, Rule, register
 
 if TYPE_CHECKING:
@@ -90,3 +90,38 @@ class LayerNormalization(Rule):
         reason = f"{v.where} normalizes over the channel axis"
         v.pin(x, reason)
         v.pin(y, reason)
+
+
+@register
+class GroupNormalization(Rule):
+    ops = ("GroupNormalization",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = _channel_first(v)
+        groups = int(v.attrs.get("num_groups", 0))
+        if groups <= 0 or x.size % groups:
+            raise Refuse(f"{v.where}: num_groups={groups} does not divide {x.size} channels")
+        scale, bias = v.need_value(1, "scale"), v.need_value(2, "bias")
+        if scale is None or bias is None or scale.shape != bias.shape or scale.shape not in ((groups,), (x.size,)):
+            raise Refuse(f"{v.where}: scale and bias are not constants of [num_groups] or [channels]")
+        per_group = scale.shape == (groups,) and groups != x.size
+        eps = float(v.attrs.get("epsilon", 1e-5))
+        size = x.size // groups
+        s = np.repeat(scale.astype(np.float64), size) if per_group else scale.astype(np.float64)
+        b = np.repeat(bias.astype(np.float64), size) if per_group else bias.astype(np.float64)
+
+        def fn(k: np.ndarray) -> np.ndarray:  # a group of constant channels normalizes to known constants
+            kg = k.reshape(groups, size)
+            mean = kg.mean(axis=1, keepdims=True)
+            var = ((kg - mean) ** 2).mean(axis=1, keepdims=True)
+            out = ((kg - mean) / np.sqrt(var + eps)).reshape(-1) * s + b
+            return np.where(np.repeat(np.isfinite(kg).all(axis=1), size), out, NAN)
+
+        y = pass_through(v, fn, unknown_stays=False)
+        if not per_group:
+            v.take(1, 0, y)
+            v.take(2, 0, y)
+        if groups == 1:
+            v.pin(x, f"{v.where} normalizes over every channel")
+        else:
+            v.record(WholeGroups(v.node, x, groups, per_group))

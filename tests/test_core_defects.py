@@ -7,7 +7,7 @@ import pytest
 
 from ltc.errors import InternalError, LtcError
 from ltc.exporters.masks import MaskSet, match_masks
-from ltc.passes import compress
+from ltc.passes import RemoveDeadChannels, compress
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import import_graph
 from ltc.passes.stats import count_parameters, layer_macs
@@ -295,3 +295,29 @@ def test_group_norm_loses_whole_dead_groups_only(opset, groups, params):
         conv, inits2 = _conv_a(dead=[3, 4, 5, 6, 7])
         r = _exact(make_model([conv, *nodes[1:]], X, ["y"], inits | {"w0": inits2["w0"]}, opset=opset))
         assert weight_shapes(r.model, "Conv")[0][0] == 4
+
+
+def test_pass_contract_names_the_failing_pass_and_catches_input_mutation():
+    from ltc.passes import Pass, PassResult, Sequential
+
+    class Crashes(Pass):
+        name = "crashes"
+
+        def call(self, model):
+            raise ValueError("boom")
+
+    class Mutates(Pass):
+        name = "mutates"
+
+        def call(self, model):
+            model.graph.node[0].name = "renamed"  # edits its input in place
+            return PassResult(model, True)
+
+    conv, inits = _conv_a()
+    model = make_model([conv, node("Conv", ["a", "w1"], ["y"])], X, ["y"], inits | {"w1": conv_weight(5, 8, 1)})
+    with pytest.raises(InternalError, match="crashes: ValueError: boom"):
+        Sequential(Crashes())(model)
+    with pytest.raises(InternalError, match="mutates: the pass modified its input model"):
+        Mutates()(model)
+    r = Sequential(RemoveDeadChannels())(model)  # typed results, with the dict view kept
+    assert r.info.steps[0][1].info.removed_classes == 3 and r.details["remove-dead-channels"]["removed_classes"] == 3

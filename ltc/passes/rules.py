@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
 
 NAN = float("nan")
-
-
 ShapeOf = Callable[[gs.Tensor], "list | None"]
 
 
@@ -34,7 +32,10 @@ class Refuse(Exception):  # noqa: N818 - a rule's verdict, not an error
 
 
 class Rule:
-    """How one op (or family) touches channels. Subclasses implement :meth:`analyze`."""
+    """How one op (or family) touches channels. Subclasses implement :meth:`analyze`: read the node
+    through the view (``v.x(i)``, ``v.need_x()``, ``v.value(i)``, ``v.shape(t)``), check, raise
+    :class:`Refuse` if the op cannot be followed, then record (``v.new``, ``v.tie``, ``v.take``,
+    ``v.record``, ``v.set_const``, ``v.pin``; layers also ``v.produce``, ``v.contract``)."""
 
     ops: tuple[str, ...] = ()
     layer: bool = False  # a weight layer: reported per layer, counted in MACs
@@ -45,6 +46,7 @@ class Rule:
     def macs(self, node: gs.Node, shape: ShapeOf) -> int | None:
         """Multiply-accumulates per sample, for weight layers; None if the shapes are not known."""
         return None
+
 
 RULES: dict[str, Rule] = {}
 

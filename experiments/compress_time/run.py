@@ -3,8 +3,9 @@
 ResNet-18 and MobileNetV2 (224x224, ltc's registry) and a ResNet-50 (torchvision's bottleneck layout,
 written here: torchvision is not installed) at random init, half of every prunable width dead
 (filters zero, BN scale and shift zero), exported with the legacy exporter (BN folded, dynamic batch).
-Mask from zeros. Timed in one process, interleaved per repeat: load+save, compress without
-verification, compress with verification; medians. Then the `ltc compress` CLI and the `onnxslim` CLI
+Mask from zeros. Timed in one process, interleaved per repeat (load+save, compress without
+verification, compress with verification, the order rotating each repeat), files in /dev/shm
+(RAM) unless `--disk`; medians. Then the `ltc compress` CLI and the `onnxslim` CLI
 on the ResNet-50 file, as subprocesses, interleaved; medians.
 
     .venv/bin/pip install onnxslim   # the reference peer (not an ltc dependency)
@@ -99,7 +100,9 @@ def timed(fn) -> float:
 def main() -> None:
     repeats = 7
     results: dict = {"env": {"python": sys.version.split()[0], "onnx": onnx.__version__, "torch": torch.__version__}}
-    with tempfile.TemporaryDirectory() as tmp:
+    ram = "/dev/shm" if Path("/dev/shm").is_dir() and "--disk" not in sys.argv else None
+    results["env"]["files"] = ram or "disk"  # RAM-backed files take disk write-back noise out of the baseline
+    with tempfile.TemporaryDirectory(dir=ram) as tmp:
         tmp = Path(tmp)
         for name in ("resnet18-224", "resnet50-224", "mobilenetv2-224"):
             model = build(name)
@@ -107,13 +110,14 @@ def main() -> None:
             out = tmp / "out.onnx"
             runs: dict[str, list[float]] = {"load_save": [], "compress": [], "compress_verify": []}
             compress_file(src, out, round_to=1)  # warm-up: imports, ORT initialisation
-            for _ in range(repeats):
-                runs["load_save"].append(timed(lambda s=src, o=out: onnx.save(onnx.load(str(s)), str(o))))
-                out.unlink()
-                runs["compress"].append(timed(lambda s=src, o=out: compress_file(s, o, round_to=1, verify=False)))
-                out.unlink()
-                runs["compress_verify"].append(timed(lambda s=src, o=out: compress_file(s, o, round_to=1)))
-                out.unlink()
+            jobs = {"load_save": lambda s=src, o=out: onnx.save(onnx.load(str(s)), str(o)),
+                    "compress": lambda s=src, o=out: compress_file(s, o, round_to=1, verify=False),
+                    "compress_verify": lambda s=src, o=out: compress_file(s, o, round_to=1)}
+            order = list(jobs)
+            for i in range(repeats):  # the order rotates: none always follows the previous one's writes
+                for key in order[i % 3:] + order[:i % 3]:
+                    runs[key].append(timed(jobs[key]))
+                    out.unlink()
             med = {k: statistics.median(v) for k, v in runs.items()}
             report = compress_file(src, out, round_to=1)
             results[name] = {"median_s": med, "samples_s": runs,

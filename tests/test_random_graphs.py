@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from ltc.errors import InternalError
 from ltc.passes import ApplyMasks, ChannelGraph, apply_reindex, compress, permutation_plan, verify
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.stats import count_parameters
+from tests.helpers import run
 from tests.random_graphs import RandomGraph
-
-
-def _run(model, feeds, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.graph_optimization_level = level
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def _run_optimized(model, feeds):
@@ -26,11 +19,11 @@ def _run_optimized(model, feeds):
     up to the kernel (a valid model; an ONNX Runtime bug that removal can expose by dropping the Pad's
     other readers): then the comparison runs without graph optimizations."""
     try:
-        return _run(model, feeds)
+        return run(model, feeds)
     except Exception as exc:  # noqa: BLE001 - ORT's own exception types
         if "Pad should be smaller than kernel" not in str(exc):
             raise
-        return _run(model, feeds, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        return run(model, feeds, optimize=False)
 
 
 def check_graph(seed: int) -> None:
@@ -83,8 +76,7 @@ def check_permutation(seed: int) -> int:
     assert apply_reindex(cg, plan)
     permuted = export_graph(cg.graph, model)
     feeds = {"x": np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)}
-    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    for a, b in zip(_run(model, feeds, level), _run(permuted, feeds, level), strict=True):
+    for a, b in zip(run(model, feeds, False), run(permuted, feeds, False), strict=True):
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 + 1e-5 * scale, equal_nan=True, err_msg=f"seed {seed}")
     return len(plan)

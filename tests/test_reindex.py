@@ -6,7 +6,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from ltc.errors import InternalError
@@ -15,6 +14,7 @@ from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.reindex import apply_reindex, permutation_plan
 from ltc.passes.stats import count_parameters
+from tests.helpers import run
 from tests.rule_graphs import EXTRA, GRAPHS, X, rule_model
 
 OPS = sorted({**GRAPHS, **EXTRA})
@@ -23,19 +23,10 @@ KEEPS_DEAD = {"Softmax", "LogSoftmax", "Hardmax", "LpNormalization", "LayerNorma
               "GroupNormalization", "groupnorm-per-channel"}  # (dead 1, 4, 6 fill no whole group)
 
 
-def _run(model, feeds, optimize: bool) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
 def _same(a, b, batch: int = 2, seed: int = 0) -> None:
     feeds = {"x": np.random.default_rng(seed).standard_normal((batch, *X["x"][1:])).astype(np.float32)}
     for optimize in (False, True):
-        for ra, rb in zip(_run(a, feeds, optimize), _run(b, feeds, optimize), strict=True):
+        for ra, rb in zip(run(a, feeds, optimize), run(b, feeds, optimize), strict=True):
             scale = float(np.nanmax(np.abs(ra), initial=0.0))  # float32 rounding grows with the output's scale
             np.testing.assert_allclose(rb, ra, rtol=0, atol=1e-5 + 1e-5 * scale, equal_nan=True)
 

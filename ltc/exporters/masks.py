@@ -205,6 +205,18 @@ def _as_arrays(d: dict, path: Path | None = None) -> dict[str, np.ndarray]:
     return {k: _to_numpy(v, k, path) for k, v in d.items() if hasattr(v, "shape")}
 
 
+def bool_mask(a: np.ndarray, what: str, hint: str, dtype_label: object = None) -> np.ndarray:
+    """A mask as bool: bool, or numbers that are all 0 or 1 (torch prune masks are float). ``what``
+    names it in errors, ``hint`` is the way out for values other than 0 and 1."""
+    if a.dtype == np.bool_:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise LtcError(f"{what} has dtype {dtype_label or a.dtype}; masks are bool or 0/1 numbers")
+    if not np.all((a == 0) | (a == 1)):
+        raise LtcError(f"{what} has values other than 0 and 1; {hint}")
+    return a != 0
+
+
 def as_bool_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
     """``{name: bool array}`` from tensors or arrays of bool or 0/1 numbers; anything else is refused."""
     out = {}
@@ -214,15 +226,8 @@ def as_bool_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
         if not _is_tensor(v):
             continue
         a = _to_numpy(v, name, path)
-        if a.dtype != np.bool_:
-            if a.dtype.kind not in "biuf":
-                raise LtcError(f"{path}: mask '{name}' has dtype {getattr(v, 'dtype', a.dtype)}; masks are bool or "
-                               "0/1 numbers")
-            if not np.all((a == 0) | (a == 1)):
-                raise LtcError(f"{path}: mask '{name}' has values other than 0 and 1; is this a weight "
-                               "file rather than a mask file?")
-            a = a != 0
-        out[name] = a
+        out[name] = bool_mask(a, f"{path}: mask '{name}'", "is this a weight file rather than a mask file?",
+                              getattr(v, "dtype", a.dtype))
     if not out:
         raise LtcError(f"{path}: no mask tensors found")
     return out

@@ -67,6 +67,13 @@ class NodeView:
             raise Refuse(f"{self.where}: input {i} shape unknown")
         return x
 
+    def need_channel_first(self) -> ChannelTensor:
+        """Input 0 with its channels on axis 1, one entry each (what pools and norms need); refuses otherwise."""
+        x = self.x(0)
+        if x is None or x.axis != 1 or x.stride != 1:
+            raise Refuse(f"{self.where}: input is not a channel-first tensor")
+        return x
+
     def value(self, i: int) -> np.ndarray | None:
         return const_value(self.input(i))
 
@@ -328,6 +335,12 @@ class ChannelGraph:
                     if not marks[c]:
                         marks[c] = True
                         reasons[int(c)] = reason
+
+    def kept_reasons(self) -> dict[int, str]:
+        """Class -> why it can never go: frozen (its reason wins) or pinned."""
+        reasons = dict(self.pinned_reason)
+        reasons.update(self.frozen_reason)
+        return reasons
 
     def classes_of(self, name: str) -> np.ndarray:
         return self.labels[self.tensors[name].ids()]

@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.errors import InternalError, LtcError
+from ltc.exporters.masks import bool_mask
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
@@ -25,7 +26,7 @@ from ltc.passes.remove import (
     layer_channels,
     plan_removal,
 )
-from ltc.passes.stats import count_parameters
+from ltc.passes.stats import model_stats
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
 
 
@@ -35,7 +36,8 @@ class ApplyMasks(Pass):
     name = "apply-masks"
 
     def __init__(self, masks: dict[str, np.ndarray]):
-        self.masks = {name: bool_mask(name, m) for name, m in masks.items()}
+        self.masks = {name: bool_mask(np.asarray(m), f"mask for '{name}'", "pass a bool or 0/1 mask")
+                      for name, m in masks.items()}
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         out = onnx.ModelProto()
@@ -57,18 +59,6 @@ class ApplyMasks(Pass):
                 out.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.where(mask, w, 0).astype(w.dtype), t.name))
                 zeroed += newly
         return PassResult(out, zeroed > 0, MaskInfo(zeroed, len(self.masks)))
-
-
-def bool_mask(name: str, mask) -> np.ndarray:
-    """A mask as bool: bool, or numbers that are all 0 or 1 (torch prune masks are float)."""
-    a = np.asarray(mask)
-    if a.dtype == np.bool_:
-        return a
-    if a.dtype.kind not in "biuf":
-        raise LtcError(f"mask for '{name}' has dtype {a.dtype}; masks are bool or 0/1 numbers")
-    if not np.isin(a, (0, 1)).all():
-        raise LtcError(f"mask for '{name}' holds values other than 0 and 1; pass a bool or 0/1 mask")
-    return a != 0
 
 
 class RemoveDeadChannels(Pass):
@@ -199,14 +189,10 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
-    before = _stats(reference, info.macs_before)
-    after = _stats(result.model, info.macs_after) if result.modified else before
+    before = model_stats(reference, info.macs_before)
+    after = model_stats(result.model, info.macs_after) if result.modified else before
     return CompressResult(result.model, reference, [asdict(la) for la in info.layers], before, after,
                           verification, seconds, info.lossy, info.notes, info.frozen, serialized)
-
-
-def _stats(model: onnx.ModelProto, macs: dict[str, int]) -> dict:
-    return {"parameters": count_parameters(model), "macs": sum(macs.values()), "layer_macs": macs}
 
 
 @contextlib.contextmanager
@@ -226,9 +212,7 @@ def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
 
 def frozen_reasons(cg: ChannelGraph) -> dict[str, int]:
     """Classes that cannot go, counted by the first reason recorded for each (frozen or pinned)."""
-    reasons = dict(cg.pinned_reason)
-    reasons.update(cg.frozen_reason)
-    return dict(Counter(reasons.values()))
+    return dict(Counter(cg.kept_reasons().values()))
 
 
 def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None:
@@ -254,6 +238,6 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         "removable_classes": int(a.plan.removed.sum()),
         "frozen_by": a.frozen,
         "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules}),
-        "stats": {k: v for k, v in _stats(reference, a.cg.macs()).items() if k != "layer_macs"},
+        "stats": {k: v for k, v in model_stats(reference, a.cg.macs()).items() if k != "layer_macs"},
         "notes": a.plan.notes,
     }

@@ -14,24 +14,18 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     saved = list(model.graph.value_info)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
-    # graphsurgeon names the tensors of Constant nodes' attributes in place (on import and on export):
-    # put them back as they were now, and give the graph its own copies for later
-    unnamed = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
-               if a.HasField("t") and not a.t.HasField("name")]
     try:
         graph = gs.import_onnx(model)
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(saved)
-        for t in unnamed:
-            t.ClearField("name")
     inferred_out = {o.name: o for o in inferred.graph.output}
     for var in graph.outputs:  # outputs declared without a shape: take the inferred one
         vi = inferred_out.get(var.name)
         if var.shape is None and vi is not None and vi.type.tensor_type.HasField("shape"):
             var.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                          for d in vi.type.tensor_type.shape.dim]
-    for node in graph.nodes:
+    for node in graph.nodes:  # graphsurgeon's export names Constant nodes' tensors in place: use copies
         value = node.attrs.get("value") if node.op == "Constant" else None
         lazy = getattr(value, "_values", None)
         if hasattr(lazy, "tensor"):

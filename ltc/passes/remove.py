@@ -45,8 +45,7 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1)
     n = cg.n_classes
     evidence = cg.evidence()
     removable = ~cg.frozen & ~cg.pinned & evidence
-    reasons: dict[int, str] = dict(cg.pinned_reason)
-    reasons.update(cg.frozen_reason)
+    reasons = cg.kept_reasons()
     lossy_classes = np.zeros(n, dtype=bool)
     for c in cg.contractions:
         classes = cg.classes_of(c.tensor)

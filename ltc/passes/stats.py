@@ -66,6 +66,8 @@ def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
     return graph_macs(graph, ChannelGraph.default_rules(), shapes_of(shapes))
 
 
-def model_stats(model: onnx.ModelProto) -> dict:
-    macs = layer_macs(model)
+def model_stats(model: onnx.ModelProto, macs: dict[str, int] | None = None) -> dict:
+    """Parameters and MACs of ``model``; ``macs`` per layer when the caller has them already (the
+    analysis does), else from shape inference."""
+    macs = layer_macs(model) if macs is None else macs
     return {"parameters": count_parameters(model), "macs": sum(macs.values()), "layer_macs": macs}

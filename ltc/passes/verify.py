@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -209,37 +210,35 @@ def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray
     ref = run_model(reference, feeds, "reference")
     result = Verification(True, rtol, atol, inputs=inputs)
     opt = None
+    opt, opt_worst = None, float("inf")  # the optimized candidate's outputs and largest difference
     if optimized:  # the common case needs one run of the candidate: optimized, matching the reference
-        try:
+        with contextlib.suppress(InternalError):  # cannot load or run optimized: opt stays None
             opt = run_model(candidate, feeds, "compressed", optimize=True)
-        except InternalError:
-            opt = None
         if opt is not None:
             ok, outputs = _compare(ref, opt, rtol, atol)
             if ok:
                 result.outputs = outputs
                 result.optimizer_ok, result.optimized_max_abs = True, result.max_abs
                 return result
+            opt_worst = max((o["max_abs"] for o in outputs.values()), default=0.0)
     got = run_model(candidate, feeds, "compressed")
     result.passed, result.outputs = _compare(ref, got, rtol, atol)
     if optimized and result.passed:  # exact, but not as ORT optimizes it: is that ORT on the input too?
-        result.optimizer_ok, result.optimized_max_abs = _optimizer_verdict(reference, feeds, ref, opt, rtol, atol)
+        result.optimizer_ok = _optimizer_verdict(reference, feeds, opt, rtol, atol)
+        result.optimized_max_abs = opt_worst
     return result
 
 
-def _optimizer_verdict(reference: Runnable, feeds: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-                       opt: dict[str, np.ndarray] | None, rtol: float, atol: float) -> tuple[bool | None, float]:
+def _optimizer_verdict(reference: Runnable, feeds: dict[str, np.ndarray], opt: dict[str, np.ndarray] | None,
+                       rtol: float, atol: float) -> bool | None:
     """The optimized candidate failed (``opt`` None: it did not load or run) or differed from the
-    exact reference. (ok, largest difference): ok if ORT optimizes the input into the same results;
-    None when the optimizer fails on the input too (no finding about ltc's output)."""
+    exact reference: True if ORT optimizes the input into the same results, None when the optimizer
+    fails on the input too (no finding about ltc's output), else False."""
     try:
         ref_opt = run_model(reference, feeds, "reference", optimize=True)
     except LtcError:
-        return None, float("inf")
-    if opt is None:
-        return False, float("inf")
-    worst = max((o["max_abs"] for o in _compare(ref, opt, rtol, atol)[1].values()), default=0.0)
-    return _compare(ref_opt, opt, rtol, atol)[0], worst
+        return None
+    return opt is not None and _compare(ref_opt, opt, rtol, atol)[0]
 
 
 def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float,

@@ -149,8 +149,7 @@ class Unary(Rule):
     def analyze(self, v: NodeView) -> None:
         fn = UNARY[v.op](v)
         for i in range(1, len(v.node.inputs)):
-            if v.input(i) is not None and v.value(i) is None:
-                raise Refuse(f"{v.where}: parameter {i} is computed, not a constant")
+            v.need_value(i, f"parameter {i}")
         pass_through(v, fn, outputs=2 if v.op == "Dropout" else 1)
 
 

@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
 
 
-def _weight(v: NodeView) -> np.ndarray:
+def _weight(v: NodeView, computed: str = "weight is computed, not a constant") -> np.ndarray:
     w = v.value(1)
     if w is None:
-        raise Refuse(f"{v.where}: weight is computed, not a constant")
+        raise Refuse(f"{v.where}: {computed}")
     if not np.issubdtype(w.dtype, np.floating):
         raise Refuse(f"{v.where}: weight is not floating point")
     return w
@@ -277,10 +277,7 @@ class MatMul(Rule):
     layer = True
 
     def analyze(self, v: NodeView) -> None:
-        w = v.value(1)
-        if w is None:
-            raise Refuse(f"{v.where}: only x @ constant weight is in the rule table")
-        w = _weight(v)
+        w = _weight(v, "only x @ constant weight is in the rule table")
         if w.ndim != 2:
             raise Refuse(f"{v.where}: weight is not 2-D")
         k, m = w.shape

@@ -19,13 +19,6 @@ if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
 
 
-def _channel_first(v: NodeView) -> ChannelTensor:
-    x = v.x(0)
-    if x is None or x.axis != 1 or x.stride != 1:
-        raise Refuse(f"{v.where}: input is not a channel-first tensor")
-    return x
-
-
 def _per_channel(v: NodeView, index: int, x: ChannelTensor, what: str) -> np.ndarray:
     p = v.need_value(index, what)
     if p is None or p.shape != (x.size,):
@@ -39,7 +32,7 @@ class BatchNormalization(Rule):
     ops = ("BatchNormalization",)
 
     def analyze(self, v: NodeView) -> None:
-        x = _channel_first(v)
+        x = v.need_channel_first()
         if int(v.attrs.get("training_mode", 0)):
             raise Refuse(f"{v.where}: training_mode=1 normalizes with batch statistics")
         scale, bias, mean, var = (_per_channel(v, i, x, n) for i, n in
@@ -58,7 +51,7 @@ class InstanceNormalization(Rule):
     ops = ("InstanceNormalization",)
 
     def analyze(self, v: NodeView) -> None:
-        x = _channel_first(v)
+        x = v.need_channel_first()
         scale, bias = _per_channel(v, 1, x, "scale"), _per_channel(v, 2, x, "B")
         # a constant channel normalizes to 0: the output is the shift
         pass_through(v, lambda k: np.where(np.isfinite(k) | (scale == 0), bias, NAN), unknown_stays=False)
@@ -74,8 +67,7 @@ class LayerNormalization(Rule):
         y = pass_through(v, None, outputs=1)
         if x.axis < first:  # each channel normalized on its own; scale and shift do not follow channels
             for i in (1, 2):
-                if v.input(i) is not None and v.value(i) is None:
-                    raise Refuse(f"{v.where}: scale or shift is computed, not a constant")
+                v.need_value(i, "scale or shift")
             return
         for i in (1, 2):
             p = v.need_value(i, "scale or shift")
@@ -97,7 +89,7 @@ class GroupNormalization(Rule):
     ops = ("GroupNormalization",)
 
     def analyze(self, v: NodeView) -> None:
-        x = _channel_first(v)
+        x = v.need_channel_first()
         groups = int(v.attrs.get("num_groups", 0))
         if groups <= 0 or x.size % groups:
             raise Refuse(f"{v.where}: num_groups={groups} does not divide {x.size} channels")

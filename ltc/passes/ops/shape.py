@@ -17,13 +17,6 @@ if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
 
 
-def _channel_first(v: NodeView):
-    x = v.x(0)
-    if x is None or x.axis != 1 or x.stride != 1:
-        raise Refuse(f"{v.where}: input is not a channel-first tensor")
-    return x
-
-
 @register
 class Pool(Rule):
     """Pools keep each channel on its own; a constant channel stays that constant (max pooling pads
@@ -32,7 +25,7 @@ class Pool(Rule):
     ops = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool", "LpPool", "GlobalLpPool")
 
     def analyze(self, v: NodeView) -> None:
-        _channel_first(v)
+        v.need_channel_first()
         averages_padding = v.op == "AveragePool" and not no_padding(v.node) and int(v.attrs.get("count_include_pad", 0))
         if v.op in ("LpPool", "GlobalLpPool") or averages_padding:
             pass_through(v, lambda k: np.where(k == 0, 0.0, NAN))

@@ -19,12 +19,15 @@ from ltc.passes.onnx_io import TWO_GB, model_size_bytes, read_model, save_model
 from ltc.passes.verify import load_inputs
 
 
-def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dict | None, dict]:
+def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dict | None, dict, dict[str, int]]:
+    """Masks by initializer name, the report's mask entry, and a group ticket's G by initializer name."""
     if mask is None:
-        return None, {"source": "zeros in the model's weights"}
+        return None, {"source": "zeros in the model's weights"}, {}
     ms = read_masks(mask)
     m = match_masks(model, ms, strict)
-    return m.masks, {"source": f"{ms.source} ({mask})", "matched": len(m.matched), "unmatched": m.unmatched}
+    groups = {m.matched[name]: g for name, g in ms.groups.items() if name in m.matched}
+    info = {"source": f"{ms.source} ({mask})", "matched": len(m.matched), "unmatched": m.unmatched}
+    return m.masks, info, groups
 
 
 def resolve_round_to(round_to: int | str, provider: str) -> int:
@@ -43,8 +46,11 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                   *, allow_lossy: bool = False, round_to: int | str = "auto", provider: str = "cpu",
                   verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = 1e-4,
                   atol: float = 1e-5, strict_mask: bool = False, report: str | os.PathLike | None = None,
-                  external_data: bool | None = None) -> dict:
+                  external_data: bool | None = None, regroup: bool | None = None) -> dict:
     """Compress ``model_path`` into ``out_path``; returns the report dict (also written to ``report``).
+
+    ``regroup``: turn block-diagonal Convs into grouped Convs; None (default) does it when the mask is
+    a group-wise ticket, with the ticket's group counts.
 
     Nothing is written unless every step succeeds; no output may be an input (checked after
     resolving links, external-data files included); outputs are written atomically.
@@ -60,18 +66,20 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     if external_data is None and source.external:
         external_data = True
     check_outputs([out_path, report, data_out if external_data else None], read)  # again once it is decided
-    masks, mask_info = _masks_for(model, mask, strict_mask)
+    masks, mask_info, groups = _masks_for(model, mask, strict_mask)
+    regroup = bool(groups) if regroup is None else regroup
     feeds = load_inputs(inputs, model) if inputs else None
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
                       rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)",
-                      model_file=None if source.external else model_path)
+                      model_file=None if source.external else model_path, regroup=regroup, groups=groups)
     if external_data is None:
         external_data = model_size_bytes(result.model) > TWO_GB
     check_outputs([out_path, report, data_out if external_data else None], read)
     doc = {
         "ltc_report": "compress", "version": 1,
         "input": str(model_path), "output": str(out_path), "mask": mask_info,
-        "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify},
+        "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify,
+                    "regroup": regroup},
         **result.to_dict(),
         "file_size": {"before": source.bytes, "after": None},
     }
@@ -92,7 +100,7 @@ def check_tolerances(rtol: float, atol: float) -> None:
 def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None = None,
                  strict_mask: bool = False, allow_lossy: bool = False) -> dict:
     model, _source = read_model(model_path)
-    masks, mask_info = _masks_for(model, mask, strict_mask)
+    masks, mask_info, _ = _masks_for(model, mask, strict_mask)
     doc = inspect(model, masks, allow_lossy)
     doc.update({"ltc_report": "inspect", "version": 1, "input": str(model_path), "mask": mask_info})
     return doc

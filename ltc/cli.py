@@ -103,16 +103,17 @@ def main() -> None:
 @click.option("--strict-mask", is_flag=True, help="fail if any mask entry matches nothing in the model")
 @click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")
 @click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
+@click.option("--regroup/--no-regroup", default=None, help="turn Convs whose zeros form dense blocks into grouped Convs (default: when the mask is a group-wise ticket); --round-to applies to group widths")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
-                 strict_mask, report, external_data, as_json) -> None:
+                 strict_mask, report, external_data, regroup, as_json) -> None:
     """Physically remove pruned channels from MODEL, exactly, and verify the result."""
     from ltc.api import compress_file
     from ltc.render import print_compress
 
     doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
                         verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
-                        report=report, external_data=external_data)
+                        report=report, external_data=external_data, regroup=regroup)
     if as_json:
         from ltc.api import _json_default
 

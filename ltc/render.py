@@ -34,9 +34,27 @@ def layer_table(layers: list[dict], title: str) -> Table:
     return table
 
 
+def group_table(regroup: dict) -> Table:
+    table = Table(title=f"regroup: {regroup['grouped']} grouped Conv(s), {regroup['gathers']} Gather(s) inserted")
+    for col, justify in (("layer", "left"), ("in", "right"), ("out", "right"), ("groups", "right"),
+                         ("widths in/out", "right"), ("MACs", "right"), ("speed-up (table)", "right"),
+                         ("Gathers / why dense", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for row in regroup["layers"]:
+        g = row["groups"]
+        macs = "-" if row["macs_before"] is None else span(row["macs_before"], row["macs_after"])
+        table.add_row(row["name"], str(row["in_channels"]), str(row["out_channels"]), str(g),
+                      f"{row['in_channels'] // g}/{row['out_channels'] // g}" if g > 1 else "-", macs,
+                      f"{row['predicted_speedup']:.2f}x" if g > 1 else "-",
+                      ", ".join(row["gathers"]) if g > 1 else row["reason"])
+    return table
+
+
 def print_compress(doc: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(layer_table(doc["layers"], f"ltc compress: {doc['input']} -> {doc['output']}"))
+    if doc.get("regroup"):
+        console.print(group_table(doc["regroup"]))
     b, a = doc["before"], doc["after"]
     summary = Table(show_header=True)
     for col in ("", "before", "after", "ratio"):

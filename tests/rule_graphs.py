@@ -147,6 +147,14 @@ def _erf_gelu():
     return nodes, {"sqrt2": np.float32(np.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5)}, "b", 8
 
 
+def _gather():  # a channel selection with a repeat, a negative index and two channels left out
+    return [node("Gather", ["a", "gi"], ["b"], axis=1)], {"gi": np.array([5, 0, -1, 2, 5, 3, 1], np.int64)}, "b", 7
+
+
+def _gather_spatial():  # on a spatial axis: channels pass through
+    return [node("Gather", ["a", "gi"], ["b"], axis=3)], {"gi": np.array([4, 0, 1], np.int64)}, "b", 8
+
+
 UNARY = ["Relu", "Sigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Exp", "Neg", "Abs", "Sign",
          "Floor", "Ceil", "Identity", "Erf", "Selu", "Elu", "Celu"]
 
@@ -178,9 +186,10 @@ GRAPHS = {
                                   "ReduceL1", "ReduceL2", "ReduceLogSumExp", "ReduceProd")},
     "Transpose": _transpose, "Concat": _concat, "Split": _split, "Slice": _slice,
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Shape": _shape,
+    "Gather": _gather,
     "Conv": _conv_group(2), "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
 }
-EXTRA = {"depthwise": _conv_group(8), "erf-gelu": _erf_gelu,
+EXTRA = {"depthwise": _conv_group(8), "gather-spatial": _gather_spatial, "erf-gelu": _erf_gelu,
          "groupnorm-per-channel": _with_params("GroupNormalization", {"gs": _c(8), "gb": _c(8)}, num_groups=4)}
 
 

@@ -33,6 +33,7 @@ class MaskSet:
     masks: dict[str, np.ndarray]
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = "masks"
+    groups: dict[str, int] = field(default_factory=dict)  # a regroup ticket's G per weight (mask name)
 
 
 @dataclass
@@ -158,6 +159,24 @@ def validate_ticket(t, path: Path) -> dict:
     return t
 
 
+def ticket_groups(t: dict, path: Path) -> dict[str, int]:
+    """A group-wise ticket's group count per weight (``structure.layers[name].groups``); {} otherwise."""
+    st = t.get("structure") or {}
+    if st.get("kind") != "group":
+        return {}
+    layers = st.get("layers")
+    if not isinstance(layers, dict):
+        raise LtcError(f"{path}: a group ticket's 'structure' needs 'layers': {{weight name: {{'groups': G}}}}; "
+                       "the ticket is damaged or was not written by ltc")
+    out = {}
+    for name, entry in layers.items():
+        g = entry.get("groups") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise LtcError(f"{path}: structure entry {name!r} has no integer 'groups' >= 1; the ticket is damaged")
+        out[name] = g
+    return out
+
+
 def _read_torch(path: Path) -> MaskSet:
     obj = load_torch_data(path, "mask file")
     if not isinstance(obj, dict):
@@ -165,7 +184,8 @@ def _read_torch(path: Path) -> MaskSet:
     if obj.get("format") == TICKET_FORMAT:
         validate_ticket(obj, path)
         weights = obj.get("final") or obj.get("init") or {}
-        return MaskSet(as_bool_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket")
+        return MaskSet(as_bool_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket",
+                       groups=ticket_groups(obj, path))
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     bad = [k for k in obj if not isinstance(k, str)]

@@ -19,6 +19,7 @@ from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
+from ltc.passes.regroup import Regroup, RegroupInfo
 from ltc.passes.remove import (
     LayerChannels,
     RemovalPlan,
@@ -127,10 +128,14 @@ class CompressResult:
     notes: list[str] = field(default_factory=list)
     frozen: dict[str, int] = field(default_factory=dict)
     serialized: bytes | None = field(default=None, repr=False)  # ``model``'s bytes when it was serialized
+    regroup: RegroupInfo | None = None  # None: the Regroup pass did not run
 
     def to_dict(self) -> dict:
         return {
             "layers": self.layers,
+            "regroup": None if self.regroup is None else {
+                "layers": [asdict(la) for la in self.regroup.layers],
+                "grouped": len(self.regroup.grouped), "gathers": self.regroup.gathers},
             "before": {k: v for k, v in self.before.items() if k != "layer_macs"},
             "after": {k: v for k, v in self.after.items() if k != "layer_macs"},
             "verification": self.verification.to_dict() if self.verification else None,
@@ -144,8 +149,10 @@ class CompressResult:
 def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None, *,
              allow_lossy: bool = False, round_to: int = 1, check: bool = True,
              feeds: dict[str, np.ndarray] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
-             inputs_label: str = "random", model_file: str | os.PathLike | None = None) -> CompressResult:
-    """Apply ``masks`` (initializer name -> bool array), remove dead channels, verify.
+             inputs_label: str = "random", model_file: str | os.PathLike | None = None,
+             regroup: bool = False, groups: dict[str, int] | None = None) -> CompressResult:
+    """Apply ``masks`` (initializer name -> bool array), regroup block-diagonal Convs into grouped
+    Convs (``regroup``; ``groups``: weight name -> G, e.g. from a ticket), remove dead channels, verify.
 
     Raises :class:`InternalError` if verification fails (unless the user allowed lossy folding, in
     which case the measured error is reported). ``model_file``, the file ``model`` was read from
@@ -155,8 +162,14 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     with input_blamed(model):
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
-        result = RemoveDeadChannels(allow_lossy, round_to)(reference)
+        grouped = Regroup(groups, round_to)(reference) if regroup else None
+        result = RemoveDeadChannels(allow_lossy, round_to)(grouped.model if grouped else reference)
     info: RemovalInfo = result.info
+    macs_before = info.macs_before
+    if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
+        result.modified = True
+        macs_before = {la.name: la.macs_before for la in grouped.info.layers if la.macs_before is not None}
+        macs_before = {**info.macs_before, **macs_before}
     serialized = None  # the output's bytes, made once: for ONNX Runtime and for the file
     if result.modified and model_size_bytes(result.model) <= TWO_GB:
         serialized = result.model.SerializeToString()
@@ -189,10 +202,11 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start
-    before = model_stats(reference, info.macs_before)
+    before = model_stats(reference, macs_before)
     after = model_stats(result.model, info.macs_after) if result.modified else before
     return CompressResult(result.model, reference, [asdict(la) for la in info.layers], before, after,
-                          verification, seconds, info.lossy, info.notes, info.frozen, serialized)
+                          verification, seconds, info.lossy, info.notes, info.frozen, serialized,
+                          grouped.info if grouped is not None else None)
 
 
 @contextlib.contextmanager

@@ -207,6 +207,33 @@ class SliceRecord(Segmented):
 
 
 @dataclass
+class GatherRecord(Record):
+    """A Gather on the channel axis with constant indices: output unit j is input unit ``indices[j]``
+    (the rule ties each pair); the indices are rewritten so every output unit still reads its own."""
+
+    node: gs.Node
+    inp: ChannelTensor
+    out: ChannelTensor
+    indices: np.ndarray  # normalised (non-negative), one per output unit
+
+    def tensors(self) -> list[str]:
+        return [self.inp.name, self.out.name]
+
+    def admits(self, idx: IndexOf) -> bool:
+        return bool(np.isin(self.indices[idx(self.out.name)], idx(self.inp.name)).all())
+
+    def apply(self, idx: IndexOf, edits: Edits) -> None:
+        i_in, i_out = idx(self.inp.name), idx(self.out.name)
+        position = np.full(self.inp.units, -1, dtype=np.int64)
+        position[i_in] = np.arange(len(i_in))
+        new = position[self.indices[i_out]]
+        if np.array_equal(new, self.indices):
+            return
+        old = edits.get(self.node, 1)
+        edits.set(self.node, 1, new.astype(old.dtype).reshape(-1))
+
+
+@dataclass
 class ReshapeTarget(Record):
     """Entry ``position`` of the constant at input ``index`` of ``holder`` is ``tensor``'s axis length."""
 

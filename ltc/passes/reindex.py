@@ -1,7 +1,7 @@
 """Plan -> ``{tensor: unit index array}`` -> :func:`apply_reindex`: the one structural rewrite.
 
 Removal is the plan of sorted kept units (after folding dead constants into biases); a permutation
-plan moves channels; regroup will be a permutation plus a grouped-Conv rewrite. Every record of the
+plan moves channels (:func:`ordered_plan`); regroup is a permutation plus a grouped-Conv rewrite. Every record of the
 analysis must admit the plan (:func:`refusals`), frozen tensors keep every channel in place, and
 pinned ones keep every channel.
 """
@@ -146,35 +146,14 @@ def _equal(a: np.ndarray, b: np.ndarray) -> bool:
 def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int = 20) -> Plan:
     """A random admissible plan that permutes every channel class it can and removes none.
 
-    Classes get random sort keys. A tensor that records cut into segments (Concat, Split, Slice,
-    groups) is ordered by its segments first, and so is a tensor holding exactly the same classes (a
-    GroupNormalization's output), so segments stay in place with shuffled contents. Classes of a
-    record that still refuses are left in place.
+    Classes get random sort keys (see :func:`ordered_plan`). Classes of a record that still refuses
+    are left in place.
     """
     key = rng.random(cg.n_classes)
     fixed = cg.frozen.copy()
-    own: dict[str, list[np.ndarray]] = {}  # tensor -> its segments, per record that cuts it
-    by_classes: dict[frozenset, list[np.ndarray]] = {}  # class set -> per-class segment ranks
-    for r in cg.records:
-        for name in r.tensors():
-            seg = r.segments(name)
-            if seg is not None:
-                own.setdefault(name, []).append(seg)
-                rank = np.zeros(cg.n_classes)
-                rank[cg.classes_of(name)] = seg
-                by_classes.setdefault(frozenset(cg.classes_of(name).tolist()), []).append(rank)
+    segments = Segments(cg)
     for _ in range(attempts):
-        plan: Plan = {}
-        for name, ct in cg.tensors.items():
-            cls = cg.classes_of(name)
-            free = np.flatnonzero(~fixed[cls])
-            order = np.arange(ct.units)
-            ranks = by_classes.get(frozenset(cls.tolist()), []) if name not in own else []
-            sort_keys = [key[cls[free]], *(rank[cls[free]] for rank in reversed(ranks)),
-                         *(seg[free] for seg in reversed(own.get(name, [])))]
-            order[free] = free[np.lexsort(sort_keys)]
-            if not np.array_equal(order, np.arange(ct.units)):
-                plan[name] = order
+        plan = ordered_plan(cg, [key], ~fixed, segments)
         idx = lookup(cg, plan)
         bad = [r for r in cg.records if not r.admits(idx)]
         if not bad:
@@ -183,3 +162,47 @@ def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int =
             for name in r.tensors():
                 fixed[cg.classes_of(name)] = True
     return {}
+
+
+class Segments:
+    """Where records cut tensors into segments (Concat, Split, Slice, groups): per tensor its own
+    segment numbers, and per set of classes the segment ranks of a tensor holding exactly them."""
+
+    def __init__(self, cg: ChannelGraph):
+        self.own: dict[str, list[np.ndarray]] = {}
+        self.by_classes: dict[frozenset, list[np.ndarray]] = {}
+        for r in cg.records:
+            for name in r.tensors():
+                seg = r.segments(name)
+                if seg is not None:
+                    self.own.setdefault(name, []).append(seg)
+                    rank = np.zeros(cg.n_classes)
+                    rank[cg.classes_of(name)] = seg
+                    self.by_classes.setdefault(frozenset(cg.classes_of(name).tolist()), []).append(rank)
+
+
+def ordered_plan(cg: ChannelGraph, keys: list[np.ndarray], movable: np.ndarray,
+                 segments: Segments | None = None) -> Plan:
+    """Every tensor's units of ``movable`` classes sorted among their own positions by their classes'
+    ``keys`` (per class; the last key is the primary one); the other units stay where they are.
+
+    A tensor that records cut into segments is ordered by its segments first, and so is a tensor
+    holding exactly the same classes (a GroupNormalization's output), so segments stay in place with
+    their contents sorted. The plan may still be refused (:func:`refusals`).
+    """
+    segments = segments or Segments(cg)
+    movable = movable & ~cg.frozen
+    plan: Plan = {}
+    for name, ct in cg.tensors.items():
+        cls = cg.classes_of(name)
+        free = np.flatnonzero(movable[cls])
+        if len(free) < 2:
+            continue
+        ranks = segments.by_classes.get(frozenset(cls.tolist()), []) if name not in segments.own else []
+        sort_keys = [*(k[cls[free]] for k in keys), *(rank[cls[free]] for rank in reversed(ranks)),
+                     *(seg[free] for seg in reversed(segments.own.get(name, [])))]
+        order = np.arange(ct.units)
+        order[free] = free[np.lexsort(sort_keys)]
+        if not np.array_equal(order, np.arange(ct.units)):
+            plan[name] = order
+    return plan

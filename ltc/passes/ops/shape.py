@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ltc.passes.ops.elementwise import pass_through
-from ltc.passes.records import ConcatRecord, ReshapeTarget, SliceRecord, SplitRecord
+from ltc.passes.records import ConcatRecord, GatherRecord, ReshapeTarget, SliceRecord, SplitRecord
 from ltc.passes.rules import NAN, Refuse, Rule, attr_str, const_value, no_padding, register, static
 
 if TYPE_CHECKING:
@@ -350,6 +350,39 @@ class Slice(Rule):
         outside[start:stop] = False
         v.ignore(x, outside)
         v.record(SliceRecord(x, [0, start, stop], node=v.node, position=i))
+
+
+@register
+class Gather(Rule):
+    """Gather with constant 1-D indices: on the channel axis a selection or permutation of channels
+    (what Regroup inserts, and channel shuffles written as a Gather), elsewhere channels pass through."""
+
+    ops = ("Gather",)
+
+    def analyze(self, v: NodeView) -> None:
+        x = v.need_x()
+        indices = v.need_value(1, "indices")
+        if indices is None or indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+            raise Refuse(f"{v.where}: indices are not a constant 1-D integer list")
+        axis = int(v.attrs.get("axis", 0)) % x.rank
+        if axis != x.axis:
+            pass_through(v, lambda k: k)
+            return
+        if x.stride != 1:
+            raise Refuse(f"{v.where}: gathers single features of flattened channels")
+        if len(indices) == 0 or indices.min() < -x.size or indices.max() >= x.size:
+            raise Refuse(f"{v.where}: indices out of range or empty")
+        indices = np.where(indices < 0, indices + x.size, indices).astype(np.int64)
+        shape = list(v.shape(v.out(0)) or x.shape)
+        shape[x.axis] = len(indices)
+        y = v.new(0, len(indices), 1, x.axis, shape)
+        for j, i in enumerate(indices):
+            v.tie(x, y, int(i), j, 1)
+        v.set_const(y, v.const(x)[indices].copy())
+        unread = ~np.isin(np.arange(x.units), indices)
+        if unread.any():
+            v.ignore(x, unread)
+        v.record(GatherRecord(v.node, x, y, indices))
 
 
 @register

@@ -1,0 +1,331 @@
+"""Regroup: a Conv whose non-zero kernels form G dense blocks under some permutation of its output
+and input channels becomes ``Conv(group=G)``, exactly.
+
+1. **Detect.** The bipartite graph between output and input channels (an edge where the kernel
+   ``W[o, i]`` has a non-zero) splits into components; they are packed into G groups of equal
+   output and input widths (:func:`block_structure`). Which G: the ticket's (``groups``), or the one
+   the cost table (:data:`COST_PER_MAC`, measured on ORT CPU) predicts fastest. Widths must be a
+   multiple of ``align`` (``--round-to``).
+2. **Re-index.** Every target asks for its input and output channel classes to be sorted by group;
+   classes no other target claimed first get that order through one :func:`apply_reindex` plan, so the
+   permutations fold into the neighbouring layers' weights, biases, BatchNorms, Concats...
+3. **Rewrite.** Each target's weight is cut to its diagonal blocks and ``group`` set. Where a class
+   could not take the target's order (frozen, claimed by another target in another order, a record
+   refusing it), a ``Gather`` on the channel axis feeds the Conv its input in group order, or puts its
+   output back in the class's order. Each Gather is reported.
+
+Exact by construction: every weight that leaves the model is zero, checked before the rewrite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ltc.errors import InternalError, LtcError
+from ltc.passes.base import Pass, PassResult
+from ltc.passes.channels import ChannelGraph, connected_components
+from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan
+from ltc.passes.rules import const_value, is_empty
+
+# Cost per MAC of Conv(group=G) relative to the dense Conv of the same shape, by group width (the
+# narrower of input and output channels per group), ONNX Runtime CPU, 2 threads, AVX-512; medians over
+# batch 1 and 32 and several layer sizes (experiments/regroup_cost). Speed-up predicted: G / cost.
+COST_PER_MAC = {
+    "spatial": {4: 6.5, 8: 4.5, 16: 1.85, 32: 1.3, 64: 1.1, 128: 1.05, 256: 1.0},
+    "pointwise": {4: 6.6, 8: 3.8, 16: 3.4, 32: 2.4, 64: 1.6, 128: 1.25, 256: 1.15, 512: 1.0},
+}
+
+
+def cost_per_mac(width: int, kernel_size: int) -> float:
+    """The table's cost for a group width (the nearest tabulated width at or below; wider is cheaper)."""
+    table = COST_PER_MAC["pointwise" if kernel_size == 1 else "spatial"]
+    below = [w for w in table if w <= width]
+    return table[max(below)] if below else max(table.values()) * 4 / max(width, 1)
+
+
+def predicted_speedup(groups: int, width: int, kernel_size: int) -> float:
+    return groups / cost_per_mac(width, kernel_size) if groups > 1 else 1.0
+
+
+@dataclass
+class Blocks:
+    """G groups: the group of every output and every input channel."""
+
+    groups: int
+    out_group: np.ndarray
+    in_group: np.ndarray
+
+
+def nonzero_kernels(w: np.ndarray) -> np.ndarray:
+    """[O, I] bool: which kernels of a Conv weight [O, I, *k] hold a non-zero."""
+    return np.any(w.reshape(w.shape[0], w.shape[1], -1) != 0, axis=2)
+
+
+def block_structure(nz: np.ndarray, groups: int | None = None, align: int = 1, kernel_size: int = 9,
+                    max_groups: int = 64) -> Blocks | None:
+    """Pack the non-zero pattern ``nz`` [O, I] into G equal diagonal blocks under permutation.
+
+    With ``groups`` only that G is tried; otherwise every feasible G (dividing O and I, widths a
+    multiple of ``align``) and the fastest by the cost table wins. None when no G >= 2 fits.
+    """
+    n_out, n_in = nz.shape
+    oi, ii = np.nonzero(nz)
+    n, labels = connected_components(n_out + n_in, oi, n_out + ii)
+    out_lab, in_lab = labels[:n_out], labels[n_out:]
+    a, b = np.bincount(out_lab, minlength=n), np.bincount(in_lab, minlength=n)
+    a_max, b_max = int(a.max(initial=0)), int(b.max(initial=0))
+    limit = min(n_out // max(a_max, 1), n_in // max(b_max, 1), max_groups)
+    candidates = [groups] if groups else range(2, limit + 1)
+    best: tuple[float, Blocks] | None = None
+    for g in candidates:
+        if g < 2 or n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align:
+            continue
+        bins = _pack(a, b, g, n_out // g, n_in // g)
+        if bins is None:
+            continue
+        speed = predicted_speedup(g, min(n_out, n_in) // g, kernel_size)
+        if best is None or speed > best[0]:
+            best = (speed, Blocks(g, bins[out_lab], bins[in_lab]))
+    return best[1] if best else None
+
+
+def _pack(a: np.ndarray, b: np.ndarray, g: int, wo: int, wi: int) -> np.ndarray | None:
+    """Components (a outputs, b inputs each) into ``g`` bins of exactly ``wo`` outputs and ``wi``
+    inputs: largest first, each into the emptiest bin that fits. Bin per component, or None."""
+    room_o, room_i = np.full(g, wo), np.full(g, wi)
+    order = np.lexsort((np.arange(len(a)), -(a / wo + b / wi)))
+    bins = np.zeros(len(a), dtype=np.int64)
+    for c in order:
+        fits = np.flatnonzero((room_o >= a[c]) & (room_i >= b[c]))
+        if not len(fits):
+            return None
+        k = fits[np.argmax(room_o[fits] / wo + room_i[fits] / wi)]
+        bins[c] = k
+        room_o[k] -= a[c]
+        room_i[k] -= b[c]
+    return bins
+
+
+@dataclass
+class GroupedLayer:
+    """One Conv the pass looked at: grouped (G > 1) or left dense, and why."""
+
+    name: str
+    weight: str
+    groups: int
+    in_channels: int
+    out_channels: int
+    macs_before: int | None
+    macs_after: int | None
+    predicted_speedup: float
+    gathers: list[str] = field(default_factory=list)  # "input" / "output": where a Gather was inserted
+    reason: str = ""  # why it stayed dense
+
+
+@dataclass
+class RegroupInfo:
+    layers: list[GroupedLayer]
+
+    @property
+    def grouped(self) -> list[GroupedLayer]:
+        return [la for la in self.layers if la.groups > 1]
+
+    @property
+    def gathers(self) -> int:
+        return sum(len(la.gathers) for la in self.layers)
+
+
+@dataclass
+class _Target:
+    node: gs.Node
+    x: str
+    y: str
+    blocks: Blocks
+    layer: GroupedLayer
+
+
+class Regroup(Pass):
+    """Turn block-diagonal (under permutation) Convs into grouped Convs; see the module docstring.
+
+    ``groups``: weight initializer name -> G (a ticket's structure); a Conv with no entry gets the G
+    the cost table prefers among those its zeros allow. ``align``: group widths must be a multiple
+    of it. ``only_hinted``: look only at the Convs ``groups`` names.
+    """
+
+    name = "regroup"
+
+    def __init__(self, groups: dict[str, int] | None = None, align: int = 1, only_hinted: bool = False):
+        if align < 1:
+            raise LtcError(f"align must be >= 1, got {align}")
+        bad = {k: v for k, v in (groups or {}).items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise LtcError(f"group counts must be integers >= 1, got {bad}")
+        self.groups = dict(groups or {})
+        self.align = align
+        self.only_hinted = only_hinted
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        graph = import_graph(model)
+        cg = ChannelGraph(graph)
+        macs = cg.macs()
+        layers: list[GroupedLayer] = []
+        targets: list[_Target] = []
+        for node in graph.nodes:
+            found = self._target(cg, node, macs, layers)
+            if found is not None:
+                targets.append(found)
+        if not targets:
+            return PassResult(model, False, RegroupInfo(layers))
+        plan = _plan(cg, targets)
+        apply_reindex(cg, plan)
+        idx = lookup(cg, plan)
+        names = set(graph.tensors().keys())
+        for t in targets:
+            t.layer.gathers = _rewrite(graph, t, idx(t.x), idx(t.y), names)
+        graph.toposort()
+        return PassResult(export_graph(graph, model), True, RegroupInfo(layers))
+
+    def _target(self, cg: ChannelGraph, node: gs.Node, macs: dict[str, int],
+                layers: list[GroupedLayer]) -> _Target | None:
+        if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1 or len(node.inputs) < 2:
+            return None
+        wt = node.inputs[1]
+        hint = self.groups.get(wt.name)
+        if self.only_hinted and hint is None:
+            return None
+        w = const_value(wt)
+        if w is None or w.ndim < 3:
+            return None
+        name = node.name or node.outputs[0].name
+        n_out, n_in = w.shape[:2]
+        before = macs.get(name)
+
+        def dense(reason: str) -> None:
+            layers.append(GroupedLayer(name, wt.name, 1, n_in, n_out, before, before, 1.0, [], reason))
+
+        if hint == 1:
+            return dense("the ticket keeps it dense")
+        x, y = node.inputs[0], node.outputs[0]
+        if is_empty(x) or x.name not in cg.tensors or y.name not in cg.tensors \
+                or cg.tensors[x.name].axis != 1 or cg.tensors[x.name].stride != 1:
+            return dense("its input or output is not a channel-first tensor of known width")
+        if len(wt.outputs) > 1:
+            return dense("its weight is shared with another node")
+        kernel = int(np.prod(w.shape[2:]))
+        blocks = block_structure(nonzero_kernels(w), hint, self.align, kernel)
+        if blocks is None:
+            if hint:
+                return dense(f"its zeros do not form {hint} equal blocks with widths a multiple of {self.align}")
+            return dense("no block structure" if self.align == 1 else
+                         f"no block structure with group widths a multiple of {self.align}")
+        g = blocks.groups
+        after = before // g if before is not None else None
+        layer = GroupedLayer(name, wt.name, g, n_in, n_out, before, after,
+                             round(predicted_speedup(g, min(n_in, n_out) // g, kernel), 2))
+        layers.append(layer)
+        return _Target(node, x.name, y.name, blocks, layer)
+
+
+def _plan(cg: ChannelGraph, targets: list[_Target]) -> dict[str, np.ndarray]:
+    """One plan sorting each target's input and output classes by group, first claim wins: a class
+    already claimed, frozen, or in a record that refuses the order keeps its place (a Gather then
+    does the target's re-ordering)."""
+    group_key = np.zeros(cg.n_classes)
+    pos_key = np.zeros(cg.n_classes)
+    claimed = cg.frozen.copy()
+    owners: list[np.ndarray] = []
+    for t in targets:
+        for name, group in ((t.y, t.blocks.out_group), (t.x, t.blocks.in_group)):
+            cls = cg.classes_of(name)
+            if claimed[cls].any() or len(np.unique(cls)) != len(cls):
+                continue
+            claimed[cls] = True
+            group_key[cls] = group
+            pos_key[cls] = np.arange(len(cls))
+            owners.append(cls)
+    movable = claimed & ~cg.frozen
+    segments = Segments(cg)
+    for _ in range(len(owners) + 1):
+        plan = ordered_plan(cg, [pos_key, group_key], movable, segments)
+        idx = lookup(cg, plan)
+        bad = [r for r in cg.records if not r.admits(idx)]
+        if not bad:
+            return plan
+        for r in bad:  # give up the claims this record cannot take
+            for name in r.tensors():
+                hit = np.isin(np.arange(cg.n_classes), cg.classes_of(name))
+                for cls in owners:
+                    if hit[cls].any():
+                        movable[cls] = False
+    return {}
+
+
+def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names: set[str]) -> list[str]:
+    """Cut ``t``'s (already re-indexed) weight to its diagonal blocks and set ``group``; insert the
+    Gathers its input or output order needs. ``px``/``py``: original channel at each new position."""
+    node, g = t.node, t.blocks.groups
+    gi, go = t.blocks.in_group[px], t.blocks.out_group[py]
+    wi, wo = len(gi) // g, len(go) // g
+    sigma_out = _block_order(go, g)
+    sigma_in = _block_order(gi, g)
+    sigma = sigma_out if sigma_out is not None else (sigma_in if sigma_in is not None else np.arange(g))
+    rank = np.empty(g, dtype=np.int64)
+    rank[sigma] = np.arange(g)
+    o_order = np.arange(len(go)) if sigma_out is not None else np.lexsort((np.arange(len(go)), rank[go]))
+    same_in = sigma_in is not None and np.array_equal(sigma_in, sigma)
+    i_order = np.arange(len(gi)) if same_in else np.lexsort((np.arange(len(gi)), rank[gi]))
+    w = const_value(node.inputs[1])[o_order][:, i_order]
+    keep = (rank[go[o_order]][:, None] == rank[gi[i_order]][None, :])
+    if np.any(w.reshape(w.shape[0], w.shape[1], -1)[~keep] != 0):
+        raise InternalError(f"regroup: Conv '{node.name}' has non-zero weights outside its {g} blocks")
+    blocks = w.reshape(g, wo, g, wi, *w.shape[2:])[np.arange(g), :, np.arange(g)]  # [g, wo, wi, *k]
+    grouped = np.ascontiguousarray(blocks.reshape(g * wo, wi, *w.shape[2:]))
+    node.inputs[1] = gs.Constant(_fresh(names, f"{node.inputs[1].name}__grouped"), grouped)
+    if len(node.inputs) > 2 and not is_empty(node.inputs[2]) and sigma_out is None:
+        bias = const_value(node.inputs[2])
+        node.inputs[2] = gs.Constant(_fresh(names, f"{node.inputs[2].name}__grouped"),
+                                     np.ascontiguousarray(bias[o_order]))
+    node.attrs["group"] = g
+    gathers = []
+    if not same_in:
+        x = node.inputs[0]
+        xg = gs.Variable(_fresh(names, f"{x.name}__groups"), dtype=x.dtype,
+                         shape=list(x.shape) if x.shape is not None else None)
+        graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_in"), {"axis": 1},
+                                   [x, gs.Constant(_fresh(names, f"{node.name}__in_order"), i_order.astype(np.int64))],
+                                   [xg]))
+        node.inputs[0] = xg
+        gathers.append("input")
+    if sigma_out is None:
+        y = node.outputs[0]
+        yg = gs.Variable(_fresh(names, f"{y.name}__groups"), dtype=y.dtype,
+                         shape=list(y.shape) if y.shape is not None else None)
+        node.outputs[0] = yg
+        back = np.argsort(o_order).astype(np.int64)
+        graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_out"), {"axis": 1},
+                                   [yg, gs.Constant(_fresh(names, f"{node.name}__out_order"), back)], [y]))
+        gathers.append("output")
+    return gathers
+
+
+def _block_order(groups: np.ndarray, g: int) -> np.ndarray | None:
+    """The order of the groups along a tensor if each group is one contiguous block, else None."""
+    rows = groups.reshape(g, -1)
+    if not np.all(rows == rows[:, :1]):
+        return None
+    order = rows[:, 0]
+    return order if len(np.unique(order)) == g else None
+
+
+def _fresh(names: set[str], base: str) -> str:
+    name, n = base, 0
+    while name in names:
+        n += 1
+        name = f"{base}_{n}"
+    names.add(name)
+    return name

@@ -185,7 +185,11 @@ class Regroup(Pass):
         apply_reindex(cg, plan)
         idx = lookup(cg, plan)
         names = set(graph.tensors().keys())
+        alive = {id(n) for n in graph.nodes}
         for t in targets:
+            if id(t.node) not in alive:  # the re-index's cleanup dropped it: nothing reads its output
+                t.layer.groups, t.layer.macs_after, t.layer.reason = 1, 0, "nothing reads its output (removed)"
+                continue
             t.layer.gathers = _rewrite(graph, t, idx(t.x), idx(t.y), names)
         graph.toposort()
         return PassResult(export_graph(graph, model), True, RegroupInfo(layers))
@@ -224,9 +228,11 @@ class Regroup(Pass):
             return dense("no block structure" if self.align == 1 else
                          f"no block structure with group widths a multiple of {self.align}")
         g = blocks.groups
+        speed = predicted_speedup(g, min(n_in, n_out) // g, kernel)
+        if hint is None and speed <= 1.0:
+            return dense(f"the cost table predicts no speed-up ({g} groups of {min(n_in, n_out) // g}: {speed:.2f}x)")
         after = before // g if before is not None else None
-        layer = GroupedLayer(name, wt.name, g, n_in, n_out, before, after,
-                             round(predicted_speedup(g, min(n_in, n_out) // g, kernel), 2))
+        layer = GroupedLayer(name, wt.name, g, n_in, n_out, before, after, round(speed, 2))
         layers.append(layer)
         return _Target(node, x.name, y.name, blocks, layer)
 
@@ -240,7 +246,14 @@ def _plan(cg: ChannelGraph, targets: list[_Target]) -> dict[str, np.ndarray]:
     claimed = cg.frozen.copy()
     owners: list[np.ndarray] = []
     for t in targets:
-        for name, group in ((t.y, t.blocks.out_group), (t.x, t.blocks.in_group)):
+        rank = np.arange(t.blocks.groups)
+        cx = cg.classes_of(t.x)
+        if claimed[cx].all() and not cg.frozen[cx].any():  # input ordered by an earlier target: follow it
+            first = np.lexsort((pos_key[cx], group_key[cx]))  # input positions in the order it will have
+            seen = t.blocks.in_group[first]
+            _, at = np.unique(seen, return_index=True)
+            rank[np.argsort(at)] = np.arange(t.blocks.groups)  # group -> rank of its first appearance
+        for name, group in ((t.y, rank[t.blocks.out_group]), (t.x, rank[t.blocks.in_group])):
             cls = cg.classes_of(name)
             if claimed[cls].any() or len(np.unique(cls)) != len(cls):
                 continue

@@ -28,6 +28,7 @@ MODEL_NAMES = ("lenet300", "lenet5", "conv2", "conv4", "conv6", "vgg11", "vgg16"
                "resnet56", "resnet18")
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "synthetic")
 CONTROLS = ("reinit", "random")
+STRUCTURE_NAMES = ("unstructured", "refill", "refill+", "regroup")  # ltc.compressor.structure.STRUCTURES
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,36 @@ class PruneHparams:
     controls: str = _help("comma-separated controls: reinit (same mask, new init), random (random mask, "
                           "same per-layer sparsity), or none", Names(CONTROLS, "control"), default="reinit,random")
     trials: int = _help("independent trials (seeds seed, seed+1, ...)", AT_LEAST_1, default=1)
+    structure: str = _help("after each round's pruning: unstructured (as pruned), refill (whole channels, "
+                           "removable), refill+ (refill, then re-activate --refill-rate of the dropped ones), "
+                           "regroup (dense diagonal blocks: grouped convolutions)",
+                           OneOf(STRUCTURE_NAMES, "structure"), default="unstructured")
+    refill_criterion: str = _help("refill: which channels matter most: l1 (of the trained filter's surviving "
+                                  "weights) or count (of surviving weights)", OneOf(("l1", "count"), "criterion"),
+                                  default="l1")
+    refill_rate: float = _help("refill+: fraction of the dropped channels re-activated", FRACTION, default=0.2)
+    groups: int = _help("regroup: groups per layer (0: from the grouped-conv cost table)", AT_LEAST_0, default=0)
+    group_width: int = _help("regroup: channels per group (0: from the cost table); --groups wins",
+                             AT_LEAST_0, default=0)
+    group_align: int = _help("regroup: group widths a multiple of this (ORT CPU: 16 AVX-512, 8 AVX2)",
+                             AT_LEAST_1, default=8)
 
     def validate(self) -> None:
         _validate_fields(self)
+        if self.structure != "unstructured" and self.strategy == "channel":
+            raise LtcError(f"--structure {self.structure} post-processes weight pruning; use it with --strategy "
+                           "magnitude or global (channel pruning is already channel-wise)")
+
+    def mask_layout(self) -> str:
+        """``channel`` when masks also hold biases and BatchNorms (channels die whole), else unstructured."""
+        return "channel" if self.strategy == "channel" or self.structure in ("refill", "refill+", "regroup") \
+            else "unstructured"
+
+    def kind(self) -> str:
+        """The ticket's structure kind: unstructured, channel or group."""
+        if self.structure == "regroup":
+            return "group"
+        return "channel" if self.mask_layout() == "channel" else "unstructured"
 
     def control_list(self) -> list[str]:
         return [c.strip() for c in self.controls.split(",") if c.strip() and c.strip() != "none"]

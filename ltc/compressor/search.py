@@ -34,6 +34,7 @@ from ltc.compressor.pruning import (
     layer_densities,
     random_like,
 )
+from ltc.compressor.structure import random_regroup, refill, regroup
 from ltc.compressor.ticket import entry_mismatch, make_ticket, save_ticket, save_torch
 from ltc.compressor.training import distributed, total_iterations, train
 from ltc.errors import LtcError, first_line
@@ -256,7 +257,7 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> 
     if not _check_hparams(run_dir, thp, php) and any(run_dir.iterdir()):
         raise LtcError(f"{run_dir}: a folder with files but no hparams.json is not an ltc run folder; ltc would "
                        "write over its files: give an empty or new --run-dir")
-    structure = "channel" if php.strategy == "channel" else "unstructured"
+    structure = php.mask_layout()
     model = _fresh(thp, data, 0)
     for trial in range(php.trials):
         tdir = run_dir / f"trial{trial}"
@@ -343,7 +344,8 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
     if rank == 0:
         created.mkdir(trial_dir)
     thp_t = dataclasses.replace(thp, seed=seed)
-    structure = "channel" if php.strategy == "channel" else "unstructured"
+    structure = php.mask_layout()
+    detail: dict = {}  # the structure's per-layer detail of the current round
     model = _fresh(thp, data, seed)
     theta0 = _state(model)
     mask = full_mask(model, structure)
@@ -367,6 +369,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             pruned_from = _fresh(thp, data, seed)
             pruned_from.load_state_dict(prev_final)
             mask = STRATEGIES[php.strategy](pruned_from, mask, php.rates())
+            mask, detail = apply_structure(php, pruned_from, mask)
             _check_same_on_ranks(mask, world)
         record = {"round": r, "density": density(mask), "layer_density": layer_densities(mask), "results": {}}
         rewind = php.rewind_iteration if (r == 0 and php.reset == "rewind") else None
@@ -389,7 +392,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
         else:
             for control in php.control_list():
                 record["results"][control] = _control(control, thp, thp_t, data, mask, start, structure, seed,
-                                                      r, log, progress)
+                                                      r, log, progress, detail if php.kind() == "group" else None)
         prev_final = res.final_state
         history.append(record)
         if rank == 0:
@@ -397,7 +400,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             for name, m in mask.items():
                 masked_start[name] = masked_start[name] * m
             ticket = make_ticket(thp.model, arch, mask, masked_start, res.final_state,
-                                 structure={"kind": structure, "strategy": php.strategy, "round": r},
+                                 structure=_structure_doc(php, r, detail),
                                  history=history, hparams=to_dict(thp, php), seed=seed)
             created.file(ticket_path)
             created.file(record_path)
@@ -407,8 +410,26 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             torch.distributed.barrier()
 
 
+def apply_structure(php: PruneHparams, model: torch.nn.Module, mask: Mask) -> tuple[Mask, dict]:
+    """The structure step after a round's pruning (``model`` holds the weights it pruned)."""
+    if php.structure in ("refill", "refill+"):
+        return refill(model, mask, php.refill_criterion, php.refill_rate if php.structure == "refill+" else 0.0)
+    if php.structure == "regroup":
+        return regroup(model, mask, php.groups, php.group_width, php.group_align)
+    return mask, {}
+
+
+def _structure_doc(php: PruneHparams, r: int, detail: dict) -> dict:
+    doc = {"kind": php.kind(), "strategy": php.strategy, "round": r}
+    if php.structure != "unstructured":
+        doc["method"] = php.structure
+        doc["layers"] = detail
+    return doc
+
+
 def _control(control: str, thp: TrainHparams, thp_t: TrainHparams, data: Splits, mask: Mask,
-             start: dict, structure: str, seed: int, r: int, log: Path, progress: bool) -> dict:
+             start: dict, structure: str, seed: int, r: int, log: Path, progress: bool,
+             groups: dict | None = None) -> dict:
     if control == "reinit":  # same mask, a new random initialisation
         model = _fresh(thp, data, 10_000 + 100 * seed + r)
         control_mask = mask
@@ -416,7 +437,8 @@ def _control(control: str, thp: TrainHparams, thp_t: TrainHparams, data: Splits,
         gen = torch.Generator().manual_seed(20_000 + 100 * seed + r)
         model = _fresh(thp, data, seed)
         model.load_state_dict(start)
-        control_mask = random_like(model, mask, structure, gen)
+        control_mask = (random_regroup(mask, groups, gen) if groups is not None
+                        else random_like(model, mask, structure, gen))
     apply_mask(model, control_mask)
     res = train(model, data, thp_t, control_mask, log_path=log, progress=progress,
                 label=f"trial {seed} round {r} {control}")

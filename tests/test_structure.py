@@ -1,0 +1,179 @@
+"""Structured tickets: refill, refill+ and regroup masks, and each structure through search -> export ->
+compress -> verify -> bench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from ltc.api import compress_file  # noqa: E402
+from ltc.benchmarks.bench import BenchOptions, bench  # noqa: E402
+from ltc.compressor.hparams import PruneHparams, TrainHparams  # noqa: E402
+from ltc.compressor.models import build_model  # noqa: E402
+from ltc.compressor.pruning import full_mask, prune_magnitude  # noqa: E402
+from ltc.compressor.search import ticket_search  # noqa: E402
+from ltc.compressor.structure import choose_groups, cocluster, refill, regroup  # noqa: E402
+from ltc.errors import LtcError  # noqa: E402
+from ltc.exporters.ticket_export import export_ticket, load_ticket  # noqa: E402
+
+
+def _pruned(seed: int, rate: float = 0.6, model_name: str = "conv2"):
+    torch.manual_seed(seed)
+    model = build_model(model_name, (1, 16, 16), 10)
+    mask = prune_magnitude(model, full_mask(model, "channel"), {"conv": rate, "fc": rate, "output": 0.2})
+    return model, mask
+
+
+# ----------------------------------------------------------------------------------------------- refill
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("criterion", ["l1", "count"])
+def test_refill_whole_channels_under_the_same_budget(seed, criterion):
+    model, mask = _pruned(seed)
+    new, layers = refill(model, mask, criterion)
+    params = dict(model.named_parameters())
+    for name, info in layers.items():
+        m, w = new[name].flatten(1), params[name]
+        rows = m.all(1) | ~m.any(1)
+        assert bool(rows.all()), name  # every filter all-0 or all-1
+        per = m.shape[1]
+        assert info["channels"] == max(1, round(int(mask[name].sum()) / per)) == int(m.all(1).sum())
+        layer = name.rsplit(".", 1)[0]
+        dropped = ~m.all(1)
+        for extra in (f"{layer}.bias",):
+            if extra in new:
+                assert torch.equal(new[extra], ~dropped)
+        scores = ((w.detach().abs() * mask[name]).flatten(1).sum(1) if criterion == "l1"
+                  else mask[name].flatten(1).sum(1).double())
+        kept_min = float(scores[~dropped].min())
+        if dropped.any():
+            assert float(scores[dropped].max()) <= kept_min  # the kept ones matter most
+    out = [n for n in mask if n.startswith("classifier") or n.startswith("fc")]
+    last = max((n for n in mask if n.endswith(".weight") and new[n].dim() == 2), key=lambda n: list(mask).index(n))
+    assert torch.equal(new[last], mask[last]), out  # the output layer never loses outputs
+
+
+def test_refill_zeroes_the_batchnorm_of_dropped_channels():
+    model, mask = _pruned(0, model_name="resnet20")
+    new, layers = refill(model, mask, "l1")
+    bn_checked = 0
+    names = list(dict(model.named_modules()))
+    for name in layers:
+        layer = name.rsplit(".", 1)[0]
+        i = names.index(layer)
+        bn = names[i + 1] if i + 1 < len(names) else None
+        if bn and f"{bn}.weight" in new and new[f"{bn}.weight"].shape[0] == new[name].shape[0]:
+            dropped = ~new[name].flatten(1).all(1)
+            assert not new[f"{bn}.weight"][dropped].any() and not new[f"{bn}.bias"][dropped].any()
+            assert new[f"{bn}.weight"][~dropped].all()
+            bn_checked += 1
+    assert bn_checked >= 10
+
+
+def test_count_criterion_ties_go_to_the_lower_index():
+    model = build_model("conv2", (1, 16, 16), 10)
+    mask = full_mask(model, "channel")
+    name = "features.0.0.weight" if "features.0.0.weight" in mask else next(n for n in mask if n.endswith("weight"))
+    mask[name][:, :] = False
+    mask[name][:, :, 0, 0] = True  # every filter keeps one weight: all tie, budget = C / 9 channels
+    new, layers = refill(model, mask, "count")
+    kept = torch.flatten(new[name], 1).all(1).nonzero().flatten().tolist()
+    assert kept == list(range(layers[name]["channels"]))
+
+
+def test_refill_plus_reactivates_the_requested_fraction():
+    model, mask = _pruned(1)
+    base, lb = refill(model, mask, "l1")
+    plus, lp = refill(model, mask, "l1", rate=0.5)
+    for name in lb:
+        n_out = lb[name]["of"]
+        dropped = n_out - lb[name]["channels"]
+        assert lp[name]["channels"] == lb[name]["channels"] + round(0.5 * dropped)
+        assert bool((plus[name].flatten(1).all(1) | ~base[name].flatten(1).all(1)).all())  # a superset
+
+
+# ----------------------------------------------------------------------------------------------- regroup
+@pytest.mark.parametrize("seed", range(6))
+def test_cocluster_recovers_planted_blocks(seed):
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([2, 4]))
+    n_out, n_in = g * int(rng.integers(2, 9)), g * int(rng.integers(2, 9))
+    og, ig = rng.permutation(n_out) % g, rng.permutation(n_in) % g
+    m = np.where(og[:, None] == ig[None, :], rng.uniform(1, 2, (n_out, n_in)), rng.uniform(0, 0.05, (n_out, n_in)))
+    out_group, in_group, kept = cocluster(m, g)
+    planted = float(m[og[:, None] == ig[None, :]].sum() / m.sum())
+    assert kept == pytest.approx(planted)
+    assert np.bincount(out_group).tolist() == [n_out // g] * g and np.bincount(in_group).tolist() == [n_in // g] * g
+
+
+def test_cocluster_beats_random_partitions():
+    rng = np.random.default_rng(3)
+    m = np.abs(rng.standard_normal((32, 32))) ** 3
+    _, _, kept = cocluster(m, 4)
+    rand = [float(m[(rng.permutation(32) % 4)[:, None] == (rng.permutation(32) % 4)[None, :]].sum() / m.sum())
+            for _ in range(50)]
+    assert kept > max(rand)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_regroup_masks_are_block_diagonal_under_the_recorded_permutations(seed):
+    model, mask = _pruned(seed, rate=0.7)
+    new, layers = regroup(model, mask, group_width=16, align=8)
+    grouped = {n: i for n, i in layers.items() if i["groups"] > 1}
+    assert grouped
+    for name, info in grouped.items():
+        g = info["groups"]
+        m = new[name].reshape(new[name].shape[0], new[name].shape[1], -1)
+        assert bool((m.all(2) | ~m.any(2)).all())  # whole kernels
+        p = m.all(2)[info["out_perm"]][:, info["in_perm"]]
+        wo, wi = p.shape[0] // g, p.shape[1] // g
+        assert min(p.shape) // g == 16 or g == min(p.shape) // 16
+        expect = torch.block_diag(*[torch.ones(wo, wi, dtype=torch.bool)] * g)
+        assert torch.equal(p, expect), name
+
+
+def test_choose_groups_respects_density_alignment_and_overrides():
+    assert choose_groups(64, 64, 9, density=0.3, align=8) in (2, 3)  # 1/G >= 0.3
+    assert choose_groups(64, 64, 9, density=0.05, align=16) in (2, 4)  # widths 32 or 16 only
+    assert choose_groups(64, 64, 9, density=0.9) == 1
+    assert choose_groups(64, 48, 9, density=0.1, groups=4) == 4
+    assert choose_groups(64, 48, 9, density=0.1, groups=5) == 1  # does not divide
+    assert choose_groups(64, 64, 9, density=0.1, group_width=16) == 4
+
+
+def test_structure_needs_weight_pruning():
+    with pytest.raises(LtcError, match="--structure refill"):
+        PruneHparams(strategy="channel", structure="refill").validate()
+    with pytest.raises(LtcError, match="structure"):
+        PruneHparams(structure="blocks").validate()
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+THP = TrainHparams(model="conv2", dataset="synthetic", iterations=20, eval_every=10, batch_size=30, lr=1e-3)
+
+
+@pytest.mark.parametrize("structure", ["refill", "refill+", "regroup"])
+def test_structured_ticket_exports_compresses_verifies_and_benches(tmp_path, structure):
+    php = PruneHparams(rounds=1, rate_conv=0.6, rate_fc=0.6, controls="random", structure=structure,
+                       group_width=16)
+    run = Path(ticket_search(THP, php, tmp_path)["run_dir"]) / "trial0"
+    path = run / "ticket_round1.pt"
+    ticket = load_ticket(path)
+    assert ticket["structure"]["method"] == structure
+    onnx_path = export_ticket(path, tmp_path / "m.onnx")
+    doc = compress_file(onnx_path, tmp_path / "c.onnx", path, round_to=1)
+    assert doc["verification"]["passed"] and doc["mask"]["unmatched"] == []
+    if structure == "regroup":
+        assert ticket["structure"]["kind"] == "group"
+        assert doc["options"]["regroup"] and doc["regroup"]["grouped"] >= 1
+        groups = [a.i for n in onnx.load(tmp_path / "c.onnx").graph.node for a in n.attribute if a.name == "group"]
+        assert max(groups) > 1
+    else:
+        assert ticket["structure"]["kind"] == "channel" and doc["regroup"] is None
+        assert doc["after"]["parameters"] < 0.7 * doc["before"]["parameters"]
+    rep = bench([str(onnx_path), str(tmp_path / "c.onnx")], BenchOptions(warmup=1, iterations=3, rounds=2))
+    assert len(rep["models"]) == 2 and rep["runs"]

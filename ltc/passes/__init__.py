@@ -1,6 +1,6 @@
-"""ONNX graph passes: channel-class analysis, re-indexing, dead-channel removal, verification.
+"""ONNX graph passes: channel-class analysis, re-indexing, dead-channel removal, regroup, verification.
 
-    from ltc.passes import RemoveDeadChannels, ApplyMasks, compress, register_rule
+    from ltc.passes import RemoveDeadChannels, Regroup, ApplyMasks, compress, register_rule
 
 Custom ops: subclass :class:`ltc.passes.rules.Rule` and :func:`register_rule` it (see ltc/passes/ops).
 """
@@ -8,12 +8,13 @@ Custom ops: subclass :class:`ltc.passes.rules.Rule` and :func:`register_rule` it
 from ltc.passes.base import Pass, PassManager, PassResult, Sequential
 from ltc.passes.channels import RULES, ChannelGraph
 from ltc.passes.compress import ApplyMasks, CompressResult, RemoveDeadChannels, compress
-from ltc.passes.reindex import apply_reindex, permutation_plan
+from ltc.passes.regroup import Regroup
+from ltc.passes.reindex import apply_reindex, ordered_plan, permutation_plan
 from ltc.passes.rules import Refuse, Rule, register_rule
 from ltc.passes.verify import Verification, verify
 
 __all__ = [
     "RULES", "ApplyMasks", "ChannelGraph", "CompressResult", "Pass", "PassManager", "PassResult", "Refuse",
-    "RemoveDeadChannels", "Rule", "Sequential", "Verification", "apply_reindex", "compress", "permutation_plan",
-    "register_rule", "verify",
+    "Regroup", "RemoveDeadChannels", "Rule", "Sequential", "Verification", "apply_reindex", "compress",
+    "ordered_plan", "permutation_plan", "register_rule", "verify",
 ]

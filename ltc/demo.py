@@ -1,9 +1,11 @@
 """`make demo`: the whole pipeline on the embedded digits data, in a few minutes on 2 cores.
 
-1. ltc ticket: train Conv-4 on digits, find a channel-structured ticket over 3 rounds (+ reinit control)
-2. ltc export: the dense network (round 0) and the ticket (round 3)
-3. ltc compress: physically remove the ticket's dead channels, verified
-4. ltc bench: dense vs ticket (zeros only) vs compressed, interleaved, ONNX Runtime CPU
+1. ltc ticket: train Conv-4 on digits, find a channel-structured ticket over 3 rounds (+ reinit control),
+   and a group-wise ticket (IMP + regroup) over 2 rounds
+2. ltc export: the dense network (round 0) and both tickets
+3. ltc compress: physically remove the channel ticket's dead channels; turn the group ticket's blocks
+   into grouped convolutions; both verified
+4. ltc bench: dense vs ticket (zeros only) vs both compressed models, interleaved, ONNX Runtime CPU
 5. ltc report: HTML + Markdown
 """
 
@@ -56,15 +58,32 @@ def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     doc = compress_file(ticket, compressed, last, report=out / "compress.json")
     print_compress(doc)
 
-    _step(f"ltc bench {dense.name} {ticket.name} {compressed.name} --batch 1 --batch 32 --rounds 5 --threads 2")
-    report = bench([str(dense), str(ticket), str(compressed)],
+    gthp = PruneHparams(rounds=2, rate_conv=0.5, rate_fc=0.5, controls="none", structure="regroup")
+    _step(f"ltc ticket --model conv4 --dataset digits --iterations {iterations} --eval-every 50 --lr 0.001 "
+          f"--structure regroup --rounds 2 --rate-conv 0.5 --rate-fc 0.5 --controls none --out {out / 'runs'}")
+    gsummary = ticket_search(thp, gthp, out / "runs", progress=True)
+    print(summary_markdown(gsummary))
+    glast = Path(gsummary["run_dir"]) / "trial0" / "ticket_round2.pt"
+    gticket = out / "round2-group.onnx"
+    if not gticket.exists():
+        export_ticket(glast, gticket)
+    grouped = out / "round2-group-compressed.onnx"
+    _step(f"ltc compress {gticket} --mask {glast} -o {grouped} --report {out / 'compress-group.json'}"
+          "   (a group ticket: --regroup is on)")
+    grouped.unlink(missing_ok=True)
+    print_compress(compress_file(gticket, grouped, glast, report=out / "compress-group.json"))
+
+    _step(f"ltc bench {dense.name} {ticket.name} {compressed.name} {grouped.name} --batch 1 --batch 32 "
+          "--rounds 5 --threads 2")
+    report = bench([str(dense), str(ticket), str(compressed), str(grouped)],
                    BenchOptions(batches=(1, 32), threads=2, rounds=5, iterations=20, warmup=5, profile=True))
     write_text_atomic(out / "bench.json", json.dumps(report, indent=2))
     print(markdown(report))
 
-    _step(f"ltc report --run {summary['run_dir']} --bench {out / 'bench.json'} --compress {out / 'compress.json'}")
-    write_report(summary["run_dir"], [str(out / "bench.json")], [str(out / "compress.json")], out / "report.html",
-                 out / "report.md")
+    _step(f"ltc report --run {summary['run_dir']} --bench {out / 'bench.json'} --compress {out / 'compress.json'} "
+          f"--compress {out / 'compress-group.json'}")
+    write_report(summary["run_dir"], [str(out / "bench.json")],
+                 [str(out / "compress.json"), str(out / "compress-group.json")], out / "report.html", out / "report.md")
     print(f"\nreport: {(out / 'report.html').resolve()}  (Markdown: {(out / 'report.md').resolve()})")
     return out / "report.html"
 

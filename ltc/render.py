@@ -34,19 +34,40 @@ def layer_table(layers: list[dict], title: str) -> Table:
     return table
 
 
-def group_table(regroup: dict) -> Table:
-    table = Table(title=f"regroup: {regroup['grouped']} grouped Conv(s), {regroup['gathers']} Gather(s) inserted")
-    for col, justify in (("layer", "left"), ("in", "right"), ("out", "right"), ("groups", "right"),
-                         ("widths in/out", "right"), ("MACs", "right"), ("speed-up (table)", "right"),
-                         ("Gathers / why dense", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+GROUP_HEADERS = ["layer", "in", "out", "groups", "widths in/out", "MACs", "speed-up (table)", "Gathers / why dense"]
+
+
+def group_rows(regroup: dict) -> list[list[str]]:
+    """One row per Conv the Regroup pass looked at (the console table and the HTML/Markdown report)."""
+    rows = []
     for row in regroup["layers"]:
         g = row["groups"]
         macs = "-" if row["macs_before"] is None else span(row["macs_before"], row["macs_after"])
-        table.add_row(row["name"], str(row["in_channels"]), str(row["out_channels"]), str(g),
-                      f"{row['in_channels'] // g}/{row['out_channels'] // g}" if g > 1 else "-", macs,
-                      f"{row['predicted_speedup']:.2f}x" if g > 1 else "-",
-                      ", ".join(row["gathers"]) if g > 1 else row["reason"])
+        rows.append([row["name"], str(row["in_channels"]), str(row["out_channels"]), str(g),
+                     _widths(row) if g > 1 else "-", macs,
+                     f"{row['predicted_speedup']:.2f}x" if g > 1 else "-",
+                     ", ".join(row["gathers"]) if g > 1 else row["reason"]])
+    return rows
+
+
+def _widths(row: dict) -> str:
+    ins, outs = row.get("in_widths") or [], row.get("out_widths") or []
+    if len(set(ins)) <= 1 and len(set(outs)) <= 1:
+        return f"{row['in_channels'] // row['groups']}/{row['out_channels'] // row['groups']}"
+    return "split " + ", ".join(f"{i}/{o}" for i, o in zip(ins, outs, strict=True))
+
+
+def group_title(regroup: dict) -> str:
+    return f"regroup: {regroup['grouped']} grouped Conv(s), {regroup['gathers']} Gather(s) inserted"
+
+
+def group_table(regroup: dict) -> Table:
+    table = Table(title=group_title(regroup))
+    for col in GROUP_HEADERS:
+        table.add_column(col, justify="left" if col in ("layer", "Gathers / why dense") else "right",
+                         overflow="fold")
+    for row in group_rows(regroup):
+        table.add_row(*row)
     return table
 
 

@@ -12,8 +12,9 @@ import torch
 
 from ltc.api import compress_file
 from ltc.errors import LtcError
-from ltc.passes import compress
+from ltc.passes import ApplyMasks, RemoveDeadChannels, compress
 from ltc.passes.regroup import Regroup, block_structure, nonzero_kernels
+from ltc.passes.stats import count_parameters
 from tests.helpers import make_model, node, run, vec
 from tests.random_graphs import RandomGraph
 
@@ -203,8 +204,8 @@ def test_regroup_rejects_bad_group_counts():
 
 # ---------------------------------------------------------------------------------------------- random graphs
 def check_random_regroup(seed: int) -> None:
-    """Random graphs with some dense Convs made block-diagonal: compress with regroup stays exact and
-    every such Conv whose input is a known channel tensor ends grouped."""
+    """Random graphs with some dense Convs made block-diagonal (equal or unequal blocks): regroup, then
+    removal, stays exact and every such Conv whose input is a known channel tensor ends grouped."""
     g = RandomGraph(seed)
     rng = np.random.default_rng(seed)
     made: dict[str, int] = {}
@@ -214,32 +215,38 @@ def check_random_regroup(seed: int) -> None:
         w = g.inits.get(n.input[1])
         if w is None or rng.random() < 0.3:
             continue
+        alive = (w != 0).any(axis=(2, 3), keepdims=True)
         divisors = [d for d in (2, 3, 4) if w.shape[0] % d == 0 and w.shape[1] % d == 0]
-        if not divisors:
-            continue
-        gg = int(rng.choice(divisors))
-        g.inits[n.input[1]] = blocky(rng, w.shape[0], w.shape[1], gg, k=w.shape[2]) * (w != 0).any(axis=(2, 3),
-                                                                                                   keepdims=True)
-        made[n.input[1]] = gg
+        if rng.random() < 0.35 and min(w.shape[:2]) >= 3:  # unequal blocks
+            k = 2 if min(w.shape[:2]) < 5 else int(rng.integers(2, 4))
+            outs = np.bincount(rng.integers(0, k, w.shape[0] - k), minlength=k) + 1
+            ins = np.bincount(rng.integers(0, k, w.shape[1] - k), minlength=k) + 1
+            g.inits[n.input[1]] = unequal_blocky(rng, outs.tolist(), ins.tolist(), k=w.shape[2]) * alive
+            made[n.input[1]] = k
+        elif divisors:
+            gg = int(rng.choice(divisors))
+            g.inits[n.input[1]] = blocky(rng, w.shape[0], w.shape[1], gg, k=w.shape[2]) * alive
+            made[n.input[1]] = gg
     model = g.model()
-    try:
-        r = compress(model, g.masks or None, regroup=True, groups=made)
-    except Exception as exc:  # ORT's optimizer refusal is allowed (see test_random_graphs); nothing else
-        assert "graph optimizer" in str(exc), f"seed {seed}: {exc}"
-        r = compress(model, g.masks or None, regroup=True, groups=made, check=False)
-        feeds = {"x": np.ones((2, 4, 8, 8), np.float32)}
-        for a, b in zip(run(r.reference, feeds, False), run(r.model, feeds, False), strict=True):
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 + 1e-4 * float(np.abs(a).max(initial=0)))
-        return
-    assert r.verification.passed, seed
-    grouped = {la.weight for la in r.regroup.grouped}
-    for la in r.regroup.layers:  # a made Conv stays dense only for a stated reason outside the blocks
-        if la.weight in made and la.weight not in grouped:
+    reference = ApplyMasks(g.masks)(model).model if g.masks else model
+    grouped = Regroup(made, min_speedup=0.0)(reference)
+    r = RemoveDeadChannels()(grouped.model)
+    done = {la.weight for la in grouped.info.grouped}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in reference.graph.initializer}
+    for la in grouped.info.layers:  # a made Conv whose zeros still form blocks stays dense only for a stated reason
+        fits = la.weight in made and block_structure(nonzero_kernels(inits[la.weight]), made[la.weight],
+                                                     unequal=True) is not None
+        if fits and la.weight not in done:
             assert any(w in la.reason for w in ("channel-first", "shared", "nothing reads")), (seed, la)
     feeds = {"x": np.random.default_rng(seed).standard_normal((3, 4, 8, 8)).astype(np.float32)}
-    for a, b in zip(run(r.reference, feeds, False), run(r.model, feeds, False), strict=True):
+    for a, b in zip(run(reference, feeds, False), run(r.model, feeds, False), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 + 1e-4 * float(np.abs(a).max(initial=0)),
                                    equal_nan=True, err_msg=f"seed {seed}")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        return
+    onnx.checker.check_model(r.model)
 
 
 @pytest.mark.parametrize("block", range(3))
@@ -291,3 +298,61 @@ def test_group_ticket_turns_regroup_on(tmp_path):
     torch.save(ticket, tmp_path / "bad.pt")
     with pytest.raises(LtcError, match="groups"):
         compress_file(src, tmp_path / "o2.onnx", tmp_path / "bad.pt", round_to=1)
+
+
+# ---------------------------------------------------------------------------------------------- unequal blocks
+def unequal_blocky(rng: np.random.Generator, out_sizes: list[int], in_sizes: list[int], k: int = 3) -> np.ndarray:
+    po, pi = rng.permutation(sum(out_sizes)), rng.permutation(sum(in_sizes))
+    w = np.zeros((sum(out_sizes), sum(in_sizes), k, k), np.float32)
+    o = i = 0
+    for a, b in zip(out_sizes, in_sizes, strict=True):
+        w[np.ix_(po[o:o + a], pi[i:i + b])] = rng.standard_normal((a, b, k, k))
+        o, i = o + a, i + b
+    return w
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_unequal_blocks_become_split_convs_exactly(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 4))
+    outs = [int(v) for v in rng.choice([16, 32, 48], size=k)]
+    ins = [int(v) for v in rng.choice([16, 32, 48], size=k)]
+    if len(set(outs)) == 1 and len(set(ins)) == 1:
+        outs[0] += 16
+    c_in = sum(ins)
+    inits = {"w0": rng.standard_normal((c_in, 4, 3, 3)).astype(np.float32), "w1": unequal_blocky(rng, outs, ins),
+             "b1": vec(sum(outs)), "fc": rng.standard_normal((5, sum(outs))).astype(np.float32)}
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]),
+             node("Conv", ["r", "w1", "b1"], ["c"], pads=[1] * 4), node("GlobalAveragePool", ["c"], ["p"]),
+             node("Flatten", ["p"], ["f"]), node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    model = make_model(nodes, {"x": ["N", 4, 8, 8]}, ["y"], inits)
+    b = block_structure(nonzero_kernels(inits["w1"]), unequal=True)
+    assert b is not None and not b.equal and b.groups == k
+    assert sorted(np.bincount(b.out_group).tolist()) == sorted(outs)
+    r = Regroup()(model)
+    layer = next(la for la in r.info.layers if la.weight == "w1")
+    assert layer.groups == k and sorted(layer.out_widths) == sorted(outs), layer
+    ops = [n.op_type for n in r.model.graph.node]
+    assert ops.count("Split") == 1 and ops.count("Concat") == 1 and ops.count("Conv") == 1 + k
+    assert gathers(r.model) == 0  # the stem and the head absorb both permutations
+    assert_exact(model, r.model, seed=seed)
+    # removal runs through the split form: a dead filter in a block goes
+    w1 = inits["w1"]
+    mask = np.ones(w1.shape, bool)
+    mask[int(np.flatnonzero(nonzero_kernels(w1).any(axis=1))[0])] = False
+    c = compress(model, {"w1": mask}, regroup=True, round_to=1)
+    assert c.verification.passed
+    assert count_parameters(c.model) < count_parameters(r.model)  # (the dead filter's bias folds into the Gemm)
+
+
+def test_unequal_needs_a_predicted_speedup_or_stays_dense():
+    rng = np.random.default_rng(2)
+    w = unequal_blocky(rng, [60, 4], [60, 4])  # one block holds nearly everything: no speed-up to have
+    inits = {"w0": rng.standard_normal((64, 4, 3, 3)).astype(np.float32), "w1": w,
+             "fc": rng.standard_normal((5, 64)).astype(np.float32)}
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Conv", ["a", "w1"], ["c"], pads=[1] * 4),
+             node("GlobalAveragePool", ["c"], ["p"]), node("Flatten", ["p"], ["f"]),
+             node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    r = Regroup()(make_model(nodes, {"x": ["N", 4, 8, 8]}, ["y"], inits))
+    layer = next(la for la in r.info.layers if la.weight == "w1")
+    assert layer.groups == 1 and "no speed-up" in layer.reason

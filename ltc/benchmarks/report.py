@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ltc.errors import LtcError, first_line
 from ltc.fileio import check_input_file
-from ltc.render import kept_reasons, span
+from ltc.render import GROUP_HEADERS, group_rows, group_title, kept_reasons, span
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}
@@ -269,6 +269,8 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
                     f"{c['after']['parameters']:,}; MACs {c['before']['macs']:,} -> {c['after']['macs']:,}; max abs "
                     f"error {v.get('max_abs_error', float('nan')):.2g})",
                     [("", ["layer", "op", "in", "out", "dead out", "why dead channels stayed"], rows)], []))
+        if c.get("regroup"):
+            out.append((group_title(c["regroup"]), [("", GROUP_HEADERS, group_rows(c["regroup"]))], []))
     return out
 
 

@@ -60,18 +60,36 @@ class Blocks:
     out_group: np.ndarray
     in_group: np.ndarray
 
+    @property
+    def equal(self) -> bool:
+        """Equal widths (one ``Conv(group=G)``); else one Conv per group between a Split and a Concat."""
+        return len(set(np.bincount(self.out_group).tolist())) == 1 and len(set(np.bincount(self.in_group).tolist())) == 1
+
 
 def nonzero_kernels(w: np.ndarray) -> np.ndarray:
     """[O, I] bool: which kernels of a Conv weight [O, I, *k] hold a non-zero."""
     return np.any(w.reshape(w.shape[0], w.shape[1], -1) != 0, axis=2)
 
 
+# What one more Conv (and its share of the Split and Concat) costs, as a fraction of the dense layer.
+SPLIT_OVERHEAD = 0.03
+
+
+def split_speedup(out_sizes: np.ndarray, in_sizes: np.ndarray, kernel_size: int) -> float:
+    """Predicted speed-up of one Conv per group (Split -> Convs -> Concat) over the dense Conv."""
+    dense = float(out_sizes.sum() * in_sizes.sum())
+    cost = sum(float(a * b) * cost_per_mac(int(min(a, b)), kernel_size) for a, b in zip(out_sizes, in_sizes, strict=True))
+    return 1.0 / (cost / dense + SPLIT_OVERHEAD * len(out_sizes))
+
+
 def block_structure(nz: np.ndarray, groups: int | None = None, align: int = 1, kernel_size: int = 9,
-                    max_groups: int = 64) -> Blocks | None:
+                    max_groups: int = 64, unequal: bool = False) -> Blocks | None:
     """Pack the non-zero pattern ``nz`` [O, I] into G equal diagonal blocks under permutation.
 
     With ``groups`` only that G is tried; otherwise every feasible G (dividing O and I, widths a
-    multiple of ``align``) and the fastest by the cost table wins. None when no G >= 2 fits.
+    multiple of ``align``) and the fastest by the cost table wins. If none fits and ``unequal``, the
+    components are packed into at most ``groups`` (or 8) blocks of unequal widths, balancing MACs.
+    None when nothing fits.
     """
     n_out, n_in = nz.shape
     oi, ii = np.nonzero(nz)
@@ -91,7 +109,33 @@ def block_structure(nz: np.ndarray, groups: int | None = None, align: int = 1, k
         speed = predicted_speedup(g, min(n_out, n_in) // g, kernel_size)
         if best is None or speed > best[0]:
             best = (speed, Blocks(g, bins[out_lab], bins[in_lab]))
+    if best is None and unequal:
+        return _unequal(a, b, out_lab, in_lab, groups or 8)
     return best[1] if best else None
+
+
+def _unequal(a: np.ndarray, b: np.ndarray, out_lab: np.ndarray, in_lab: np.ndarray, k_max: int) -> Blocks | None:
+    """Components into at most ``k_max`` blocks of any widths: the largest (by MACs) first, each into
+    the lightest block; components with outputs but no inputs (dead filters) or inputs but no outputs
+    (unread channels) fill the blocks with the fewest outputs / inputs."""
+    real = np.flatnonzero((a > 0) & (b > 0))
+    k = min(len(real), k_max)
+    if k < 2:
+        return None
+    load = np.zeros(k)
+    n_o, n_i = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    bins = np.zeros(len(a), dtype=np.int64)
+    for c in real[np.lexsort((real, -(a[real] * b[real])))]:
+        j = int(np.argmin(load))
+        bins[c], load[j] = j, load[j] + a[c] * b[c]
+        n_o[j] += a[c]
+        n_i[j] += b[c]
+    for c in np.flatnonzero((a == 0) | (b == 0)):
+        counts = n_o if a[c] else n_i
+        j = int(np.argmin(counts))
+        bins[c] = j
+        counts[j] += a[c] + b[c]
+    return Blocks(k, bins[out_lab], bins[in_lab])
 
 
 def _pack(a: np.ndarray, b: np.ndarray, g: int, wo: int, wi: int) -> np.ndarray | None:
@@ -125,6 +169,8 @@ class GroupedLayer:
     predicted_speedup: float
     gathers: list[str] = field(default_factory=list)  # "input" / "output": where a Gather was inserted
     reason: str = ""  # why it stayed dense
+    in_widths: list[int] = field(default_factory=list)  # per group (unequal: one Conv per group)
+    out_widths: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -154,12 +200,16 @@ class Regroup(Pass):
 
     ``groups``: weight initializer name -> G (a ticket's structure); a Conv with no entry gets the G
     the cost table prefers among those its zeros allow. ``align``: group widths must be a multiple
-    of it. ``only_hinted``: look only at the Convs ``groups`` names.
+    of it. ``only_hinted``: look only at the Convs ``groups`` names. ``unequal``: blocks of unequal
+    widths become one Conv per block between a Split and a Concat, when the cost table predicts a
+    speed-up. ``min_speedup``: the predicted speed-up a Conv the ticket does not name (or any unequal
+    split) must beat.
     """
 
     name = "regroup"
 
-    def __init__(self, groups: dict[str, int] | None = None, align: int = 1, only_hinted: bool = False):
+    def __init__(self, groups: dict[str, int] | None = None, align: int = 1, only_hinted: bool = False,
+                 unequal: bool = True, min_speedup: float = 1.0):
         if align < 1:
             raise LtcError(f"align must be >= 1, got {align}")
         bad = {k: v for k, v in (groups or {}).items() if not isinstance(v, int) or v < 1}
@@ -168,6 +218,8 @@ class Regroup(Pass):
         self.groups = dict(groups or {})
         self.align = align
         self.only_hinted = only_hinted
+        self.unequal = unequal
+        self.min_speedup = min_speedup
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = import_graph(model)
@@ -191,6 +243,7 @@ class Regroup(Pass):
                 t.layer.groups, t.layer.macs_after, t.layer.reason = 1, 0, "nothing reads its output (removed)"
                 continue
             t.layer.gathers = _rewrite(graph, t, idx(t.x), idx(t.y), names)
+        graph.cleanup()  # (split Convs leave their original node disconnected)
         graph.toposort()
         return PassResult(export_graph(graph, model), True, RegroupInfo(layers))
 
@@ -221,18 +274,29 @@ class Regroup(Pass):
         if len(wt.outputs) > 1:
             return dense("its weight is shared with another node")
         kernel = int(np.prod(w.shape[2:]))
-        blocks = block_structure(nonzero_kernels(w), hint, self.align, kernel)
+        blocks = block_structure(nonzero_kernels(w), hint, self.align, kernel, unequal=self.unequal)
         if blocks is None:
             if hint:
                 return dense(f"its zeros do not form {hint} equal blocks with widths a multiple of {self.align}")
             return dense("no block structure" if self.align == 1 else
                          f"no block structure with group widths a multiple of {self.align}")
         g = blocks.groups
-        speed = predicted_speedup(g, min(n_in, n_out) // g, kernel)
-        if hint is None and speed <= 1.0:
-            return dense(f"the cost table predicts no speed-up ({g} groups of {min(n_in, n_out) // g}: {speed:.2f}x)")
-        after = before // g if before is not None else None
-        layer = GroupedLayer(name, wt.name, g, n_in, n_out, before, after, round(speed, 2))
+        if blocks.equal:
+            speed = predicted_speedup(g, min(n_in, n_out) // g, kernel)
+            shape = f"{g} groups of {min(n_in, n_out) // g}"
+        else:
+            speed = split_speedup(np.bincount(blocks.out_group), np.bincount(blocks.in_group), kernel)
+            shape = f"{g} unequal groups"
+        if (hint is None or not blocks.equal) and speed <= self.min_speedup:
+            return dense(f"the cost table predicts no speed-up ({shape}: {speed:.2f}x)")
+        if blocks.equal:
+            after = before // g if before is not None else None
+        else:
+            kept = int((blocks.out_group[:, None] == blocks.in_group[None, :]).sum())
+            after = before * kept // (n_out * n_in) if before is not None else None
+        layer = GroupedLayer(name, wt.name, g, n_in, n_out, before, after, round(speed, 2),
+                             in_widths=np.bincount(blocks.in_group, minlength=g).tolist(),
+                             out_widths=np.bincount(blocks.out_group, minlength=g).tolist())
         layers.append(layer)
         return _Target(node, x.name, y.name, blocks, layer)
 
@@ -279,13 +343,12 @@ def _plan(cg: ChannelGraph, targets: list[_Target]) -> dict[str, np.ndarray]:
 
 
 def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names: set[str]) -> list[str]:
-    """Cut ``t``'s (already re-indexed) weight to its diagonal blocks and set ``group``; insert the
-    Gathers its input or output order needs. ``px``/``py``: original channel at each new position."""
+    """Cut ``t``'s (already re-indexed) weight to its diagonal blocks: ``Conv(group=G)`` for equal
+    blocks, else one Conv per block between a Split and a Concat; insert the Gathers its input or
+    output order needs. ``px``/``py``: original channel at each new position."""
     node, g = t.node, t.blocks.groups
     gi, go = t.blocks.in_group[px], t.blocks.out_group[py]
-    wi, wo = len(gi) // g, len(go) // g
-    sigma_out = _block_order(go, g)
-    sigma_in = _block_order(gi, g)
+    sigma_out, sigma_in = _block_order(go), _block_order(gi)
     sigma = sigma_out if sigma_out is not None else (sigma_in if sigma_in is not None else np.arange(g))
     rank = np.empty(g, dtype=np.int64)
     rank[sigma] = np.arange(g)
@@ -293,17 +356,12 @@ def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names:
     same_in = sigma_in is not None and np.array_equal(sigma_in, sigma)
     i_order = np.arange(len(gi)) if same_in else np.lexsort((np.arange(len(gi)), rank[gi]))
     w = const_value(node.inputs[1])[o_order][:, i_order]
-    keep = (rank[go[o_order]][:, None] == rank[gi[i_order]][None, :])
-    if np.any(w.reshape(w.shape[0], w.shape[1], -1)[~keep] != 0):
+    ro, ri = rank[go[o_order]], rank[gi[i_order]]  # block of each row / column, 0..g-1 in tensor order
+    if np.any(w.reshape(w.shape[0], w.shape[1], -1)[ro[:, None] != ri[None, :]] != 0):
         raise InternalError(f"regroup: Conv '{node.name}' has non-zero weights outside its {g} blocks")
-    blocks = w.reshape(g, wo, g, wi, *w.shape[2:])[np.arange(g), :, np.arange(g)]  # [g, wo, wi, *k]
-    grouped = np.ascontiguousarray(blocks.reshape(g * wo, wi, *w.shape[2:]))
-    node.inputs[1] = gs.Constant(_fresh(names, f"{node.inputs[1].name}__grouped"), grouped)
-    if len(node.inputs) > 2 and not is_empty(node.inputs[2]) and sigma_out is None:
-        bias = const_value(node.inputs[2])
-        node.inputs[2] = gs.Constant(_fresh(names, f"{node.inputs[2].name}__grouped"),
-                                     np.ascontiguousarray(bias[o_order]))
-    node.attrs["group"] = g
+    bias = None
+    if len(node.inputs) > 2 and not is_empty(node.inputs[2]):
+        bias = const_value(node.inputs[2])[o_order]
     gathers = []
     if not same_in:
         x = node.inputs[0]
@@ -323,16 +381,49 @@ def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names:
         graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_out"), {"axis": 1},
                                    [yg, gs.Constant(_fresh(names, f"{node.name}__out_order"), back)], [y]))
         gathers.append("output")
+    if t.blocks.equal:
+        wo, wi = len(go) // g, len(gi) // g
+        blocks = w.reshape(g, wo, g, wi, *w.shape[2:])[np.arange(g), :, np.arange(g)]  # [g, wo, wi, *k]
+        node.inputs[1] = gs.Constant(_fresh(names, f"{node.inputs[1].name}__grouped"),
+                                     np.ascontiguousarray(blocks.reshape(g * wo, wi, *w.shape[2:])))
+        if bias is not None and sigma_out is None:
+            node.inputs[2] = gs.Constant(_fresh(names, f"{node.inputs[2].name}__grouped"), np.ascontiguousarray(bias))
+        node.attrs["group"] = g
+        return gathers
+    _split_convs(graph, node, w, bias, ro, ri, g, names)
     return gathers
 
 
-def _block_order(groups: np.ndarray, g: int) -> np.ndarray | None:
-    """The order of the groups along a tensor if each group is one contiguous block, else None."""
-    rows = groups.reshape(g, -1)
-    if not np.all(rows == rows[:, :1]):
-        return None
-    order = rows[:, 0]
-    return order if len(np.unique(order)) == g else None
+def _split_convs(graph: gs.Graph, node: gs.Node, w: np.ndarray, bias: np.ndarray | None, ro: np.ndarray,
+                 ri: np.ndarray, g: int, names: set[str]) -> None:
+    """Replace ``node`` by Split (input channels per block) -> one Conv per block -> Concat."""
+    x, y = node.inputs[0], node.outputs[0]
+    in_sizes, out_sizes = np.bincount(ri, minlength=g), np.bincount(ro, minlength=g)
+    parts_in = [gs.Variable(_fresh(names, f"{node.name}__in{k}"), dtype=x.dtype) for k in range(g)]
+    parts_out = [gs.Variable(_fresh(names, f"{node.name}__out{k}"), dtype=y.dtype) for k in range(g)]
+    graph.nodes.append(gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1},
+                               [x, gs.Constant(_fresh(names, f"{node.name}__split_sizes"), in_sizes.astype(np.int64))],
+                               parts_in))
+    attrs = {k: v for k, v in node.attrs.items() if k != "group"}
+    o0 = i0 = 0
+    for k in range(g):
+        o1, i1 = o0 + int(out_sizes[k]), i0 + int(in_sizes[k])
+        inputs = [parts_in[k], gs.Constant(_fresh(names, f"{node.inputs[1].name}__block{k}"),
+                                           np.ascontiguousarray(w[o0:o1, i0:i1]))]
+        if bias is not None:
+            inputs.append(gs.Constant(_fresh(names, f"{node.inputs[2].name}__block{k}"), np.ascontiguousarray(bias[o0:o1])))
+        graph.nodes.append(gs.Node("Conv", _fresh(names, f"{node.name}__block{k}"), dict(attrs), inputs, [parts_out[k]]))
+        o0, i0 = o1, i1
+    node.outputs.clear()
+    node.inputs.clear()
+    graph.nodes.append(gs.Node("Concat", _fresh(names, f"{node.name}__concat"), {"axis": 1}, parts_out, [y]))
+
+
+def _block_order(groups: np.ndarray) -> np.ndarray | None:
+    """The order of the groups along a tensor if each group is one contiguous run, else None."""
+    starts = np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, bool)
+    runs = groups[starts]
+    return runs if len(np.unique(runs)) == len(runs) else None
 
 
 def _fresh(names: set[str], base: str) -> str:

@@ -356,3 +356,64 @@ def test_unequal_needs_a_predicted_speedup_or_stays_dense():
     r = Regroup()(make_model(nodes, {"x": ["N", 4, 8, 8]}, ["y"], inits))
     layer = next(la for la in r.info.layers if la.weight == "w1")
     assert layer.groups == 1 and "no speed-up" in layer.reason
+
+
+# ---------------------------------------------------------------------------------------------- review cases
+def _one_conv(w: np.ndarray, opset: int = 17, bias_input: bool = False, extra_inits: dict | None = None):
+    c_out, c_in = w.shape[:2]
+    inits = {"w": w, "fc": np.ones((3, c_out), np.float32), **(extra_inits or {})}
+    conv_in = ["x", "w", "b"] if bias_input else ["x", "w"]
+    nodes = [node("Conv", conv_in, ["c"], pads=[1] * 4), node("GlobalAveragePool", ["c"], ["p"]),
+             node("Flatten", ["p"], ["f"]), node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    inputs = {"x": ["N", c_in, 6, 6], **({"b": [c_out]} if bias_input else {})}
+    return make_model(nodes, inputs, ["y"], inits, opset=opset)
+
+
+def test_a_computed_bias_keeps_the_conv_dense():
+    w = blocky(np.random.default_rng(0), 16, 16, 2)
+    r = Regroup({"w": 2})(_one_conv(w, bias_input=True))
+    assert not r.modified and "bias is computed" in r.info.layers[0].reason
+
+
+def test_split_convs_at_opset_11_use_the_split_attribute():
+    rng = np.random.default_rng(1)
+    model = _one_conv(unequal_blocky(rng, [48, 16], [40, 24]), opset=11)
+    r = Regroup(min_speedup=0.0)(model)
+    assert [n.op_type for n in r.model.graph.node].count("Split") == 1
+    onnx.checker.check_model(r.model)
+    assert_exact(model, r.model, shape=(2, 64, 6, 6))
+
+
+def test_macs_before_are_the_dense_models():
+    rng = np.random.default_rng(2)
+    w = unequal_blocky(rng, [48, 16], [40, 24])
+    r = compress(_one_conv(w), regroup=True, groups={"w": 2}, round_to=1)
+    dense = 64 * 64 * 9 * 36 + 3 * 64  # the Conv at 6x6 and the Gemm
+    assert r.before["macs"] == dense
+    assert r.after["macs"] == (48 * 40 + 16 * 24) * 9 * 36 + 3 * 64
+
+
+def test_align_applies_to_the_convs_the_pass_picks_not_to_a_tickets_g():
+    w = blocky(np.random.default_rng(3), 64, 64, 4)  # 4 blocks of 16
+    model = _one_conv(w)
+    assert Regroup(align=32)(model).info.layers[0].groups in (1, 2)  # 16-wide groups are not a multiple of 32
+    assert all(v % 32 == 0 for v in Regroup(align=32)(model).info.layers[0].in_widths)
+    assert Regroup({"w": 4}, align=32)(model).info.layers[0].groups == 4  # the ticket's G wins
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_constants_keep_every_conv_dense(bad):
+    rng = np.random.default_rng(4)
+    w = blocky(rng, 16, 16, 2)
+    w[0, 0, 0, 0] = bad if nonzero_kernels(w)[0, 0] else w[0, 0, 0, 0]
+    r = Regroup({"w": 2})(_one_conv(w))
+    assert not r.modified and "NaN or infinity" in r.info.layers[0].reason
+    w0 = rng.standard_normal((16, 4, 3, 3)).astype(np.float32)
+    w0[3, 1, 1, 1] = bad  # upstream: channel 3 can be non-finite, and the dense Conv spreads it to every output
+    inits = {"w0": w0, "w": blocky(rng, 16, 16, 2), "fc": np.ones((3, 16), np.float32)}
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Conv", ["a", "w"], ["c"], pads=[1] * 4),
+             node("GlobalAveragePool", ["c"], ["p"]), node("Flatten", ["p"], ["f"]),
+             node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    r = Regroup({"w": 2})(make_model(nodes, {"x": ["N", 4, 6, 6]}, ["y"], inits))
+    layer = next(la for la in r.info.layers if la.weight == "w")
+    assert layer.groups == 1 and "'w0' holds NaN or infinity" in layer.reason

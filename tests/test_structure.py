@@ -3,6 +3,7 @@ compress -> verify -> bench."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from ltc.compressor.hparams import PruneHparams, TrainHparams  # noqa: E402
 from ltc.compressor.models import build_model  # noqa: E402
 from ltc.compressor.pruning import full_mask, prune_magnitude  # noqa: E402
 from ltc.compressor.search import ticket_search  # noqa: E402
-from ltc.compressor.structure import choose_groups, cocluster, refill, regroup  # noqa: E402
+from ltc.compressor.structure import choose_groups, cocluster, dead_inputs, refill, regroup  # noqa: E402
 from ltc.errors import LtcError  # noqa: E402
 from ltc.exporters.ticket_export import export_ticket, load_ticket  # noqa: E402
 
@@ -33,28 +34,50 @@ def _pruned(seed: int, rate: float = 0.6, model_name: str = "conv2"):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("criterion", ["l1", "count"])
 def test_refill_whole_channels_under_the_same_budget(seed, criterion):
-    model, mask = _pruned(seed)
+    model, mask = _pruned(seed, rate=float(np.random.default_rng(seed).choice([0.6, 0.85])))
     new, layers = refill(model, mask, criterion)
+    dead = dead_inputs(model, new)
     params = dict(model.named_parameters())
     for name, info in layers.items():
-        m, w = new[name].flatten(1), params[name]
-        rows = m.all(1) | ~m.any(1)
-        assert bool(rows.all()), name  # every filter all-0 or all-1
-        per = m.shape[1]
-        assert info["channels"] == max(1, round(int(mask[name].sum()) / per)) == int(m.all(1).sum())
+        live = ~dead[name]
+        m, w = new[name], params[name]
+        assert not m[:, ~live].any(), name  # nothing reads a dropped channel
+        rows = m[:, live].flatten(1)
+        assert bool((rows.all(1) | ~rows.any(1)).all()), name  # every filter all-0 or all-1 on its live inputs
+        kernel = m[0, 0].numel() if m.dim() > 2 else 1
+        budget = int((mask[name] & live.reshape(1, -1, *([1] * (m.dim() - 2)))).sum())
+        expect = max(1, round(budget / (int(live.sum()) * kernel)))
+        assert info["channels"] == int(rows.all(1).sum()) == min(expect, int(mask[name].flatten(1).any(1).sum()))
         layer = name.rsplit(".", 1)[0]
-        dropped = ~m.all(1)
-        for extra in (f"{layer}.bias",):
-            if extra in new:
-                assert torch.equal(new[extra], ~dropped)
-        scores = ((w.detach().abs() * mask[name]).flatten(1).sum(1) if criterion == "l1"
-                  else mask[name].flatten(1).sum(1).double())
-        kept_min = float(scores[~dropped].min())
+        dropped = ~rows.all(1)
+        if f"{layer}.bias" in new:
+            assert torch.equal(new[f"{layer}.bias"], ~dropped)
+        scores = ((w.detach().abs() * mask[name])[:, live].flatten(1).sum(1) if criterion == "l1"
+                  else mask[name][:, live].flatten(1).sum(1).double())
         if dropped.any():
-            assert float(scores[dropped].max()) <= kept_min  # the kept ones matter most
-    out = [n for n in mask if n.startswith("classifier") or n.startswith("fc")]
+            assert float(scores[dropped].max()) <= float(scores[~dropped].min())  # the kept ones matter most
     last = max((n for n in mask if n.endswith(".weight") and new[n].dim() == 2), key=lambda n: list(mask).index(n))
-    assert torch.equal(new[last], mask[last]), out  # the output layer never loses outputs
+    live = ~dead[last]
+    assert torch.equal(new[last][:, live], mask[last][:, live])  # the output layer keeps its IMP mask on live inputs
+    assert not new[last][:, ~live].any() and bool(new[last].any(1).all())  # and never loses an output
+
+
+def test_dead_inputs_follow_the_paths_of_kept_weights():
+    model = build_model("conv2", (1, 16, 16), 10)
+    mask = full_mask(model, "channel")
+    convs = [n for n in mask if n.endswith("weight") and mask[n].dim() == 4]
+    mask[convs[0]][[3, 5]] = False  # two filters of the first conv gone, with their bias
+    mask[convs[0].replace("weight", "bias")][[3, 5]] = False
+    dead = dead_inputs(model, mask)
+    assert dead[convs[1]].nonzero().flatten().tolist() == [3, 5]
+    assert not dead[convs[0]].any()
+    assert not dead["fc0.weight"].any()  # the second conv's outputs all live
+    mask[convs[1]][[1, 6]] = False
+    mask[convs[1].replace("weight", "bias")][[1, 6]] = False
+    fc = dead_inputs(model, mask)["fc0.weight"].reshape(64, -1)  # after the flatten: every feature of 1 and 6
+    assert fc.all(1).nonzero().flatten().tolist() == [1, 6] and not fc[[0, 2, 3, 4, 5]].any()
+    mask[convs[0].replace("weight", "bias")][[3, 5]] = True  # a bias alone keeps a channel alive
+    assert not dead_inputs(model, mask)[convs[1]].any()
 
 
 def test_refill_zeroes_the_batchnorm_of_dropped_channels():
@@ -67,7 +90,7 @@ def test_refill_zeroes_the_batchnorm_of_dropped_channels():
         i = names.index(layer)
         bn = names[i + 1] if i + 1 < len(names) else None
         if bn and f"{bn}.weight" in new and new[f"{bn}.weight"].shape[0] == new[name].shape[0]:
-            dropped = ~new[name].flatten(1).all(1)
+            dropped = ~new[name].flatten(1).any(1)
             assert not new[f"{bn}.weight"][dropped].any() and not new[f"{bn}.bias"][dropped].any()
             assert new[f"{bn}.weight"][~dropped].all()
             bn_checked += 1
@@ -89,11 +112,13 @@ def test_refill_plus_reactivates_the_requested_fraction():
     model, mask = _pruned(1)
     base, lb = refill(model, mask, "l1")
     plus, lp = refill(model, mask, "l1", rate=0.5)
-    for name in lb:
-        n_out = lb[name]["of"]
-        dropped = n_out - lb[name]["channels"]
-        assert lp[name]["channels"] == lb[name]["channels"] + round(0.5 * dropped)
-        assert bool((plus[name].flatten(1).all(1) | ~base[name].flatten(1).all(1)).all())  # a superset
+    for name, info in lp.items():
+        assert info["reactivated"] == round(0.5 * (info["of"] - info["budget"]))
+        assert info["channels"] == info["budget"] + info["reactivated"] == int(plus[name].flatten(1).any(1).sum())
+    first = next(iter(lb))  # (later layers' budgets depend on what refill+ kept before them)
+    assert lp[first]["budget"] == lb[first]["channels"]
+    kept_base, kept_plus = base[first].flatten(1).any(1), plus[first].flatten(1).any(1)
+    assert bool((kept_plus | ~kept_base).all()) and int(kept_plus.sum()) > int(kept_base.sum())  # a superset
 
 
 # ----------------------------------------------------------------------------------------------- regroup
@@ -177,3 +202,21 @@ def test_structured_ticket_exports_compresses_verifies_and_benches(tmp_path, str
         assert doc["after"]["parameters"] < 0.7 * doc["before"]["parameters"]
     rep = bench([str(onnx_path), str(tmp_path / "c.onnx")], BenchOptions(warmup=1, iterations=3, rounds=2))
     assert len(rep["models"]) == 2 and rep["runs"]
+
+
+@pytest.mark.parametrize("reset", ["init", "rewind"])
+def test_resumed_structured_search_equals_a_fresh_one(tmp_path, reset):
+    """A structured search interrupted after round 1 resumes to the same round-2 ticket as an
+    uninterrupted one (masks and trained weights bit for bit)."""
+    php = PruneHparams(rounds=2, rate_conv=0.6, rate_fc=0.6, controls="none", structure="regroup",
+                       reset=reset, rewind_iteration=10 if reset == "rewind" else 0)
+    fresh = Path(ticket_search(THP, php, tmp_path / "a")["run_dir"]) / "trial0"
+    resumed = Path(ticket_search(dataclasses.replace(THP), php, tmp_path / "b")["run_dir"]) / "trial0"
+    for f in ("round2.json", "ticket_round2.pt"):
+        (resumed / f).unlink()
+    ticket_search(THP, php, tmp_path / "b")
+    a, b = load_ticket(fresh / "ticket_round2.pt"), load_ticket(resumed / "ticket_round2.pt")
+    for name in a["final"]:
+        assert torch.equal(a["final"][name], b["final"][name]), name
+    for name in a["masks"]:
+        assert torch.equal(a["masks"][name], b["masks"][name]), name

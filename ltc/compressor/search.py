@@ -358,6 +358,8 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
     if resume is not None:  # rounds 0..last completed earlier (checked by _scan): resume after them
         last, t = resume
         mask, prev_final, start = t["masks"], t["final"], t["init"]
+        if php.mask_layout() == "channel" and php.strategy != "channel":  # structures re-activate weights: they
+            start = _unmasked_start(php, theta0, trial_dir, model, start)  # restart from their own values
         history = list(t["history"])
         first = last + 1
     if rank == 0 and first <= php.rounds:
@@ -388,7 +390,10 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             record["weight_change"] = {"init": "theta0", "final": "dense"}
             if rank == 0:
                 created.file(trial_dir / "dense.pt")
-                save_torch({"init": theta0, "final": res.final_state}, trial_dir / "dense.pt")
+                dense_doc = {"init": theta0, "final": res.final_state}
+                if php.reset == "rewind":
+                    dense_doc["rewind"] = start  # what later rounds reset to, unmasked (refill re-activates)
+                save_torch(dense_doc, trial_dir / "dense.pt")
         else:
             for control in php.control_list():
                 record["results"][control] = _control(control, thp, thp_t, data, mask, start, structure, seed,
@@ -408,6 +413,22 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
             write_json_atomic(record_path, record)  # written last: marks the round complete
         if world > 1:
             torch.distributed.barrier()
+
+
+def _unmasked_start(php: PruneHparams, theta0: dict, trial_dir: Path, model: torch.nn.Module,
+                    masked: dict) -> dict:
+    """The reset point of a resumed run before masking: θ0 (reproduced from the seed), or the rewind
+    state saved in ``dense.pt``; a run folder from before that was saved keeps the masked one."""
+    if php.reset == "init":
+        return theta0
+    path = trial_dir / "dense.pt"
+    if os.path.lexists(path):
+        d = read_dense(path, model)
+        rewind = d.get("rewind")
+        if isinstance(rewind, dict):
+            _fits(rewind, dict(model.state_dict()), "rewind", path)
+            return rewind
+    return masked
 
 
 def apply_structure(php: PruneHparams, model: torch.nn.Module, mask: Mask) -> tuple[Mask, dict]:

@@ -18,6 +18,8 @@ Each returns the new mask and per-layer detail for the ticket's ``structure``.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -43,12 +45,71 @@ def top_channels(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def dead_inputs(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """Per prunable weight: which of its input columns (channels of a Conv, features of a Linear) read
+    a tensor that is exactly zero whatever the input, under ``mask``.
+
+    A structural probe: a float64 copy of the model with every kept weight positive (1/fan-in), every
+    masked one zero, BatchNorm statistics neutral, runs on an all-ones input; a channel is zero there
+    exactly when no path of kept weights reaches it. Models without ``input_shape`` give {}.
+    """
+    shape = getattr(model, "input_shape", None)
+    if not shape:
+        return {}
+    probe = copy.deepcopy(model).double().eval()
+    for name, p in probe.named_parameters():
+        m = mask.get(name)
+        v = torch.ones_like(p) if m is None else m.to(p.dtype)
+        p.copy_(v / max(1, p[0].numel()) if p.dim() > 1 else v)
+    for module in probe.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.zero_()
+            module.running_var.fill_(1.0)
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda _m, inp, _o, n=name: seen.__setitem__(n, inp[0]))
+             for name, (module, _) in prunable_layers(probe).items()]
+    try:
+        probe(torch.ones(1, *shape, dtype=torch.float64))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {f"{n}.weight": (x == 0).reshape(x.shape[0], x.shape[1], -1).all(dim=2).all(dim=0) for n, x in seen.items()}
+
+
+def _zero_dead_columns(model: nn.Module, mask: Mask) -> Mask:
+    """``mask`` with every weight that reads a dead input column masked too."""
+    out = dict(mask)
+    for name, dead in dead_inputs(model, mask).items():
+        if name in out and dead.any() and out[name].dim() > 1 and out[name].shape[1] == len(dead):
+            out[name] = out[name].clone()
+            out[name][:, dead] = False
+    return out
+
+
+@torch.no_grad()
 def refill(model: nn.Module, mask: Mask, criterion: str = "l1", rate: float = 0.0) -> tuple[Mask, dict]:
     """Refill (``rate`` 0) or refill+ (``rate`` > 0): see the module docstring. ``model`` holds the
     trained weights the pruning looked at. ``mask`` must hold the bias/BN entries (``full_mask(model,
-    "channel")``)."""
+    "channel")``).
+
+    Weights that read a dead input (a channel an earlier layer dropped) buy nothing: the budget counts
+    surviving weights on live inputs, a channel costs its live inputs times the kernel, and the refilled
+    rows leave dead inputs masked. Passes repeat until the inputs the refill leaves dead stop changing
+    (a layer settles once the layers before it have: at most one pass per layer)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown refill criterion {criterion!r}")
+    dead: dict[str, torch.Tensor] = {}
+    for _ in range(len(prunable_layers(model)) + 1):
+        new, layers = _refill_pass(model, mask, criterion, rate, dead)
+        now = dead_inputs(model, new)
+        if now.keys() == dead.keys() and all(torch.equal(now[k], dead[k]) for k in now):
+            break
+        dead = now
+    return _zero_dead_columns(model, new), layers
+
+
+def _refill_pass(model: nn.Module, mask: Mask, criterion: str, rate: float,
+                 dead: dict[str, torch.Tensor]) -> tuple[Mask, dict]:
     params = dict(model.named_parameters())
     bns = _following_bn(model)
     new = {k: v.clone() for k, v in mask.items()}
@@ -59,10 +120,12 @@ def refill(model: nn.Module, mask: Mask, criterion: str = "l1", rate: float = 0.
             continue
         m = mask[name]
         n_out = m.shape[0]
-        per_channel = m[0].numel()
+        live = ~dead[name] if name in dead and len(dead[name]) == m.shape[1] else torch.ones(m.shape[1], dtype=torch.bool)
+        m_live = m & live.reshape(1, -1, *([1] * (m.dim() - 2)))
+        per_channel = max(1, int(live.sum()) * (m[0, 0].numel() if m.dim() > 2 else 1))
         alive_channels = m.flatten(1).any(dim=1)
-        k = min(max(1, round(int(m.sum()) / per_channel)), int(alive_channels.sum()) or 1)
-        scores = channel_scores(params[name], m, criterion)
+        k = min(max(1, round(int(m_live.sum()) / per_channel)), int(alive_channels.sum()) or 1)
+        scores = channel_scores(params[name], m_live, criterion)
         scores[~alive_channels] = -1.0  # a channel that is already gone never comes back first
         keep = top_channels(scores, k)
         dropped = torch.tensor([i for i in range(n_out) if i not in set(keep.tolist())], dtype=torch.long)
@@ -78,7 +141,8 @@ def refill(model: nn.Module, mask: Mask, criterion: str = "l1", rate: float = 0.
                 new[extra_name][:] = True
         if len(dropped):
             _kill(new, layer, bns, dropped)
-        layers[name] = {"channels": int(len(keep)), "of": n_out, "refilled_from": int(m.sum())}
+        layers[name] = {"channels": int(len(keep)), "of": n_out, "budget": k, "reactivated": extra,
+                        "refilled_from": int(m_live.sum())}
     return new, layers
 
 

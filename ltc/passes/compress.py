@@ -168,8 +168,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     macs_before = info.macs_before
     if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
         result.modified = True
-        macs_before = {la.name: la.macs_before for la in grouped.info.layers if la.macs_before is not None}
-        macs_before = {**info.macs_before, **macs_before}
+        macs_before = grouped.info.macs_before
     serialized = None  # the output's bytes, made once: for ONNX Runtime and for the file
     if result.modified and model_size_bytes(result.model) <= TWO_GB:
         serialized = result.model.SerializeToString()

@@ -110,7 +110,9 @@ def block_structure(nz: np.ndarray, groups: int | None = None, align: int = 1, k
         if best is None or speed > best[0]:
             best = (speed, Blocks(g, bins[out_lab], bins[in_lab]))
     if best is None and unequal:
-        return _unequal(a, b, out_lab, in_lab, groups or 8)
+        found = _unequal(a, b, out_lab, in_lab, groups or 8)
+        widths = [] if found is None else [*np.bincount(found.out_group), *np.bincount(found.in_group)]
+        return found if found is not None and all(w % align == 0 for w in widths) else None
     return best[1] if best else None
 
 
@@ -176,6 +178,7 @@ class GroupedLayer:
 @dataclass
 class RegroupInfo:
     layers: list[GroupedLayer]
+    macs_before: dict[str, int] = field(default_factory=dict)  # every weight layer of the input, per sample
 
     @property
     def grouped(self) -> list[GroupedLayer]:
@@ -220,11 +223,13 @@ class Regroup(Pass):
         self.only_hinted = only_hinted
         self.unequal = unequal
         self.min_speedup = min_speedup
+        self.nonfinite = ""
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = import_graph(model)
         cg = ChannelGraph(graph)
         macs = cg.macs()
+        self.nonfinite = _nonfinite_constant(graph)
         layers: list[GroupedLayer] = []
         targets: list[_Target] = []
         for node in graph.nodes:
@@ -232,7 +237,7 @@ class Regroup(Pass):
             if found is not None:
                 targets.append(found)
         if not targets:
-            return PassResult(model, False, RegroupInfo(layers))
+            return PassResult(model, False, RegroupInfo(layers, macs))
         plan = _plan(cg, targets)
         apply_reindex(cg, plan)
         idx = lookup(cg, plan)
@@ -245,7 +250,7 @@ class Regroup(Pass):
             t.layer.gathers = _rewrite(graph, t, idx(t.x), idx(t.y), names)
         graph.cleanup()  # (split Convs leave their original node disconnected)
         graph.toposort()
-        return PassResult(export_graph(graph, model), True, RegroupInfo(layers))
+        return PassResult(export_graph(graph, model), True, RegroupInfo(layers, macs))
 
     def _target(self, cg: ChannelGraph, node: gs.Node, macs: dict[str, int],
                 layers: list[GroupedLayer]) -> _Target | None:
@@ -273,11 +278,19 @@ class Regroup(Pass):
             return dense("its input or output is not a channel-first tensor of known width")
         if len(wt.outputs) > 1:
             return dense("its weight is shared with another node")
+        if not np.isfinite(w).all():
+            return dense("its weight holds NaN or infinity (a grouped Conv would not propagate it as the dense one)")
+        bias = node.inputs[2] if len(node.inputs) > 2 and not is_empty(node.inputs[2]) else None
+        if bias is not None and const_value(bias) is None:
+            return dense("its bias is computed, not a constant")
+        if self.nonfinite:
+            return dense(self.nonfinite)
         kernel = int(np.prod(w.shape[2:]))
-        blocks = block_structure(nonzero_kernels(w), hint, self.align, kernel, unequal=self.unequal)
+        align = 1 if hint else self.align  # a ticket's G was chosen for its runtime: it wins over --round-to
+        blocks = block_structure(nonzero_kernels(w), hint, align, kernel, unequal=self.unequal)
         if blocks is None:
             if hint:
-                return dense(f"its zeros do not form {hint} equal blocks with widths a multiple of {self.align}")
+                return dense(f"its zeros do not form {hint} blocks")
             return dense("no block structure" if self.align == 1 else
                          f"no block structure with group widths a multiple of {self.align}")
         g = blocks.groups
@@ -299,6 +312,16 @@ class Regroup(Pass):
                              out_widths=np.bincount(blocks.out_group, minlength=g).tolist())
         layers.append(layer)
         return _Target(node, x.name, y.name, blocks, layer)
+
+
+def _nonfinite_constant(graph: gs.Graph) -> str:
+    """Why no Conv of ``graph`` may be grouped: a float constant holding NaN or infinity can make an
+    activation non-finite, and a dense Conv spreads it (0 x inf = NaN) where a grouped one does not."""
+    for t in graph.tensors().values():
+        v = const_value(t) if isinstance(t, gs.Constant) else None
+        if v is not None and np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            return f"the model's constant '{t.name}' holds NaN or infinity (a grouped Conv would not spread it)"
+    return ""
 
 
 def _plan(cg: ChannelGraph, targets: list[_Target]) -> dict[str, np.ndarray]:
@@ -401,9 +424,13 @@ def _split_convs(graph: gs.Graph, node: gs.Node, w: np.ndarray, bias: np.ndarray
     in_sizes, out_sizes = np.bincount(ri, minlength=g), np.bincount(ro, minlength=g)
     parts_in = [gs.Variable(_fresh(names, f"{node.name}__in{k}"), dtype=x.dtype) for k in range(g)]
     parts_out = [gs.Variable(_fresh(names, f"{node.name}__out{k}"), dtype=y.dtype) for k in range(g)]
-    graph.nodes.append(gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1},
-                               [x, gs.Constant(_fresh(names, f"{node.name}__split_sizes"), in_sizes.astype(np.int64))],
-                               parts_in))
+    if (graph.opset or 13) >= 13:
+        split = gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1},
+                        [x, gs.Constant(_fresh(names, f"{node.name}__split_sizes"), in_sizes.astype(np.int64))], parts_in)
+    else:  # Split-11 and earlier take the sizes as an attribute
+        split = gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1, "split": in_sizes.tolist()},
+                        [x], parts_in)
+    graph.nodes.append(split)
     attrs = {k: v for k, v in node.attrs.items() if k != "group"}
     o0 = i0 = 0
     for k in range(g):

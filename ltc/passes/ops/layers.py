@@ -38,6 +38,8 @@ def _weight(v: NodeView, computed: str = "weight is computed, not a constant") -
         raise Refuse(f"{v.where}: {computed}")
     if not np.issubdtype(w.dtype, np.floating):
         raise Refuse(f"{v.where}: weight is not floating point")
+    if not np.isfinite(w).all():  # ONNX Runtime's kernels disagree on NaN x padding: nothing around it may change
+        raise Refuse(f"{v.where}: weight holds NaN or infinity")
     return w
 
 

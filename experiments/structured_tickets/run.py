@@ -16,10 +16,13 @@ ticket's G) and timed with ``ltc.benchmarks.bench`` against the dense model: ONN
 threads, batch 1 and 32, interleaved rounds, medians; running-time saving = 1 - median ratio.
 
     .venv/bin/python experiments/structured_tickets/run.py       # writes results.json, *.png
+    .venv/bin/python experiments/structured_tickets/run.py --model resnet20 --trials 1 --rounds 3
+                                                     # writes results-resnet20.json, structured_tickets-resnet20.png
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import statistics
@@ -44,8 +47,10 @@ from ltc.exporters.ticket_export import export_ticket
 HERE = Path(__file__).parent
 STRUCTURES = ("unstructured", "refill", "refill+", "regroup")
 ROUNDS, RATE, TRIALS = 4, 0.38, 3
+MODEL = "conv4"
 THP = TrainHparams(model="conv4", dataset="fashion-mnist", iterations=250, eval_every=125, batch_size=60)
 TIMED_ROUNDS = (2, 3, 4)
+SUFFIX = ""
 
 
 def data_subset():
@@ -63,6 +68,16 @@ def weight_density(mask: dict) -> float:
 
 
 def main() -> None:
+    global MODEL, THP, ROUNDS, TRIALS, TIMED_ROUNDS, SUFFIX
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="conv4")
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    MODEL, TRIALS, ROUNDS = args.model, args.trials, args.rounds
+    THP = dataclasses.replace(THP, model=MODEL)
+    TIMED_ROUNDS = tuple(r for r in (2, 3, 4) if r <= ROUNDS)
+    SUFFIX = "" if MODEL == "conv4" else f"-{MODEL}"
     data = data_subset()
     arch = {"in_shape": list(data.train_x.shape[1:]), "classes": data.classes, "dropout": 0.0}
     results: dict = {"schedule": dataclasses.asdict(THP), "rounds": ROUNDS, "rate": RATE, "trials": TRIALS,
@@ -73,7 +88,7 @@ def main() -> None:
     t_start = time.time()
     for trial in range(TRIALS):
         torch.manual_seed(trial)
-        model = build_model("conv4", data.train_x.shape[1:], data.classes)
+        model = build_model(MODEL, data.train_x.shape[1:], data.classes)
         theta0 = {k: v.clone() for k, v in model.state_dict().items()}
         mask0 = full_mask(model, "channel")
         thp = dataclasses.replace(THP, seed=trial)
@@ -81,18 +96,18 @@ def main() -> None:
         results["accuracy"].append({"trial": trial, "structure": "dense", "round": 0, "density": 1.0,
                                     "test_accuracy": dense.test_accuracy})
         if trial == 0:
-            ticket = make_ticket("conv4", arch, mask0, theta0, dense.final_state, seed=trial)
+            ticket = make_ticket(MODEL, arch, mask0, theta0, dense.final_state, seed=trial)
             save_ticket(ticket, work / "dense.pt")
             files["dense"] = str(export_ticket(work / "dense.pt", work / "dense.onnx"))
         for structure in STRUCTURES:
             php = PruneHparams(rounds=ROUNDS, rate_conv=RATE, rate_fc=RATE, rate_output=0.2, structure=structure)
             mask, prev = mask0, dense.final_state
             for r in range(1, ROUNDS + 1):
-                pruned_from = build_model("conv4", data.train_x.shape[1:], data.classes)
+                pruned_from = build_model(MODEL, data.train_x.shape[1:], data.classes)
                 pruned_from.load_state_dict(prev)
                 mask = prune_magnitude(pruned_from, mask, php.rates())
                 mask, detail = apply_structure(php, pruned_from, mask)
-                model = build_model("conv4", data.train_x.shape[1:], data.classes)
+                model = build_model(MODEL, data.train_x.shape[1:], data.classes)
                 model.load_state_dict(theta0)
                 res = train(model, data, thp, mask)
                 prev = res.final_state
@@ -106,7 +121,7 @@ def main() -> None:
                                                                    else "unstructured")
                     st = {"kind": kind, "method": structure, "round": r, "layers": detail}
                     masked = {k: v * mask[k] if k in mask else v for k, v in theta0.items()}
-                    tk = make_ticket("conv4", arch, mask, masked, res.final_state, structure=st, seed=trial)
+                    tk = make_ticket(MODEL, arch, mask, masked, res.final_state, structure=st, seed=trial)
                     name = f"{structure}-r{r}"
                     save_ticket(tk, work / f"{name}.pt")
                     src = export_ticket(work / f"{name}.pt", work / f"{name}.onnx")
@@ -119,7 +134,7 @@ def main() -> None:
                         "grouped": doc["regroup"]["grouped"] if doc["regroup"] else 0,
                         "gathers": doc["regroup"]["gathers"] if doc["regroup"] else 0,
                         "verified": doc["verification"]["passed"]})
-        (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (HERE / f"results{SUFFIX}.json").write_text(json.dumps(results, indent=1) + "\n")
     # latency: dense first, then every compressed model, interleaved rounds (nothing else running)
     names = ["dense"] + [c["name"] for c in results["compressed"]]
     rep = bench([files[n] for n in names], BenchOptions(batches=(1, 32), threads=2, warmup=5, iterations=30, rounds=7))
@@ -132,7 +147,7 @@ def main() -> None:
             c[f"median_ms_b{run['batch']}"] = m["latency"]["median_ms"]
         results[f"dense_median_ms_b{run['batch']}"] = models[0]["latency"]["median_ms"]
     results["summary"] = summarize(results)
-    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (HERE / f"results{SUFFIX}.json").write_text(json.dumps(results, indent=1) + "\n")
     plots(results)
     print(json.dumps(results["summary"], indent=1))
 
@@ -173,14 +188,14 @@ def plots(results: dict) -> None:
         ax[1].plot([1 - c["density"] for c in comp], [100 * c["saving_b32"] for c in comp], "s--", color=color,
                    label=f"{structure} batch 32")
     ax[0].axhline(dense * 100, color="black", lw=1, label="dense")
-    ax[0].set(xlabel="weight sparsity", ylabel="test accuracy % (mean, min-max of 3)", title="Conv-4 / Fashion-MNIST")
+    ax[0].set(xlabel="weight sparsity", ylabel="test accuracy % (mean, min-max of 3)", title=f"{MODEL} / Fashion-MNIST")
     ax[1].axhline(65, color="red", lw=1, ls=":", label="goal 65%")
     ax[1].set(xlabel="weight sparsity", ylabel="running-time saving % vs dense (ORT CPU)",
               title="compressed model latency (trial 0)")
     ax[0].legend(fontsize=7)
     ax[1].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(HERE / "structured_tickets.png", dpi=110)
+    fig.savefig(HERE / f"structured_tickets{SUFFIX}.png", dpi=110)
 
 
 if __name__ == "__main__":

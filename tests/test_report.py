@@ -108,3 +108,17 @@ def test_headless_chromium_shows_every_plot(tmp_path):
     subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1100,1600", out.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 20000
+
+
+def test_compress_reports_name_the_kind_of_the_models_they_wrote(tmp_path):
+    from ltc.benchmarks.report import compress_kinds, latency_points
+
+    bench = {"models": {"dense": {"path": str(tmp_path / "a.onnx"), "parameters": 100},
+                        "small": {"path": str(tmp_path / "b.onnx"), "parameters": 50},
+                        "fast": {"path": str(tmp_path / "c.onnx"), "parameters": 60}},
+             "runs": [{"provider": "cpu", "batch": 1, "models": {
+                 n: {"latency": {"median_ms": 1.0, "p90_ms": 1.0}} for n in ("dense", "small", "fast")}}]}
+    kinds = compress_kinds([{"output": str(tmp_path / "b.onnx"), "regroup": None},
+                            {"output": str(tmp_path / "c.onnx"), "regroup": {"grouped": 2, "gathers": 0, "layers": []}}])
+    got = {p["model"]: p["kind"] for p in latency_points(bench, None, kinds)}
+    assert got == {"dense": "dense", "small": "channel", "fast": "group"}  # (the first by its name)

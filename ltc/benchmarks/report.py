@@ -83,8 +83,25 @@ def model_kind(name: str) -> str:
     return "unstructured" if re.search(r"round\d+", low) else "model"
 
 
-def latency_points(bench: dict, run: dict | None) -> list[dict]:
-    """One point per (model, provider, batch): remaining parameters vs the first model, latency, accuracy."""
+def compress_kinds(compresses: list[dict]) -> dict[str, str]:
+    """Output file -> kind, from compress reports: group when Regroup grouped a Conv, else channel."""
+    kinds = {}
+    for c in compresses:
+        regroup = c.get("regroup") or {}
+        kinds[_resolved(c.get("output"))] = "group" if regroup.get("grouped") else "channel"
+    return kinds
+
+
+def _resolved(path) -> str:
+    try:
+        return str(Path(path).resolve())
+    except (OSError, TypeError, ValueError):
+        return str(path)
+
+
+def latency_points(bench: dict, run: dict | None, kinds: dict[str, str] | None = None) -> list[dict]:
+    """One point per (model, provider, batch): remaining parameters vs the first model, latency, accuracy.
+    A model that a compress report wrote takes its kind from it (``kinds``), else from its name."""
     points = []
     names = list(bench["models"])
     base_params = (bench["models"][names[0]]["parameters"] if names else 1) or 1
@@ -92,7 +109,8 @@ def latency_points(bench: dict, run: dict | None) -> list[dict]:
         for name, e in run_["models"].items():
             m = bench["models"][name]
             acc = _round_accuracy(name, run)
-            points.append({"model": name, "kind": model_kind(name), "provider": run_["provider"],
+            kind = (kinds or {}).get(_resolved(m.get("path", ""))) or model_kind(name)
+            points.append({"model": name, "kind": kind, "provider": run_["provider"],
                            "batch": run_["batch"], "median_ms": e["latency"]["median_ms"],
                            "p90_ms": e["latency"]["p90_ms"], "params_remaining": m["parameters"] / base_params,
                            "accuracy": acc})
@@ -124,7 +142,7 @@ def pareto(points: list[dict]) -> list[dict]:
     return front
 
 
-def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
+def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,7 +154,6 @@ def _plots(run: dict | None, benches: list[dict]) -> dict[str, bytes]:
     if run is not None:
         for key, ylabel, scale, name in VARIANT_PLOTS:
             plots[name] = _png(variant_figure(run, key, ylabel, scale))
-    points = [p for b in benches for p in latency_points(b, run)]
     if points:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for (provider, batch) in sorted({(p["provider"], p["batch"]) for p in points}):
@@ -201,10 +218,11 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
     compresses = [load_report_json(p, "compress") for p in compress_paths or []]
     if run is None and not benches and not compresses:
         raise LtcError("nothing to report: pass --run, --bench or --compress")
-    points = [p for b in benches for p in latency_points(b, run)]
+    kinds = compress_kinds(compresses)
+    points = [p for b in benches for p in latency_points(b, run, kinds)]
     with warnings.catch_warnings():  # matplotlib's warnings about odd data would break the one-line output
         warnings.simplefilter("ignore")
-        plots = _plots(run, benches)
+        plots = _plots(run, benches, points)
     return {"run": run, "benches": benches, "compresses": compresses, "points": points,
             "pareto": pareto(points), "plots": plots}
 

@@ -92,9 +92,9 @@ def refill(model: nn.Module, mask: Mask, criterion: str = "l1", rate: float = 0.
     trained weights the pruning looked at. ``mask`` must hold the bias/BN entries (``full_mask(model,
     "channel")``).
 
-    Weights that read a dead input (a channel an earlier layer dropped) buy nothing: the budget counts
-    surviving weights on live inputs, a channel costs its live inputs times the kernel, and the refilled
-    rows leave dead inputs masked. Passes repeat until the inputs the refill leaves dead stop changing
+    Weights that read a dead input (a channel an earlier layer dropped) buy nothing: the budget (the
+    layer's surviving weights) buys channels at their live inputs times the kernel, and the refilled
+    rows leave dead inputs masked, so the layer keeps about as many weights as pruning left it. Passes repeat until the inputs the refill leaves dead stop changing
     (a layer settles once the layers before it have: at most one pass per layer)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown refill criterion {criterion!r}")
@@ -124,7 +124,7 @@ def _refill_pass(model: nn.Module, mask: Mask, criterion: str, rate: float,
         m_live = m & live.reshape(1, -1, *([1] * (m.dim() - 2)))
         per_channel = max(1, int(live.sum()) * (m[0, 0].numel() if m.dim() > 2 else 1))
         alive_channels = m.flatten(1).any(dim=1)
-        k = min(max(1, round(int(m_live.sum()) / per_channel)), int(alive_channels.sum()) or 1)
+        k = min(max(1, round(int(m.sum()) / per_channel)), int(alive_channels.sum()) or 1)
         scores = channel_scores(params[name], m_live, criterion)
         scores[~alive_channels] = -1.0  # a channel that is already gone never comes back first
         keep = top_channels(scores, k)
@@ -142,7 +142,7 @@ def _refill_pass(model: nn.Module, mask: Mask, criterion: str, rate: float,
         if len(dropped):
             _kill(new, layer, bns, dropped)
         layers[name] = {"channels": int(len(keep)), "of": n_out, "budget": k, "reactivated": extra,
-                        "refilled_from": int(m_live.sum())}
+                        "refilled_from": int(m.sum())}
     return new, layers
 
 

@@ -10,8 +10,8 @@ model really smaller (channels removed) or faster (``Conv(group=G)``).
 - ``regroup``: per layer, output and input channels are co-clustered into G balanced groups that keep
   the most surviving weight magnitude (alternating optimal balanced assignments, no partitioner
   binary); the mask is block-diagonal under those permutations with dense blocks of whole kernels.
-  G comes from ``groups``/``group_width`` or from the grouped-conv cost table: the G the runtime runs
-  fastest among those whose blocks hold at least the surviving weights.
+  G comes from ``groups``/``group_width``, or is the G (among those the grouped-conv cost table
+  predicts faster than dense) whose block density 1/G is nearest to what pruning left.
 
 Each returns the new mask and per-layer detail for the ticket's ``structure``.
 """
@@ -19,6 +19,7 @@ Each returns the new mask and per-layer detail for the ticket's ``structure``.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -191,9 +192,14 @@ def cocluster(m: np.ndarray, groups: int, iters: int = 20) -> tuple[np.ndarray, 
 
 def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: int = 0, group_width: int = 0,
                   align: int = 8) -> int:
-    """G for a layer: ``groups`` if given; else from ``group_width``; else the G the cost table predicts
-    fastest among those that divide both widths into multiples of ``align`` and whose blocks hold at
-    least the surviving weights (1/G >= density). 1 when none fits."""
+    """G for a layer: ``groups`` if given; else from ``group_width``; else, among the G that divide both
+    widths into multiples of ``align`` and that the cost table predicts faster than dense, the one whose
+    block density 1/G is nearest (by ratio) to the ``density`` pruning left (ties: the faster). 1 when
+    dense is nearer or nothing fits.
+
+    Nearest, not "at least": blocks are refilled dense, so a rule that keeps 1/G >= density would
+    settle at one G for good once pruning and refilling balance (each round would prune inside the
+    blocks and the regroup would fill them again)."""
     from ltc.passes.regroup import predicted_speedup
 
     if groups:
@@ -201,13 +207,15 @@ def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: in
     if group_width:
         g = min(n_out, n_in) // group_width
         return g if g >= 2 and n_out % g == 0 and n_in % g == 0 else 1
-    best, speed = 1, 1.0
+    density = min(max(density, 1e-9), 1.0)
+    best, key = 1, (abs(math.log(density)), 0.0)
     for g in range(2, min(n_out, n_in) + 1):
-        if n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align or 1 / g < density - 1e-9:
+        if n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align:
             continue
         s = predicted_speedup(g, min(n_out, n_in) // g, kernel)
-        if s > speed:
-            best, speed = g, s
+        k = (abs(math.log(g * density)), -s)
+        if s > 1.0 and k < key:
+            best, key = g, k
     return best
 
 

@@ -18,6 +18,8 @@ threads, batch 1 and 32, interleaved rounds, medians; running-time saving = 1 - 
     .venv/bin/python experiments/structured_tickets/run.py       # writes results.json, *.png
     .venv/bin/python experiments/structured_tickets/run.py --model resnet20 --trials 1 --rounds 3
                                                      # writes results-resnet20.json, structured_tickets-resnet20.png
+    .venv/bin/python experiments/structured_tickets/run.py --structures regroup --trials 1 --tag regroup
+                                                     # one structure: results-regroup.json
 """
 
 from __future__ import annotations
@@ -73,11 +75,14 @@ def main() -> None:
     ap.add_argument("--model", default="conv4")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated subset")
+    ap.add_argument("--tag", default="", help="suffix of the results and plot files")
     args = ap.parse_args()
     MODEL, TRIALS, ROUNDS = args.model, args.trials, args.rounds
+    structures = tuple(x for x in args.structures.split(",") if x)
     THP = dataclasses.replace(THP, model=MODEL)
     TIMED_ROUNDS = tuple(r for r in (2, 3, 4) if r <= ROUNDS)
-    SUFFIX = "" if MODEL == "conv4" else f"-{MODEL}"
+    SUFFIX = ("" if MODEL == "conv4" else f"-{MODEL}") + (f"-{args.tag}" if args.tag else "")
     data = data_subset()
     arch = {"in_shape": list(data.train_x.shape[1:]), "classes": data.classes, "dropout": 0.0}
     results: dict = {"schedule": dataclasses.asdict(THP), "rounds": ROUNDS, "rate": RATE, "trials": TRIALS,
@@ -99,7 +104,7 @@ def main() -> None:
             ticket = make_ticket(MODEL, arch, mask0, theta0, dense.final_state, seed=trial)
             save_ticket(ticket, work / "dense.pt")
             files["dense"] = str(export_ticket(work / "dense.pt", work / "dense.onnx"))
-        for structure in STRUCTURES:
+        for structure in structures:
             php = PruneHparams(rounds=ROUNDS, rate_conv=RATE, rate_fc=RATE, rate_output=0.2, structure=structure)
             mask, prev = mask0, dense.final_state
             for r in range(1, ROUNDS + 1):
@@ -146,15 +151,15 @@ def main() -> None:
             c[f"saving_b{run['batch']}"] = 1 - m["vs_first"]["ratio"]
             c[f"median_ms_b{run['batch']}"] = m["latency"]["median_ms"]
         results[f"dense_median_ms_b{run['batch']}"] = models[0]["latency"]["median_ms"]
-    results["summary"] = summarize(results)
+    results["summary"] = summarize(results, structures)
     (HERE / f"results{SUFFIX}.json").write_text(json.dumps(results, indent=1) + "\n")
-    plots(results)
+    plots(results, structures)
     print(json.dumps(results["summary"], indent=1))
 
 
-def summarize(results: dict) -> dict:
+def summarize(results: dict, structures: tuple[str, ...] = STRUCTURES) -> dict:
     out: dict = {}
-    for structure in ("dense", *STRUCTURES):
+    for structure in ("dense", *structures):
         for r in range(ROUNDS + 1):
             rows = [a for a in results["accuracy"] if a["structure"] == structure and a["round"] == r]
             if rows:
@@ -165,7 +170,7 @@ def summarize(results: dict) -> dict:
     return out
 
 
-def plots(results: dict) -> None:
+def plots(results: dict, structures: tuple[str, ...] = STRUCTURES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,6 +181,8 @@ def plots(results: dict) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     dense = s["dense-r0"]["acc_mean"]
     for structure, color in colors.items():
+        if structure not in structures:
+            continue
         xs = [1 - s[f"{structure}-r{r}"]["density"] for r in range(1, ROUNDS + 1)]
         ys = [s[f"{structure}-r{r}"]["acc_mean"] * 100 for r in range(1, ROUNDS + 1)]
         lo = [s[f"{structure}-r{r}"]["acc_min"] * 100 for r in range(1, ROUNDS + 1)]

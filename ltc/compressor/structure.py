@@ -239,11 +239,16 @@ def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0,
             continue
         mag = (w.abs() * m).reshape(n_out, n_in, -1).sum(-1).double().numpy()
         out_group, in_group, kept = cocluster(mag, g)
-        block = torch.from_numpy(out_group[:, None] == in_group[None, :])
-        new[name] = block.reshape(n_out, n_in, *([1] * (w.dim() - 2))).expand_as(m).clone()
+        new[name] = block_mask(out_group, in_group, m)
         layers[name] = {"groups": g, "out_perm": np.argsort(out_group, kind="stable").tolist(),
                         "in_perm": np.argsort(in_group, kind="stable").tolist(), "kept_magnitude": round(kept, 4)}
     return new, layers
+
+
+def block_mask(out_group: np.ndarray, in_group: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A mask shaped like ``like`` keeping whole kernels where output and input share a group."""
+    block = torch.from_numpy(out_group[:, None] == in_group[None, :])
+    return block.reshape(*block.shape, *([1] * (like.dim() - 2))).expand_as(like).clone()
 
 
 def random_regroup(mask: Mask, layers: dict, generator: torch.Generator) -> Mask:
@@ -257,6 +262,5 @@ def random_regroup(mask: Mask, layers: dict, generator: torch.Generator) -> Mask
         n_out, n_in = m.shape[:2]
         og = (torch.randperm(n_out, generator=generator) % g).numpy()
         ig = (torch.randperm(n_in, generator=generator) % g).numpy()
-        block = torch.from_numpy(og[:, None] == ig[None, :])
-        new[name] = block.reshape(n_out, n_in, *([1] * (m.dim() - 2))).expand_as(m).clone()
+        new[name] = block_mask(og, ig, m)
     return new

@@ -30,6 +30,7 @@ from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph, connected_components
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan
+from ltc.passes.reindex import fresh_name as _fresh
 from ltc.passes.rules import const_value, is_empty
 
 # Cost per MAC of Conv(group=G) relative to the dense Conv of the same shape, by group width (the
@@ -386,23 +387,15 @@ def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names:
     if len(node.inputs) > 2 and not is_empty(node.inputs[2]):
         bias = const_value(node.inputs[2])[o_order]
     gathers = []
-    if not same_in:
+    if not same_in:  # the Conv reads its input in group order
         x = node.inputs[0]
-        xg = gs.Variable(_fresh(names, f"{x.name}__groups"), dtype=x.dtype,
-                         shape=list(x.shape) if x.shape is not None else None)
-        graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_in"), {"axis": 1},
-                                   [x, gs.Constant(_fresh(names, f"{node.name}__in_order"), i_order.astype(np.int64))],
-                                   [xg]))
-        node.inputs[0] = xg
+        node.inputs[0] = _copy_var(x, names)
+        _gather(graph, node, "in", x, node.inputs[0], i_order, names)
         gathers.append("input")
-    if sigma_out is None:
+    if sigma_out is None:  # the Conv writes in group order; the class order is restored after it
         y = node.outputs[0]
-        yg = gs.Variable(_fresh(names, f"{y.name}__groups"), dtype=y.dtype,
-                         shape=list(y.shape) if y.shape is not None else None)
-        node.outputs[0] = yg
-        back = np.argsort(o_order).astype(np.int64)
-        graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_out"), {"axis": 1},
-                                   [yg, gs.Constant(_fresh(names, f"{node.name}__out_order"), back)], [y]))
+        node.outputs[0] = _copy_var(y, names)
+        _gather(graph, node, "out", node.outputs[0], y, np.argsort(o_order), names)
         gathers.append("output")
     if t.blocks.equal:
         wo, wi = len(go) // g, len(gi) // g
@@ -415,6 +408,19 @@ def _rewrite(graph: gs.Graph, t: _Target, px: np.ndarray, py: np.ndarray, names:
         return gathers
     _split_convs(graph, node, w, bias, ro, ri, g, names)
     return gathers
+
+
+def _copy_var(v: gs.Variable, names: set[str]) -> gs.Variable:
+    """A new variable like ``v`` (dtype, shape) for the same channels in group order."""
+    return gs.Variable(_fresh(names, f"{v.name}__groups"), dtype=v.dtype, shape=list(v.shape) if v.shape is not None else None)
+
+
+def _gather(graph: gs.Graph, node: gs.Node, side: str, src: gs.Tensor, dst: gs.Tensor, order: np.ndarray,
+            names: set[str]) -> None:
+    """``dst = Gather(src, order, axis=1)``, named after ``node`` and ``side`` (in / out)."""
+    graph.nodes.append(gs.Node("Gather", _fresh(names, f"{node.name}__gather_{side}"), {"axis": 1},
+                               [src, gs.Constant(_fresh(names, f"{node.name}__{side}_order"), order.astype(np.int64))],
+                               [dst]))
 
 
 def _split_convs(graph: gs.Graph, node: gs.Node, w: np.ndarray, bias: np.ndarray | None, ro: np.ndarray,
@@ -451,12 +457,3 @@ def _block_order(groups: np.ndarray) -> np.ndarray | None:
     starts = np.r_[True, groups[1:] != groups[:-1]] if len(groups) else np.zeros(0, bool)
     runs = groups[starts]
     return runs if len(np.unique(runs)) == len(runs) else None
-
-
-def _fresh(names: set[str], base: str) -> str:
-    name, n = base, 0
-    while name in names:
-        n += 1
-        name = f"{base}_{n}"
-    names.add(name)
-    return name

@@ -100,12 +100,7 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
     names = set(graph.tensors().keys())
 
     def fresh(base: str, suffix: str = "__ltc") -> str:
-        name, n = f"{base}{suffix}", 0
-        while name in names:
-            n += 1
-            name = f"{base}_{n}{suffix}"
-        names.add(name)
-        return name
+        return fresh_name(names, base, suffix)
 
     groups: dict[int, tuple[gs.Tensor, list[tuple[gs.Node, int, np.ndarray]]]] = {}
     for node, index, value in edits.values.values():
@@ -137,6 +132,16 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
         node.attrs[name] = value
     for node, name in edits.drop_attrs:
         node.attrs.pop(name, None)
+
+
+def fresh_name(names: set[str], base: str, suffix: str = "") -> str:
+    """``base + suffix``, or ``base_N + suffix`` with the first N not in ``names``; added to ``names``."""
+    name, n = f"{base}{suffix}", 0
+    while name in names:
+        n += 1
+        name = f"{base}_{n}{suffix}"
+    names.add(name)
+    return name
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> bool:

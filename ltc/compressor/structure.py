@@ -191,15 +191,20 @@ def cocluster(m: np.ndarray, groups: int, iters: int = 20) -> tuple[np.ndarray, 
 
 
 def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: int = 0, group_width: int = 0,
-                  align: int = 8) -> int:
-    """G for a layer: ``groups`` if given; else from ``group_width``; else, among the G that divide both
-    widths into multiples of ``align`` and that the cost table predicts faster than dense, the one whose
-    block density 1/G is nearest (by ratio) to the ``density`` pruning left (ties: the faster). 1 when
-    dense is nearer or nothing fits.
+                  align: int = 8, window: float = 2.0) -> int:
+    """G for a layer: ``groups`` if given; else from ``group_width``; else what the runtime runs fastest
+    among the G that fit what pruning left.
 
-    Nearest, not "at least": blocks are refilled dense, so a rule that keeps 1/G >= density would
-    settle at one G for good once pruning and refilling balance (each round would prune inside the
-    blocks and the regroup would fill them again)."""
+    Candidates divide both widths into multiples of ``align`` and the cost table predicts them faster
+    than dense. Of those whose block density 1/G is within a factor ``window`` of the ``density``
+    pruning left, the one the cost table predicts fastest (ties: the nearer density); if none is that
+    close, the nearest by ratio. 1 when dense is nearer than any candidate or nothing fits.
+
+    Near the density, not "at least" it: blocks are refilled dense, so a rule that keeps 1/G >= density
+    would settle at one G for good once pruning and refilling balance (each round would prune inside
+    the blocks and the regroup would fill them again). Fastest within the window, not the nearest:
+    narrow groups run far below dense speed per MAC (``COST_PER_MAC``), so the nearest G can be slower
+    than a coarser one that keeps more weights."""
     from ltc.passes.regroup import predicted_speedup
 
     if groups:
@@ -208,15 +213,20 @@ def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: in
         g = min(n_out, n_in) // group_width
         return g if g >= 2 and n_out % g == 0 and n_in % g == 0 else 1
     density = min(max(density, 1e-9), 1.0)
-    best, key = 1, (abs(math.log(density)), 0.0)
+    candidates = []  # (distance in log ratio, -speed-up, G)
     for g in range(2, min(n_out, n_in) + 1):
         if n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align:
             continue
         s = predicted_speedup(g, min(n_out, n_in) // g, kernel)
-        k = (abs(math.log(g * density)), -s)
-        if s > 1.0 and k < key:
-            best, key = g, k
-    return best
+        if s > 1.0:
+            candidates.append((abs(math.log(g * density)), -s, g))
+    dense = abs(math.log(density))
+    near = [c for c in candidates if c[0] <= math.log(window) + 1e-9]
+    if near:
+        best = min(near, key=lambda c: (c[1], c[0]))
+        return best[2] if dense > math.log(window) + 1e-9 or best[0] < dense else 1
+    nearest = min(candidates, default=None)
+    return nearest[2] if nearest is not None and nearest[0] < dense else 1
 
 
 @torch.no_grad()

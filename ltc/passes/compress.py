@@ -195,9 +195,9 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
                 "into MaxPool once the Pad has no other reader); --no-verify writes it anyway, to be run with "
                 "graph optimizations off")
     elif result.modified:  # never write a model that does not load, verified or not
-        load_check(candidate, reference_run)
+        load_check(result.model, reference_run)
     else:  # an unchanged copy of an input that ONNX Runtime cannot load is not written either
-        load_check(reference_run)
+        load_check(reference)
     if result.modified:
         check_output(reference, result.model)
     seconds = time.perf_counter() - start

@@ -303,10 +303,16 @@ def outer_reads(g: onnx.GraphProto) -> set[str]:
 
 def model_size_bytes(model: onnx.ModelProto) -> int:
     """Serialized size of the initializers and nodes (all but a few bytes of framing), external data
-    counted by its length. Per-tensor sizes: ``ModelProto.ByteSize()`` is 10x slower on big models."""
+    counted by its length. Per-tensor sizes: ``ModelProto.ByteSize()`` is 10x slower on big models,
+    and a tensor's ``ByteSize()`` encodes it: raw data of a fixed-size type counts as its shape's bytes
+    (what :func:`check_model_structure` checks it holds) plus a bound on the header."""
     total = sum(n.ByteSize() for n in model.graph.node)
     for t in model.graph.initializer:
-        total += t.ByteSize()
+        raw = _expected_bytes(t) if t.HasField("raw_data") else None
+        if raw is None:
+            total += t.ByteSize()
+        else:
+            total += raw + len(t.name) + 11 * len(t.dims) + len(t.doc_string) + 32
         if t.data_location == onnx.TensorProto.EXTERNAL:
             total += next((int(e.value) for e in t.external_data if e.key == "length"), 0)
     return total

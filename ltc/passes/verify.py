@@ -13,7 +13,7 @@ import onnx
 
 from ltc.errors import InternalError, LtcError, first_line
 from ltc.fileio import load_npz
-from ltc.passes.onnx_io import TWO_GB, model_size_bytes, save_model
+from ltc.passes.onnx_io import TWO_GB, light_copy, model_size_bytes, save_model
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -136,13 +136,15 @@ def load_inputs(path: str | os.PathLike, model: onnx.ModelProto) -> dict[str, np
 Runnable = onnx.ModelProto | bytes | str  # a model, its serialized bytes, or the path of its file
 
 
-def _session(model: Runnable, tmpdir: str, tag: str, optimize: bool = False):
+def _session(model: Runnable, tmpdir: str, tag: str, optimize: bool = False, prepack: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 4  # errors become exceptions, reported in one line; ORT's own logs stay quiet
+    if not prepack:  # kernels re-layout constant weights at load; a load check needs no runnable kernels
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if isinstance(model, bytes | str):
         src = model
     elif model_size_bytes(model) > TWO_GB:
@@ -179,8 +181,22 @@ def load_check(model: Runnable, reference: Runnable | None = None) -> None:
 
     Without ``reference``, ``model`` is the user's (failure: :class:`LtcError`). With it, ``model`` is
     ltc's output: if it fails to load while ``reference`` loads, that is :class:`InternalError`; if
-    the reference fails too, the input is what is wrong."""
+    the reference fails too, the input is what is wrong.
+
+    A ModelProto is first loaded as its structure (:func:`light_copy`: weights of more than a few
+    values become typed graph inputs, so ONNX Runtime resolves the graph, its types and shapes and
+    creates every kernel without copying or re-laying out the weights): a few milliseconds instead of
+    the cost of a full session. Only if that fails is the full model loaded, so the check never
+    refuses a model that ONNX Runtime loads. (Weight data sizes are checked when a model is read, and
+    the tensors ltc writes are made from arrays of their own shape.)"""
     with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(model, onnx.ModelProto):
+            try:
+                _session(light_copy(model).SerializeToString(), tmp, "reference" if reference is None else "compressed",
+                         prepack=False)
+                return
+            except (LtcError, InternalError):
+                pass  # the full load below decides, and says why
         if reference is None:
             _session(model, tmp, "reference")
             return

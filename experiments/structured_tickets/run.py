@@ -142,6 +142,7 @@ def main() -> None:
         (HERE / f"results{SUFFIX}.json").write_text(json.dumps(results, indent=1) + "\n")
     # latency: dense first, then every compressed model, interleaved rounds (nothing else running)
     names = ["dense"] + [c["name"] for c in results["compressed"]]
+    print(f"[{time.time() - t_start:6.0f}s] timing {len(names)} models (keep the machine otherwise idle)", flush=True)
     rep = bench([files[n] for n in names], BenchOptions(batches=(1, 32), threads=2, warmup=5, iterations=30, rounds=7))
     results["bench_env"] = rep["environment"]
     for run in rep["runs"]:

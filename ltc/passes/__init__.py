@@ -8,13 +8,14 @@ Custom ops: subclass :class:`ltc.passes.rules.Rule` and :func:`register_rule` it
 from ltc.passes.base import Pass, PassManager, PassResult, Sequential
 from ltc.passes.channels import RULES, ChannelGraph
 from ltc.passes.compress import ApplyMasks, CompressResult, RemoveDeadChannels, compress
+from ltc.passes.fold import FoldConstants
 from ltc.passes.regroup import Regroup
 from ltc.passes.reindex import apply_reindex, ordered_plan, permutation_plan
 from ltc.passes.rules import Refuse, Rule, register_rule
 from ltc.passes.verify import Verification, verify
 
 __all__ = [
-    "RULES", "ApplyMasks", "ChannelGraph", "CompressResult", "Pass", "PassManager", "PassResult", "Refuse",
+    "RULES", "ApplyMasks", "ChannelGraph", "CompressResult", "FoldConstants", "Pass", "PassManager", "PassResult", "Refuse",
     "Regroup", "RemoveDeadChannels", "Rule", "Sequential", "Verification", "apply_reindex", "compress",
     "ordered_plan", "permutation_plan", "register_rule", "verify",
 ]

@@ -17,6 +17,7 @@ from ltc.errors import InternalError, LtcError
 from ltc.exporters.masks import bool_mask
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph
+from ltc.passes.fold import FoldConstants
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.regroup import Regroup, RegroupInfo
@@ -162,13 +163,16 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     with input_blamed(model):
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
-        grouped = Regroup(groups, round_to)(reference) if regroup else None
-        result = RemoveDeadChannels(allow_lossy, round_to)(grouped.model if grouped else reference)
+        folded = FoldConstants()(reference).model  # constant chains of unfolded exports: initializers
+        grouped = Regroup(groups, round_to)(folded) if regroup else None
+        result = RemoveDeadChannels(allow_lossy, round_to)(grouped.model if grouped else folded)
     info: RemovalInfo = result.info
     macs_before = info.macs_before
     if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
         result.modified = True
         macs_before = grouped.info.macs_before
+    if not result.modified:  # folding alone is no reason to rewrite the user's model
+        result.model = reference
     serialized = None  # the output's bytes, made once: for ONNX Runtime and for the file
     if result.modified and model_size_bytes(result.model) <= TWO_GB:
         serialized = result.model.SerializeToString()
@@ -242,7 +246,7 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        a = RemoveDeadChannels(allow_lossy, 1).analyze(reference)
+        a = RemoveDeadChannels(allow_lossy, 1).analyze(FoldConstants()(reference).model)
     cg = a.cg
     return {
         "layers": [asdict(layer) for layer in a.layers],

@@ -1,0 +1,292 @@
+"""Public model-zoo architectures through `ltc compress`: exact?, refused?, how much of what is dead goes.
+
+Every architecture is built from torchvision or timm at random init (no pretrained weights: nothing
+is downloaded), with randomised BatchNorm statistics and affine parameters, in eval mode. Half of
+the output channels of every Conv and Linear but the classifier are made dead, seeded, in one of
+two ways:
+
+- ``zero``: the filters, their bias and the following BatchNorm's scale and shift are zero (the
+  channel is exactly zero);
+- ``shift``: the filters and the BatchNorm scale are zero, its shift is kept (the channel is a
+  non-zero constant: removal must fold it into the readers' biases).
+
+Each model is exported three ways: ``legacy`` (TorchScript exporter, constant folding),
+``legacy-nofold`` (``do_constant_folding=False``, BatchNorm kept) and ``dynamo``. Then
+``ltc.api.compress_file`` runs with verification on, mask from the zeros. Independently of ltc, ONNX
+Runtime runs the exported and the compressed file with its optimizations on, on random inputs. A
+result is exact when every output agrees to 1e-4 of that output's scale plus 1e-5.
+
+Recorded per (model, mask, export):
+- the status (ok / refused with the message);
+- the worst error relative to scale;
+- parameters before and after;
+- dead output channels (the zeroed ones) and how many were removed;
+- why the rest stayed (ltc's per-layer reasons, the top three);
+- the compress time.
+
+torchvision's PyPI wheel is a CUDA build. With the CPU torch of this project its compiled ops
+(NMS, RoIAlign, which no model here uses) cannot load. The model definitions are plain Python, so
+the script skips the failing op registrations while it imports torchvision and timm. Experiment
+only: neither package is an ltc dependency.
+
+    .venv/bin/pip install --no-deps torchvision==0.28.0 timm==1.0.31   # (torchvision pinned to torch 2.13)
+    .venv/bin/python experiments/real_models/run.py                    # everything: long
+    .venv/bin/python experiments/real_models/run.py --exporters legacy,legacy-nofold --tag legacy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).parent
+
+# (library, name, input side): small inputs keep a 2-core CPU run in the tens of minutes
+ARCHS = [
+    ("torchvision", "resnet18", 64), ("torchvision", "resnet50", 64), ("torchvision", "mobilenet_v2", 64),
+    ("torchvision", "mobilenet_v3_small", 64), ("torchvision", "efficientnet_b0", 64),
+    ("torchvision", "densenet121", 64), ("torchvision", "shufflenet_v2_x1_0", 64),
+    ("torchvision", "squeezenet1_1", 64), ("torchvision", "regnet_x_400mf", 64),
+    ("torchvision", "resnext50_32x4d", 64), ("torchvision", "mnasnet0_5", 64), ("torchvision", "vgg11_bn", 224),
+    ("torchvision", "googlenet", 64), ("torchvision", "inception_v3", 96), ("torchvision", "convnext_tiny", 64),
+    ("timm", "vit_tiny_patch16_224", 64), ("timm", "deit_tiny_patch16_224", 64), ("timm", "convnext_atto", 64),
+    ("timm", "poolformer_s12", 64), ("timm", "efficientformer_l1", 224), ("timm", "ghostnet_100", 64),
+    ("timm", "repvgg_a0", 64), ("timm", "rexnet_100", 64), ("timm", "dpn68", 64), ("timm", "dla34", 64),
+    ("timm", "regnety_002", 64), ("timm", "mixer_s16_224", 64), ("timm", "hrnet_w18_small", 64),
+]
+EXPORTERS = ("legacy", "legacy-nofold", "dynamo")
+MASKS = ("zero", "shift")
+
+
+def import_zoos():
+    """torchvision and timm, with op registrations that need torchvision's CUDA library skipped."""
+    import torch.library
+
+    real = torch.library.register_fake
+
+    def tolerant(name, *args, **kwargs):
+        def deco(fn):
+            try:
+                return real(name, *args, **kwargs)(fn)
+            except RuntimeError:  # torchvision::nms and friends: the compiled op did not load
+                return fn
+        return deco
+
+    torch.library.register_fake = tolerant
+    try:
+        import timm
+        import torchvision
+    finally:
+        torch.library.register_fake = real
+    return torchvision, timm
+
+
+def build(lib: str, name: str, side: int) -> nn.Module:
+    torchvision, timm = import_zoos()
+    if lib == "torchvision":
+        kwargs = {"aux_logits": False, "init_weights": True} if name in ("inception_v3", "googlenet") else {}
+        return getattr(torchvision.models, name)(weights=None, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, img_size=side)
+    except TypeError:
+        return timm.create_model(name, pretrained=False)
+
+
+def kill_half(model: nn.Module, mask: str, seed: int, side: int) -> int:
+    """Randomise BN, then make half of every Conv/Linear's outputs dead (not the classifier's); returns
+    how many output channels were made dead. The BatchNorm that reads a conv's output directly is
+    found by running the model once with hooks."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.running_mean.normal_(0, 0.2, generator=g)
+            bn.running_var.uniform_(0.5, 2.0, generator=g)
+            if bn.affine:
+                bn.weight.uniform_(0.5, 1.5, generator=g)
+                bn.bias.normal_(0, 0.2, generator=g)
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    classifier = layers[-1]
+    produced: dict[int, nn.Module] = {}
+    follower: dict[nn.Module, nn.Module] = {}
+
+    def after_layer(m, _inputs, output) -> None:
+        produced[id(output)] = m
+
+    def before_bn(m, inputs) -> None:  # (a pre-hook that returns a value replaces the input)
+        layer = produced.get(id(inputs[0]))
+        if layer is not None:
+            follower.setdefault(layer, m)
+
+    hooks = [m.register_forward_hook(after_layer) for m in layers]
+    hooks += [bn.register_forward_pre_hook(before_bn) for bn in bns]
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, side, side))
+    for h in hooks:
+        h.remove()
+    dead_total = 0
+    with torch.no_grad():
+        for layer in layers:
+            if layer is classifier:
+                continue
+            n = layer.weight.shape[0]
+            dead = rng.choice(n, n // 2, replace=False)
+            layer.weight[dead] = 0
+            if layer.bias is not None:
+                layer.bias[dead] = 0
+            bn = follower.get(layer)
+            if bn is not None and bn.affine and bn.num_features == n:
+                bn.weight[dead] = 0
+                if mask == "zero":
+                    bn.bias[dead] = 0
+            dead_total += len(dead)
+    return dead_total
+
+
+def export(model: nn.Module, path: Path, side: int, how: str) -> Path:
+    from ltc.exporters.torch_export import export_onnx
+
+    exporter = "dynamo" if how == "dynamo" else "legacy"
+    return export_onnx(model, path, (3, side, side), exporter=exporter, keep_batchnorm=how == "legacy-nofold")
+
+
+def independent_error(src: Path, out: Path, side: int, seed: int) -> float:
+    """Worst |difference| / (1e-5 + 1e-4 * max|reference|) over the outputs, ONNX Runtime optimizations
+    on; <= 1 is exact."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(seed).standard_normal((2, 3, side, side)).astype(np.float32)
+    outs = []
+    for f in (src, out):
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(str(f), opts, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x}))
+    worst = 0.0
+    for a, b in zip(*outs, strict=True):
+        both_nan = np.isnan(a) & np.isnan(b)
+        diff = np.where(both_nan, 0, np.abs(a.astype(np.float64) - b))
+        scale = float(np.nanmax(np.abs(a))) if a.size else 0.0
+        worst = max(worst, float(np.nanmax(diff)) / (1e-5 + 1e-4 * scale) if a.size else 0.0)
+    return worst
+
+
+def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: int = 0) -> dict:
+    from ltc.api import compress_file
+    from ltc.errors import InternalError, LtcError
+
+    row: dict = {"model": f"{lib}:{name}", "side": side, "mask": mask, "export": how}
+    torch.manual_seed(seed)
+    try:
+        model = build(lib, name, side).eval()
+        row["dead"] = kill_half(model, mask, seed, side)
+        src = export(model, tmp / "in.onnx", side, how)
+    except Exception as exc:  # noqa: BLE001 - a model or exporter failure is a row, not the end
+        row["status"] = f"build/export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return row
+    out = tmp / "out.onnx"
+    t0 = time.perf_counter()
+    try:
+        doc = compress_file(src, out, round_to=1)
+    except (LtcError, InternalError) as exc:
+        row["status"] = f"refused ({type(exc).__name__}): {str(exc)[:300]}"
+        row["seconds"] = time.perf_counter() - t0
+        return row
+    except Exception as exc:  # noqa: BLE001 - a crash is what this experiment looks for
+        row["status"] = f"crash: {type(exc).__name__}: {exc}"
+        row["trace"] = traceback.format_exc()[-2000:]
+        return row
+    row["seconds"] = time.perf_counter() - t0
+    row["status"] = "ok"
+    row["params"] = [doc["before"]["parameters"], doc["after"]["parameters"]]
+    layers = doc["layers"]
+    row["layers"] = len(layers)
+    row["own_dead"] = sum(entry["dead"] for entry in layers)
+    row["removed"] = sum(min(entry["dead"], entry["out_before"] - entry["out_after"]) for entry in layers)
+    why: Counter = Counter()
+    for entry in layers:
+        for reason, count in entry["kept_because"].items():
+            why[_short(reason)] += count
+    row["kept_because"] = dict(why.most_common(3))
+    row["coupled"] = coupled_dead(src)
+    row["removable"] = row["own_dead"] - row["coupled"]
+    row["removed_share"] = row["removed"] / row["removable"] if row["removable"] else 1.0
+    row["verified"] = doc["verification"]["passed"] if doc["verification"] else None
+    row["error_vs_tolerance"] = independent_error(src, out, side, seed)
+    row["exact"] = row["error_vs_tolerance"] <= 1.0
+    return row
+
+
+def coupled_dead(src: Path) -> int:
+    """Dead filters (all-zero output channels of a layer) whose channel class also holds a live
+    filter's output: a residual sum, a Concat-Split or an SE gate ties them, so no exact tool can
+    remove them. Classes are ltc's analysis (the ties the rules record); a class the analysis froze
+    is not counted as coupled, so what freezing costs shows as removal missed."""
+    from ltc.passes import FoldConstants, RemoveDeadChannels
+    from ltc.passes.onnx_io import read_model
+
+    model, _ = read_model(src)
+    cg = RemoveDeadChannels().analyze(FoldConstants()(model).model).cg
+    live = set()
+    for p in cg.producers:
+        live.update(cg.classes_of(p.tensor)[~p.zero].tolist())
+    return sum(int(np.isin(cg.classes_of(p.tensor)[p.zero], list(live)).sum()) for p in cg.producers)
+
+
+def _short(reason: str) -> str:
+    """A reason without the node names: 'read by Add 'x'' -> 'read by Add'."""
+    words = []
+    for w in reason.split():
+        if w.startswith("'"):
+            break
+        words.append(w)
+    return " ".join(words) or reason
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--exporters", default=",".join(EXPORTERS))
+    ap.add_argument("--masks", default=",".join(MASKS))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    wanted = {m for m in args.models.split(",") if m}
+    archs = [a for a in ARCHS if not wanted or a[1] in wanted]
+    rows = []
+    results_path = HERE / f"results{'-' + args.tag if args.tag else ''}.json"
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for lib, name, side in archs:
+            for how in args.exporters.split(","):
+                for mask in args.masks.split(","):
+                    row = one(lib, name, side, mask, how, Path(tmp))
+                    rows.append(row)
+                    share = f"{row['removed']}/{row['dead']}" if "removed" in row else ""
+                    print(f"[{time.time() - start:6.0f}s] {name:24s} {how:14s} {mask:5s} {row['status'][:90]} "
+                          f"{share} exact={row.get('exact')}", flush=True)
+                    results_path.write_text(json.dumps({"env": env(), "rows": rows}, indent=1) + "\n")
+
+
+def env() -> dict:
+    import onnx
+    import onnxruntime
+
+    torchvision, timm = import_zoos()
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+if __name__ == "__main__":
+    main()

@@ -181,3 +181,30 @@ def test_size_estimate_bounds_the_serialized_size(seed):
     estimate = model_size_bytes(model) - nodes
     exact = sum(t.ByteSize() for t in model.graph.initializer)
     assert exact <= estimate <= exact + 64 * len(model.graph.initializer)
+
+
+@pytest.mark.parametrize("named", [False, True])
+@pytest.mark.parametrize("op", ["ConstantOfShape", "Constant"])
+def test_tensor_attributes_of_any_op_are_not_renamed_in_the_input(op, named):
+    """graphsurgeon names a tensor attribute's proto in place on import/export: the ViT export's
+    ConstantOfShape (an unnamed `value`) made every compress refuse with "the pass modified its input
+    model". Any op's tensor attribute, named or not, must leave the input as it was."""
+    value = numpy_helper.from_array(np.array([2.0], np.float32), "v" if named else "")
+    if not named:
+        value.ClearField("name")
+    if op == "ConstantOfShape":  # of a computed shape (the batch size), as in the ViT export: not folded
+        extra = [helper.make_node("Shape", ["x"], ["s"], start=0, end=1),
+                 helper.make_node("ConstantOfShape", ["s"], ["c"], value=value),
+                 helper.make_node("ReduceMax", ["c"], ["k"], keepdims=0)]
+        inits = {}
+    else:
+        extra = [helper.make_node("Constant", [], ["k"], value=value)]
+        inits = {}
+    w1, w2 = conv_weight(6, 3, dead=[1, 4]), conv_weight(4, 6)
+    nodes = [*extra, node("Conv", ["x", "w1"], ["a"]), node("Mul", ["a", "k"], ["m"]), node("Relu", ["m"], ["b"]),
+             node("Conv", ["b", "w2"], ["y"])]
+    model = make_model(nodes, {"x": ["N", 3, 8, 8]}, ["y"], {"w1": w1, "w2": w2, **inits})
+    before = model.SerializeToString()
+    r = compress(model)
+    assert model.SerializeToString() == before
+    assert r.model is not r.reference and r.verification.passed

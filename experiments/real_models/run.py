@@ -213,15 +213,13 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     row["params"] = [doc["before"]["parameters"], doc["after"]["parameters"]]
     layers = doc["layers"]
     row["layers"] = len(layers)
-    row["own_dead"] = sum(entry["dead"] for entry in layers)
-    row["removed"] = sum(min(entry["dead"], entry["out_before"] - entry["out_after"]) for entry in layers)
+    row.update(accounting(src))
     why: Counter = Counter()
     for entry in layers:
         for reason, count in entry["kept_because"].items():
             why[_short(reason)] += count
     row["kept_because"] = dict(why.most_common(3))
-    row["coupled"] = coupled_dead(src)
-    row["removable"] = row["own_dead"] - row["coupled"]
+    row["removable"] = row["removed"] + row["blocked"]
     row["removed_share"] = row["removed"] / row["removable"] if row["removable"] else 1.0
     row["verified"] = doc["verification"]["passed"] if doc["verification"] else None
     row["error_vs_tolerance"] = independent_error(src, out, side, seed)
@@ -229,20 +227,41 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     return row
 
 
-def coupled_dead(src: Path) -> int:
-    """Dead filters (all-zero output channels of a layer) whose channel class also holds a live
-    filter's output: a residual sum, a Concat-Split or an SE gate ties them, so no exact tool can
-    remove them. Classes are ltc's analysis (the ties the rules record); a class the analysis froze
-    is not counted as coupled, so what freezing costs shows as removal missed."""
+def accounting(src: Path) -> dict:
+    """Per dead filter (an all-zero output channel of a Conv, Gemm or MatMul that ltc reads as a
+    layer), after constant folding, by ltc's plan:
+
+    - ``removed``;
+    - ``coupled``: kept because a reader sees a value that is not a known constant in its class
+      (plan reason "read by ..."). That is a residual sum, Concat or SE gate with a live partner; no
+      exact tool can remove those.
+    - ``unfoldable``: kept because the constant it outputs cannot be folded exactly into a reader
+      (a zero-padded conv sees the constant inside and zero at the border);
+    - ``blocked``: kept for any other reason (an op or pattern ltc does not handle, a graph output).
+      An ideal exact tool would remove these.
+
+    Caveat: where ltc's constant propagation gives up, a dead partner reads as live. Its loss then
+    counts as coupling, not as blocking; the top reasons in the table show it."""
     from ltc.passes import FoldConstants, RemoveDeadChannels
     from ltc.passes.onnx_io import read_model
 
     model, _ = read_model(src)
-    cg = RemoveDeadChannels().analyze(FoldConstants()(model).model).cg
-    live = set()
+    a = RemoveDeadChannels().analyze(FoldConstants()(model).model)
+    cg, plan = a.cg, a.plan
+    counts = Counter()
     for p in cg.producers:
-        live.update(cg.classes_of(p.tensor)[~p.zero].tolist())
-    return sum(int(np.isin(cg.classes_of(p.tensor)[p.zero], list(live)).sum()) for p in cg.producers)
+        for c in cg.classes_of(p.tensor)[p.zero]:
+            reason = plan.reasons.get(int(c), "")
+            counts["own_dead"] += 1
+            if plan.removed[c]:
+                counts["removed"] += 1
+            elif reason.startswith("read by"):
+                counts["coupled"] += 1
+            elif reason.startswith("non-zero constant cannot be folded"):
+                counts["unfoldable"] += 1
+            else:
+                counts["blocked"] += 1
+    return {k: counts[k] for k in ("own_dead", "removed", "coupled", "unfoldable", "blocked")}
 
 
 def _short(reason: str) -> str:
@@ -288,5 +307,35 @@ def env() -> dict:
             "timm": timm.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+
+
+def table(path: Path) -> str:
+    """Markdown: one row per model, one column per (export, mask): removed / removable (share), a mark
+    when not exact or refused."""
+    rows = json.loads(path.read_text())["rows"]
+    cols = sorted({(r["export"], r["mask"]) for r in rows}, key=lambda c: (EXPORTERS.index(c[0]), MASKS.index(c[1])))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["export"], r["mask"]): r for r in rows}
+    lines = ["| model | " + " | ".join(f"{e} {m}" for e, m in cols) + " |", "|---|" + "---|" * len(cols)]
+    for model in models:
+        cells = []
+        for e, m in cols:
+            r = cell.get((model, e, m))
+            if r is None:
+                cells.append("")
+            elif r["status"] != "ok":
+                cells.append(r["status"].split(":")[0])
+            else:
+                mark = "" if r["exact"] else " **NOT EXACT**"
+                unseen = f", {r['dead'] - r['own_dead']} unseen" if r["dead"] > r["own_dead"] else ""
+                cells.append(f"{100 * r['removed_share']:.0f}% ({r['removed']}/{r['removable']}, "
+                             f"{r['coupled']} coupled{unseen}){mark}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(Path(sys.argv[2])))
+    else:
+        main()

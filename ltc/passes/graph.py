@@ -68,13 +68,13 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         if var.shape is None and vi is not None and vi.type.tensor_type.HasField("shape"):
             var.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                          for d in vi.type.tensor_type.shape.dim]
-    for node in graph.nodes:  # graphsurgeon's export names Constant nodes' tensors in place: use copies
-        value = node.attrs.get("value") if node.op == "Constant" else None
-        lazy = getattr(value, "_values", None)
-        if hasattr(lazy, "tensor"):
-            copy = onnx.TensorProto()
-            copy.CopyFrom(lazy.tensor)
-            lazy.tensor = copy
+    for node in graph.nodes:  # graphsurgeon's export names tensor attributes in place (Constant's and
+        for value in node.attrs.values():  # ConstantOfShape's value, any op's): give it copies
+            lazy = getattr(value, "_values", None) if isinstance(value, gs.Constant) else None
+            if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
+                copy = onnx.TensorProto()
+                copy.CopyFrom(lazy.tensor)
+                lazy.tensor = copy
     # what each node was on import, for export to reuse the protos of those unchanged
     origin = {}
     if len(graph.nodes) == len(model.graph.node):

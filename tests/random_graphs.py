@@ -121,7 +121,7 @@ class RandomGraph:
         self._pending = None
         choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
                                   "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
-                                  "resize", "reduce", "prelu", "groupnorm"])
+                                  "resize", "reduce", "prelu", "groupnorm", "shuffle"])
         x = self.four_d()
         c = self.channels(x)
         if choice == "conv":
@@ -150,6 +150,8 @@ class RandomGraph:
             self.pool.append(z)
         elif choice == "grouped" and c % 2 == 0:
             self.pool.append(self.conv(x, cout=int(self.rng.choice([c, 2 * c])), group=2))
+        elif choice == "shuffle" and any(c % g == 0 and c > g for g in (2, 3, 4)):
+            self.pool.append(self.shuffle(x))
         elif choice == "depthwise":
             self.pool.append(self.conv(x, group=c, k=3))
         elif choice == "residual":
@@ -267,6 +269,23 @@ class RandomGraph:
         e = self.op("Erf", [self.op("Div", [t, self.const(np.float32(np.sqrt(2)))], shape)], shape)
         m = self.op("Mul", [t, self.op("Add", [e, self.const(np.float32(1))], shape)], shape)
         return self.op("Mul", [m, self.const(np.float32(0.5))], shape)
+
+    def shuffle(self, x: str) -> str:
+        """ShuffleNet's channel shuffle: view(N, g, C/g, H, W) -> transpose(1, 2) -> view(N, C, H, W),
+        with targets either constant (0 copies the batch) or computed from Shape(x) as exporters do."""
+        n, c, h, w = self.shapes[x]
+        g = int(self.rng.choice([g for g in (2, 3, 4) if c % g == 0 and c > g]))
+        if self.rng.random() < 0.5:
+            t1 = self.const(np.array([0, g, c // g, h, w], np.int64))
+            t2 = self.const(np.array([0, c, h, w], np.int64))
+        else:
+            s = self.op("Shape", [x], [4])
+            b = self.op("Gather", [s, self.const(np.array([0], np.int64))], [1], axis=0)
+            t1 = self.op("Concat", [b, self.const(np.array([g, c // g, h, w], np.int64))], [5], axis=0)
+            t2 = self.op("Concat", [b, self.const(np.array([c, h, w], np.int64))], [4], axis=0)
+        a = self.op("Reshape", [x, t1], [n, g, c // g, h, w])
+        t = self.op("Transpose", [a], [n, c // g, g, h, w], perm=[0, 2, 1, 3, 4])
+        return self.op("Reshape", [t, t2], [n, c, h, w])
 
     def head(self) -> None:
         x = self.pool[-1] if len(self.shapes[self.pool[-1]]) == 4 else self.four_d()

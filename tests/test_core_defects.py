@@ -11,7 +11,16 @@ from ltc.passes import RemoveDeadChannels, compress
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import import_graph
 from ltc.passes.stats import count_parameters, layer_macs
-from tests.helpers import assert_equivalent, conv_weight, make_model, node, vec, weight_shapes
+from tests.helpers import (
+    RNG,
+    assert_equivalent,
+    conv_weight,
+    make_model,
+    node,
+    run,
+    vec,
+    weight_shapes,
+)
 
 X = {"x": ["N", 4, 6, 6]}
 DEAD = [1, 4, 6]
@@ -46,8 +55,13 @@ def test_shape_with_start_reads_the_channel_count():
     nodes = [conv, node("Conv", ["a", "w1"], ["y"]), node("Shape", ["a"], ["s"], start=1),
              node("Gather", ["s", "zero"], ["c"], axis=0), node("Cast", ["c"], ["cf"], to=1)]
     model = make_model(nodes, X, ["y", "cf"], inits | {"w1": conv_weight(5, 8, 1), "zero": np.array(0, np.int64)})
+    # the rule: the channel count is read (an output here), so nothing may go
+    assert weight_shapes(RemoveDeadChannels()(model).model, "Conv")[0][0] == 8
+    # compress first folds the static count to the original's 8: the output stays 8, channels go, exactly
     r = compress(model)
-    assert weight_shapes(r.model, "Conv")[0][0] == 8  # the channel count is an output: nothing may go
+    assert r.verification.passed
+    feeds = {"x": RNG.standard_normal((2, *X["x"][1:])).astype(np.float32)}
+    assert run(r.model, feeds)[1] == 8.0
 
 
 def test_prelu_slope_varying_along_width_is_not_a_channel_constant():

@@ -28,6 +28,7 @@ from ltc.passes.remove import (
     layer_channels,
     plan_removal,
 )
+from ltc.passes.shuffle import ShuffleToGather
 from ltc.passes.stats import model_stats
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
 
@@ -163,7 +164,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     with input_blamed(model):
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
-        folded = FoldConstants()(reference).model  # constant chains of unfolded exports: initializers
+        folded = normalize(reference)
         grouped = Regroup(groups, round_to)(folded) if regroup else None
         result = RemoveDeadChannels(allow_lossy, round_to)(grouped.model if grouped else folded)
     info: RemovalInfo = result.info
@@ -212,6 +213,19 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
                           grouped.info if grouped is not None else None)
 
 
+def normalize(model: onnx.ModelProto, rounds: int = 64) -> onnx.ModelProto:
+    """What the analysis reads: constant chains and static shape reads folded into initializers, and
+    channel shuffles as one Gather, repeated while either finds more (a shuffle's output gets a
+    static shape once the shuffle before it is a Gather)."""
+    for _ in range(rounds):
+        folded = FoldConstants()(model)
+        shuffled = ShuffleToGather()(folded.model)
+        model = shuffled.model
+        if not (folded.modified or shuffled.modified):
+            break
+    return model
+
+
 @contextlib.contextmanager
 def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
     """An unexpected exception on a model that fails ``onnx.checker`` is the input's fault (exit 1,
@@ -246,7 +260,7 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        a = RemoveDeadChannels(allow_lossy, 1).analyze(FoldConstants()(reference).model)
+        a = RemoveDeadChannels(allow_lossy, 1).analyze(normalize(reference))
     cg = a.cg
     return {
         "layers": [asdict(layer) for layer in a.layers],

@@ -51,14 +51,17 @@ class FoldConstants(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         g = model.graph
+        known = shape_facts(model)
         excluded: set[int] = set()
         for _ in range(8):  # a result too large excludes its node and the selection runs again
-            fold, boundary = self._select(g, excluded)
+            fold, boundary = self._select(g, excluded, known)
             if not boundary:
                 return PassResult(model, False, FoldInfo(0, 0))
-            values = self._evaluate(model, [g.node[i] for i in fold], boundary)
+            computed = [g.node[i] for i in fold if not all(o in known for o in g.node[i].output)]
+            values = self._evaluate(model, computed, [b for b in boundary if b not in known], known)
             if values is None:
                 return PassResult(model, False, FoldInfo(0, 0))
+            values.update({b: known[b] for b in boundary if b in known})
             sizes = {t.name: _elements(t) for t in g.initializer}
             read = sum(sizes.get(x, 0) for i in fold for x in g.node[i].input)
             limit = min(self.max_elements, max(4096, 2 * read))
@@ -70,16 +73,27 @@ class FoldConstants(Pass):
         return PassResult(model, False, FoldInfo(0, 0))
 
     @staticmethod
-    def _select(g: onnx.GraphProto, excluded: set[int]) -> tuple[list[int], list[str]]:
-        """Nodes computed from constants only (in graph order), and the tensors of theirs that a node
-        left in the graph reads."""
-        constant = {t.name for t in g.initializer}
+    def _select(g: onnx.GraphProto, excluded: set[int], known: dict) -> tuple[list[int], list[str]]:
+        """Nodes computed from constants only (in graph order; shape reads whose values inference
+        knows count as constants), and the tensors of theirs that a node left in the graph reads."""
+        constant = {t.name for t in g.initializer} | set(known)
+        ints = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        integral = {t.name for t in g.initializer if t.data_type in ints}
         for n in g.node:
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
                 constant.add(n.output[0])
+                value = next((a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR), None)
+                if value is None or value.data_type in ints:  # (value_int(s) attributes are integers too)
+                    integral.add(n.output[0])
         graph_outputs = {o.name for o in g.output}
         fold: list[int] = []
         for i, n in enumerate(g.node):
+            if n.output and all(o in known for o in n.output) and i not in excluded:
+                fold.append(i)
+                continue
+            if n.op_type == "Identity" and n.input and n.input[0] in constant and n.input[0] not in integral:
+                constant.add(n.output[0])  # the exporters' dedup of equal weights: kept (no copy), read through
+                continue  # (shapes and axes do fold: shape inference does not see through Identity)
             if (i in excluded or n.domain not in ("", "ai.onnx") or n.op_type in NOT_FOLDED or not n.input
                     or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
                     or any(o in graph_outputs for o in n.output)
@@ -115,11 +129,15 @@ class FoldConstants(Pass):
         return out
 
     @staticmethod
-    def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list[str]) -> dict | None:
-        """The ``outputs`` of ``nodes`` (all inputs constant), computed by ONNX Runtime; None if it
-        cannot (the chain then stays as it is)."""
+    def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], outputs: list[str],
+                  known: dict | None = None) -> dict | None:
+        """The ``outputs`` of ``nodes`` (all inputs constant or ``known``), computed by ONNX Runtime;
+        None if it cannot (the chain then stays as it is)."""
         import onnxruntime as ort
 
+        if not outputs:
+            return {}
+        known = known or {}
         g = model.graph
         needed = {x for n in nodes for x in n.input if x}
         sub = onnx.ModelProto()
@@ -127,10 +145,14 @@ class FoldConstants(Pass):
         sub.opset_import.extend(model.opset_import)
         sg = sub.graph
         sg.name = "fold"
+        through = [n for n in g.node if n.op_type == "Identity" and n.output and n.output[0] in needed]
+        needed |= {n.input[0] for n in through}
         constants = [n for n in g.node if n.op_type == "Constant" and any(o in needed for o in n.output)]
         sg.node.extend(constants)
+        sg.node.extend(through)
         sg.node.extend(nodes)
         sg.initializer.extend(t for t in g.initializer if t.name in needed)
+        sg.initializer.extend(numpy_helper.from_array(known[x], x) for x in sorted(needed) if x in known)
         sg.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -140,3 +162,97 @@ class FoldConstants(Pass):
             return dict(zip(outputs, sess.run(outputs, {}), strict=True))
         except Exception:  # noqa: BLE001 - ORT's own types; folding is an optimisation, never required
             return None
+
+
+def shape_facts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of shape reads that shape inference knows: ``Shape(x)`` (with ``start``/``end``) when
+    every dimension it returns is a static number, and a ``Gather`` or ``Slice`` with constant indices
+    or bounds of a ``Shape(x)`` that picks only static dimensions (``x.size(1)`` in a model with a
+    dynamic batch). Exact: an input of another shape is refused by the runtime. A channel count read
+    this way becomes the original model's number, which is what the original computes; whatever
+    ties a shape to the channels (Reshape targets, Slice bounds) is a constant the rules rewrite."""
+    g = model.graph
+    shapes_of = [n for n in g.node if n.op_type == "Shape" and n.domain in ("", "ai.onnx")]
+    if not shapes_of or not _reads_past_the_batch(g, shapes_of):
+        return {}
+    from ltc.passes.onnx_io import infer_shapes
+
+    inferred = infer_shapes(model).graph
+    dims: dict[str, list] = {}
+    for vi in (*inferred.value_info, *inferred.input, *inferred.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if math.prod(t.dims) <= 64}
+    for n in g.node:
+        value = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 64:
+            consts[n.output[0]] = numpy_helper.to_array(value)
+    known: dict[str, np.ndarray] = {}
+    partial: dict[str, list] = {}  # Shape outputs with a symbolic dimension: per entry, its value or None
+    for n in shapes_of:
+        d = dims.get(n.input[0])
+        if d is None:
+            continue
+        attrs = {a.name: a.i for a in n.attribute}
+        r = len(d)
+        start, end = attrs.get("start", 0), attrs.get("end", r)
+        start = min(max(start + r if start < 0 else start, 0), r)
+        end = min(max(end + r if end < 0 else end, 0), r)
+        picked = d[start:end]
+        if all(isinstance(v, int) and v > 0 for v in picked):
+            known[n.output[0]] = np.array(picked, dtype=np.int64)
+        else:
+            partial[n.output[0]] = [v if isinstance(v, int) and v > 0 else None for v in picked]
+    for n in g.node:
+        if not n.input or n.input[0] not in partial:
+            continue
+        vec = partial[n.input[0]]
+        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in consts:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            idx = consts[n.input[1]]
+            if axis != 0 or not np.issubdtype(idx.dtype, np.integer) or idx.size == 0:
+                continue
+            if np.any(idx < -len(vec)) or np.any(idx >= len(vec)):
+                continue
+            picked = [vec[int(i)] for i in np.ravel(idx)]
+            if all(v is not None for v in picked):
+                known[n.output[0]] = np.array(picked, dtype=np.int64).reshape(idx.shape)
+        elif n.op_type == "Slice" and len(n.input) >= 3 and all(x in consts for x in n.input[1:] if x):
+            starts, ends = consts[n.input[1]], consts[n.input[2]]
+            steps = consts[n.input[4]] if len(n.input) > 4 and n.input[4] else np.ones(1, np.int64)
+            if len(n.input) > 3 and n.input[3] and np.ravel(consts[n.input[3]]).tolist() not in ([0], [-1]):
+                continue
+            if starts.size != 1 or ends.size != 1 or steps.size != 1:
+                continue
+            picked = vec[slice(int(starts[0]), int(min(ends[0], 2**31)), int(steps[0]))]
+            if picked and all(v is not None for v in picked):
+                known[n.output[0]] = np.array(picked, dtype=np.int64)
+    return known
+
+
+def _reads_past_the_batch(g: onnx.GraphProto, shapes_of: list[onnx.NodeProto]) -> bool:
+    """Whether some Shape read may pick a dimension other than the first (``x.view(x.size(0), -1)``
+    reads only the batch, which is symbolic: no shape inference is worth running for it)."""
+    small = {t.name: numpy_helper.to_array(t) for t in g.initializer if math.prod(t.dims) <= 4}
+    for n in g.node:
+        value = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 4:
+            small[n.output[0]] = numpy_helper.to_array(value)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    for n in shapes_of:
+        if next((a.i for a in n.attribute if a.name == "start"), 0) != 0:
+            return True
+        for r in readers.get(n.output[0], []):
+            if r.op_type == "Gather" and len(r.input) == 2 and r.input[1] in small:
+                if np.any(np.ravel(small[r.input[1]]) != 0):
+                    return True
+            elif r.op_type == "Slice" and len(r.input) >= 3 and r.input[1] in small and r.input[2] in small:
+                if np.ravel(small[r.input[1]]).tolist() != [0] or np.ravel(small[r.input[2]]).tolist() != [1]:
+                    return True
+            else:
+                return True
+    return False

@@ -1,0 +1,273 @@
+"""Channel shuffles (ShuffleNet's Reshape -> Transpose -> Reshape) as one channel Gather.
+
+``x.view(N, g, C/g, H, W).transpose(1, 2).reshape(N, C, H, W)`` permutes the channels of ``x``:
+output channel ``i*g + k`` is input channel ``k*(C/g) + i``. The analysis cannot follow a channel
+axis split over two axes, and the exporters compute the targets from ``Shape(x)``, which reads the
+channel count. :class:`ShuffleToGather` rewrites the three nodes as ``Gather(x, perm, axis=1)``, the
+same values, whose rule ties each output channel to its input channel and whose indices follow any
+removal or permutation. Recognised from the inferred shapes, whatever computes the targets:
+
+- the first Reshape splits axis 1 of a rank-r tensor into two static factors ``g * c == C`` and keeps
+  every other dimension;
+- the Transpose swaps exactly those two axes;
+- the second Reshape restores the input's shape;
+- neither intermediate has another reader or is a graph output.
+
+The nodes that only computed the two targets go with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ltc.passes.base import Pass, PassResult
+from ltc.passes.onnx_io import infer_shapes
+from ltc.passes.reindex import fresh_name
+
+
+@dataclass
+class ShuffleInfo:
+    shuffles: int
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def shuffle_indices(groups: int, per_group: int) -> np.ndarray:
+    """Input channel of each output channel of a shuffle of ``groups`` x ``per_group`` channels."""
+    return np.arange(groups * per_group).reshape(groups, per_group).T.reshape(-1)
+
+
+class ShuffleToGather(Pass):
+    name = "shuffle-to-gather"
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        g = model.graph
+        if not any(n.op_type == "Transpose" and _swaps_1_2(n) for n in g.node):
+            return PassResult(model, False, ShuffleInfo(0))
+        inferred = infer_shapes(model).graph
+        shapes = {vi.name: _dims(vi) for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
+        readers: dict[str, list[int]] = {}
+        for i, n in enumerate(g.node):
+            for x in n.input:
+                readers.setdefault(x, []).append(i)
+        outputs = {o.name for o in g.output}
+        found = []  # (first reshape, transpose, second reshape, indices)
+        targets = _Targets(g, shapes)
+        for i, r1 in enumerate(g.node):
+            match = self._match(g, i, r1, shapes, readers, outputs, targets)
+            if match is not None:
+                found.append(match)
+        if not found:
+            return PassResult(model, False, ShuffleInfo(0))
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        nodes = list(out.graph.node)
+        drop = set()
+        names = {t.name for t in out.graph.initializer} | {o for n in nodes for o in n.output}
+        readers_now: dict[str, set[int]] = {}
+        for j, n in enumerate(nodes):
+            for x in n.input:
+                readers_now.setdefault(x, set()).add(j)
+        for i1, it, i2, idx in found:
+            r2 = nodes[i2]
+            const = fresh_name(names, f"{r2.name or r2.output[0]}__shuffle")
+            out.graph.initializer.append(numpy_helper.from_array(idx.astype(np.int64), const))
+            gather = helper.make_node("Gather", [nodes[i1].input[0], const], list(r2.output), name=r2.name, axis=1,
+                                      doc_string=r2.doc_string or None)
+            gather.metadata_props.extend(r2.metadata_props)
+            for x in r2.input:
+                readers_now.get(x, set()).discard(i2)
+            nodes[i2] = gather
+            for x in gather.input:
+                readers_now.setdefault(x, set()).add(i2)
+            drop |= {i1, it}
+            drop |= _target_only(nodes, [nodes[i1].input[1], g.node[i2].input[1]], drop, outputs, readers_now)
+        del out.graph.node[:]
+        out.graph.node.extend(n for i, n in enumerate(nodes) if i not in drop)
+        read = {x for n in out.graph.node for x in n.input} | outputs
+        keep = [t for t in out.graph.initializer if t.name in read]
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(keep)
+        gone = {o for i in drop for o in nodes[i].output}
+        keep_vi = [vi for vi in out.graph.value_info if vi.name not in gone]
+        del out.graph.value_info[:]
+        out.graph.value_info.extend(keep_vi)
+        return PassResult(out, True, ShuffleInfo(len(found)))
+
+    @staticmethod
+    def _match(g, i, r1, shapes, readers, outputs, targets=None):
+        if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
+            return None
+        a = r1.output[0]
+        if a in outputs or len(readers.get(a, [])) != 1:
+            return None
+        it = readers[a][0]
+        t = g.node[it]
+        if t.op_type != "Transpose" or t.input[0] != a:
+            return None
+        b = t.output[0]
+        if b in outputs or len(readers.get(b, [])) != 1:
+            return None
+        i2 = readers[b][0]
+        r2 = g.node[i2]
+        if r2.op_type != "Reshape" or r2.input[0] != b:
+            return None
+        x = r1.input[0]
+        dx = shapes.get(x)
+        if dx is None or len(dx) < 2 or not isinstance(dx[1], int) or dx[1] <= 0:
+            return None
+        r, channels = len(dx), dx[1]
+        perm = next((list(att.ints) for att in t.attribute if att.name == "perm"), None)
+        want = list(range(r + 1))
+        want[1], want[2] = 2, 1
+        if perm != want:
+            return None
+        targets = targets or _Targets(g, shapes)
+        t1, t2 = targets.entries(r1.input[1]), targets.entries(r2.input[1])
+        if t1 is None or t2 is None or len(t1) != r + 1 or len(t2) != r:
+            return None
+        zero_copies = [not _attr(n, "allowzero", 0) for n in (r1, r2)]
+
+        def dim(e, k: int, tensors: tuple[str, ...]) -> bool:  # e is dimension k of x
+            return (isinstance(e, tuple) and e[1] in tensors and e[2] == k) or (
+                isinstance(e, int) and e > 0 and e == dx[k])
+
+        groups, per = t1[1], t1[2]
+        if not (isinstance(groups, int) and isinstance(per, int)):
+            return None
+        if groups == -1 and per > 0 and channels % per == 0:
+            groups = channels // per
+        elif per == -1 and groups > 0 and channels % groups == 0:
+            per = channels // groups
+        if groups <= 0 or per <= 0 or groups * per != channels:
+            return None
+        batch1 = dim(t1[0], 0, (x,)) or (t1[0] == 0 and zero_copies[0]) or t1[0] == -1
+        if not batch1 or not all(dim(e, k - 1, (x,)) for k, e in enumerate(t1[3:], start=3)):
+            return None
+        rest2 = all(dim(e, k, (x,)) or (isinstance(e, tuple) and e[1] in (a, b) and e[2] == k + 1)
+                    for k, e in enumerate(t2[2:], start=2))
+        first2 = dim(t2[0], 0, (x, a, b)) or (t2[0] == 0 and zero_copies[1]) or (t2[0] == -1 and t2[1] == channels)
+        if not (rest2 and first2 and (t2[1] == channels or (t2[1] == -1 and t2[0] != -1))):
+            return None
+        return i, it, i2, shuffle_indices(groups, per)
+
+
+def _swaps_1_2(n: onnx.NodeProto) -> bool:
+    perm = next((list(att.ints) for att in n.attribute if att.name == "perm"), [])
+    return len(perm) >= 3 and perm[:3] == [0, 2, 1] and perm[3:] == list(range(3, len(perm)))
+
+
+def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in n.attribute if a.name == name), default)
+
+
+class _Targets:
+    """The entries of a shape vector the graph computes: an int, ``("dim", tensor, axis)`` for a
+    dimension inference leaves symbolic, from constants and Shape/Gather/Slice/Unsqueeze/Squeeze/
+    Concat/Cast and integer arithmetic with constants (the exporters' ``x.size(i)`` chains)."""
+
+    def __init__(self, g: onnx.GraphProto, shapes: dict):
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.shapes = shapes
+        self.consts: dict[str, np.ndarray] = {}
+        for t in g.initializer:
+            if len(t.dims) <= 1 and math.prod(t.dims) <= 16:
+                self.consts[t.name] = numpy_helper.to_array(t)
+        for n in g.node:
+            value = next((att.t for att in n.attribute if att.name == "value" and att.type == onnx.AttributeProto.TENSOR), None)
+            if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 16:
+                self.consts[n.output[0]] = numpy_helper.to_array(value)
+        self.memo: dict[str, list | None] = {}
+
+    def entries(self, name: str) -> list | None:
+        if name not in self.memo:
+            self.memo[name] = None  # (cycles cannot occur in a valid graph; this guards a broken one)
+            self.memo[name] = self._entries(name)
+        return self.memo[name]
+
+    def _int_const(self, name: str) -> list[int] | None:
+        v = self.consts.get(name)
+        if v is None or not np.issubdtype(v.dtype, np.integer):
+            return None
+        return [int(e) for e in np.ravel(v)]
+
+    def _entries(self, name: str) -> list | None:
+        const = self._int_const(name)
+        if const is not None:
+            return const
+        n = self.producer.get(name)
+        if n is None or n.domain not in ("", "ai.onnx"):
+            return None
+        op, ins = n.op_type, list(n.input)
+        if op == "Shape":
+            d = self.shapes.get(ins[0])
+            if d is None:
+                return None
+            rank = len(d)
+            start, end = _attr(n, "start", 0), _attr(n, "end", rank)
+            start = min(max(start + rank if start < 0 else start, 0), rank)
+            end = min(max(end + rank if end < 0 else end, 0), rank)
+            return [d[k] if isinstance(d[k], int) and d[k] > 0 else ("dim", ins[0], k) for k in range(start, end)]
+        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
+            return self.entries(ins[0])
+        if op == "Concat":
+            parts = [self.entries(x) for x in ins]
+            return None if any(p is None for p in parts) else [e for p in parts for e in p]
+        if op == "Gather" and _attr(n, "axis", 0) == 0:
+            v, idx = self.entries(ins[0]), self._int_const(ins[1])
+            if v is None or idx is None or any(not -len(v) <= k < len(v) for k in idx):
+                return None
+            return [v[k] for k in idx]
+        if op == "Slice" and len(ins) >= 3:
+            v, starts, ends = self.entries(ins[0]), self._int_const(ins[1]), self._int_const(ins[2])
+            steps = self._int_const(ins[4]) if len(ins) > 4 and ins[4] else [1]
+            if v is None or starts is None or ends is None or steps is None or len(starts) != 1 or steps[0] == 0:
+                return None
+            return v[slice(starts[0], min(ends[0], len(v)) if steps[0] > 0 else ends[0], steps[0])]
+        if op in ("Div", "Mul", "Add", "Sub") and len(ins) == 2:
+            p, q = self.entries(ins[0]), self.entries(ins[1])
+            if p is None or q is None or not all(isinstance(e, int) for e in p + q):
+                return None
+            if len(p) != len(q):
+                if len(p) == 1:
+                    p = p * len(q)
+                elif len(q) == 1:
+                    q = q * len(p)
+                else:
+                    return None
+            if op == "Div" and any(e == 0 for e in q):
+                return None
+            f = {"Div": lambda u, w: int(u / w), "Mul": lambda u, w: u * w, "Add": lambda u, w: u + w,
+                 "Sub": lambda u, w: u - w}[op]
+            return [f(u, w) for u, w in zip(p, q, strict=True)]
+        return None
+
+
+def _target_only(nodes: list[onnx.NodeProto], tensors: list[str], dropped: set[int], outputs: set[str],
+                 readers: dict[str, set[int]]) -> set[int]:
+    """Nodes that compute ``tensors`` and whose outputs nothing else reads (transitively).
+    ``readers``: tensor -> indices of the nodes reading it, in ``nodes`` as they are now."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    drop: set[int] = set()
+    stack = [t for t in tensors if t in producer]
+    while stack:
+        i = producer[stack.pop()]
+        if i in drop or i in dropped:
+            continue
+        gone = drop | dropped
+        if any(o in outputs or readers.get(o, set()) - gone for o in nodes[i].output):
+            continue
+        drop.add(i)
+        stack.extend(x for x in nodes[i].input if x in producer)
+    return drop
+

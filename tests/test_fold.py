@@ -17,7 +17,8 @@ from tests.random_graphs import RandomGraph
 def unfold(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
     """``model`` with each initializer replaced, at random, by a chain that computes it: stored
     transposed + Transpose, split in two + Concat, stored as float64 + Cast, a Constant node +
-    Identity, or (1-D int64) one Constant scalar per entry + Unsqueeze + Concat. Values are exact."""
+    Identity, an initializer + Identity (the legacy exporter's dedup), or (1-D int64) one Constant
+    scalar per entry + Unsqueeze + Concat. Values are exact."""
     rng = np.random.default_rng(seed)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -26,7 +27,7 @@ def unfold(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
     for t in g.initializer:
         v = numpy_helper.to_array(t)
-        kind = rng.choice(["keep", "transpose", "concat", "cast", "constant", "scalars"])
+        kind = rng.choice(["keep", "transpose", "concat", "cast", "constant", "scalars", "identity"])
         name = t.name
         if kind == "transpose" and v.ndim >= 2:
             perm = rng.permutation(v.ndim)
@@ -39,6 +40,9 @@ def unfold(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
         elif kind == "cast" and v.dtype == np.float32:
             keep.append(numpy_helper.from_array(v.astype(np.float64), f"{name}__d"))
             chains.append(helper.make_node("Cast", [f"{name}__d"], [name], to=TensorProto.FLOAT))
+        elif kind == "identity":  # the legacy exporter's dedup of equal tensors: initializer -> Identity
+            keep.append(numpy_helper.from_array(v, f"{name}__i"))
+            chains.append(helper.make_node("Identity", [f"{name}__i"], [name]))
         elif kind == "constant":
             chains.append(helper.make_node("Constant", [], [f"{name}__c"], value=numpy_helper.from_array(v, "v")))
             chains.append(helper.make_node("Identity", [f"{name}__c"], [name]))
@@ -63,7 +67,20 @@ def unfold(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
 
 
 def _params(model: onnx.ModelProto) -> int:
-    return count_parameters(FoldConstants()(model).model)
+    """Parameters once chains are folded and Identity reads of initializers resolved (so weights read
+    through an Identity count as the layer's)."""
+    m = FoldConstants()(model).model
+    inits = {t.name for t in m.graph.initializer}
+    alias = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "Identity" and n.input[0] in inits}
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    nodes = [n for n in out.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in nodes:
+        for i, x in enumerate(n.input):
+            n.input[i] = alias.get(x, x)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return count_parameters(out)
 
 
 def _feeds(seed: int) -> dict:

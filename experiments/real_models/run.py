@@ -235,6 +235,8 @@ def accounting(src: Path) -> dict:
     - ``coupled``: kept because a reader sees a value that is not a known constant in its class
       (plan reason "read by ..."). That is a residual sum, Concat or SE gate with a live partner; no
       exact tool can remove those.
+    - ``pinned``: its class is read by an op that reads all channels together (LayerNorm, Softmax, a
+      reduction over channels): removing a channel, even a zero one, changes the others.
     - ``unfoldable``: kept because the constant it outputs cannot be folded exactly into a reader
       (a zero-padded conv sees the constant inside and zero at the border);
     - ``blocked``: kept for any other reason (an op or pattern ltc does not handle, a graph output).
@@ -242,11 +244,12 @@ def accounting(src: Path) -> dict:
 
     Caveat: where ltc's constant propagation gives up, a dead partner reads as live. Its loss then
     counts as coupling, not as blocking; the top reasons in the table show it."""
-    from ltc.passes import FoldConstants, RemoveDeadChannels
+    from ltc.passes import RemoveDeadChannels
+    from ltc.passes.compress import normalize
     from ltc.passes.onnx_io import read_model
 
     model, _ = read_model(src)
-    a = RemoveDeadChannels().analyze(FoldConstants()(model).model)
+    a = RemoveDeadChannels().analyze(normalize(model))
     cg, plan = a.cg, a.plan
     counts = Counter()
     for p in cg.producers:
@@ -255,13 +258,15 @@ def accounting(src: Path) -> dict:
             counts["own_dead"] += 1
             if plan.removed[c]:
                 counts["removed"] += 1
+            elif cg.pinned[c] and not cg.frozen[c]:
+                counts["pinned"] += 1
             elif reason.startswith("read by"):
                 counts["coupled"] += 1
             elif reason.startswith("non-zero constant cannot be folded"):
                 counts["unfoldable"] += 1
             else:
                 counts["blocked"] += 1
-    return {k: counts[k] for k in ("own_dead", "removed", "coupled", "unfoldable", "blocked")}
+    return {k: counts[k] for k in ("own_dead", "removed", "coupled", "pinned", "unfoldable", "blocked")}
 
 
 def _short(reason: str) -> str:
@@ -328,8 +333,9 @@ def table(path: Path) -> str:
             else:
                 mark = "" if r["exact"] else " **NOT EXACT**"
                 unseen = f", {r['dead'] - r['own_dead']} unseen" if r["dead"] > r["own_dead"] else ""
+                pinned = f", {r['pinned']} pinned" if r.get("pinned") else ""
                 cells.append(f"{100 * r['removed_share']:.0f}% ({r['removed']}/{r['removable']}, "
-                             f"{r['coupled']} coupled{unseen}){mark}")
+                             f"{r['coupled']} coupled{pinned}{unseen}){mark}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

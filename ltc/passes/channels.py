@@ -285,8 +285,8 @@ class ChannelGraph:
 
     def _no_channel_inputs(self, node: gs.Node) -> None:
         """Shape arithmetic and constants: outputs of rank >= 2 are channel tensors nobody may change."""
-        if node.op == "Constant":
-            return
+        if node.op == "Constant" or (node.op == "Identity" and const_value(node.outputs[0]) is not None):
+            return  # (a constant, possibly through the exporters' Identity dedup: rules read it as one)
         for t in node.outputs:
             if t.name and t.name not in self.tensors and self._default(t) is not None:
                 self.block(t.name, f"{node.op} '{node.name}' creates it from no channel tensor")
@@ -297,8 +297,8 @@ class ChannelGraph:
         by_weight: dict[tuple[int, int], list[Take]] = defaultdict(list)
         for r in self.records:
             if isinstance(r, Take):
-                src = _source(r.node.inputs[r.index])
-                if src is not None and len(src.outputs) > 1 and _rank(src) >= 2:
+                src = _source(r.node.inputs[r.index])  # (read directly or through Identity: counted by takes)
+                if src is not None and _rank(src) >= 2:
                     by_weight[(id(src), r.axis)].append(r)
         for takes in by_weight.values():
             first = takes[0].tensor
@@ -409,14 +409,20 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> tuple[int, np.
 
 
 def _source(t: gs.Tensor) -> gs.Tensor | None:
-    """The constant behind an input (through Identity), or None."""
+    """The constant behind an input (through Identity): an initializer, or a Constant node's output;
+    None if the input is computed."""
     while isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Identity" and t.inputs[0].inputs:
         t = t.inputs[0].inputs[0]
-    return t if isinstance(t, gs.Constant) else None
+    if isinstance(t, gs.Constant) or (isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant"):
+        return t
+    return None
 
 
-def _rank(c: gs.Constant) -> int:
-    return len(c.shape) if c.shape is not None else 0
+def _rank(c: gs.Tensor) -> int:
+    if c.shape is not None:
+        return len(c.shape)
+    value = const_value(c)
+    return value.ndim if value is not None else 0
 
 
 def _subgraph_reads(node: gs.Node) -> set[str]:

@@ -316,7 +316,6 @@ class MatMul(Rule):
 def _following_bias(node: gs.Node, m: int) -> tuple[gs.Node | None, int | None, tuple]:
     """The bias Add right after a MatMul (x @ W + b), if its other operand is a constant ``[..., M]``
     with ones elsewhere."""
-    import onnx_graphsurgeon as gs
 
     consumers = node.outputs[0].outputs
     if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
@@ -326,7 +325,7 @@ def _following_bias(node: gs.Node, m: int) -> tuple[gs.Node | None, int | None, 
         if t is node.outputs[0]:
             continue
         val = const_value(t)
-        if val is not None and isinstance(t, gs.Constant) and val.ndim >= 1 and val.shape[-1] == m \
+        if val is not None and val.ndim >= 1 and val.shape[-1] == m \
                 and math.prod(val.shape[:-1]) == 1 and np.issubdtype(val.dtype, np.floating):
             return add, i, tuple(val.shape)
     return None, None, ()

@@ -108,6 +108,14 @@ def print_inspect(doc: dict, console: Console | None = None) -> None:
                   f"{doc['removable_classes']}")
     for reason, n in sorted(doc["frozen_by"].items(), key=lambda kv: -kv[1]):
         console.print(f"  frozen ({n} classes): {reason}")
+    d = doc.get("dead_filters")
+    if d and d["dead"]:
+        console.print(f"dead filters: {d['dead']}; removable now {d['removed']}; coupled to a live channel "
+                      f"{d['coupled']}; pinned by a whole-channel op {d['pinned']}; constant not foldable "
+                      f"{d['unfoldable']}; blocked by ltc {d['blocked']} "
+                      f"({100 * d['removable_share']:.0f}% of what an exact tool could remove is removed)")
+        for reason, n in list(d["blockers"].items())[:5]:
+            console.print(f"  blocked ({n} filters): {reason}")
     if doc["ops_not_in_rule_table"]:
         console.print(f"ops not in the rule table: {', '.join(doc['ops_not_in_rule_table'])}")
     s = doc["stats"]

@@ -228,45 +228,19 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
 
 
 def accounting(src: Path) -> dict:
-    """Per dead filter (an all-zero output channel of a Conv, Gemm or MatMul that ltc reads as a
-    layer), after constant folding, by ltc's plan:
-
-    - ``removed``;
-    - ``coupled``: kept because a reader sees a value that is not a known constant in its class
-      (plan reason "read by ..."). That is a residual sum, Concat or SE gate with a live partner; no
-      exact tool can remove those.
-    - ``pinned``: its class is read by an op that reads all channels together (LayerNorm, Softmax, a
-      reduction over channels): removing a channel, even a zero one, changes the others.
-    - ``unfoldable``: kept because the constant it outputs cannot be folded exactly into a reader
-      (a zero-padded conv sees the constant inside and zero at the border);
-    - ``blocked``: kept for any other reason (an op or pattern ltc does not handle, a graph output).
-      An ideal exact tool would remove these.
-
-    Caveat: where ltc's constant propagation gives up, a dead partner reads as live. Its loss then
-    counts as coupling, not as blocking; the top reasons in the table show it."""
+    """What became of each dead filter, by ltc's plan after normalisation: removed, coupled to a live
+    channel, pinned by a whole-channel op, constant not foldable, or blocked by ltc
+    (``ltc.passes.remove.dead_filters``, what ``ltc inspect`` prints)."""
     from ltc.passes import RemoveDeadChannels
     from ltc.passes.compress import normalize
     from ltc.passes.onnx_io import read_model
+    from ltc.passes.remove import dead_filters
 
     model, _ = read_model(src)
     a = RemoveDeadChannels().analyze(normalize(model))
-    cg, plan = a.cg, a.plan
-    counts = Counter()
-    for p in cg.producers:
-        for c in cg.classes_of(p.tensor)[p.zero]:
-            reason = plan.reasons.get(int(c), "")
-            counts["own_dead"] += 1
-            if plan.removed[c]:
-                counts["removed"] += 1
-            elif cg.pinned[c] and not cg.frozen[c]:
-                counts["pinned"] += 1
-            elif reason.startswith("read by"):
-                counts["coupled"] += 1
-            elif reason.startswith("non-zero constant cannot be folded"):
-                counts["unfoldable"] += 1
-            else:
-                counts["blocked"] += 1
-    return {k: counts[k] for k in ("own_dead", "removed", "coupled", "pinned", "unfoldable", "blocked")}
+    d = dead_filters(a.cg, a.plan)
+    return {"own_dead": d.dead, "removed": d.removed, "coupled": d.coupled, "pinned": d.pinned,
+            "unfoldable": d.unfoldable, "blocked": d.blocked}
 
 
 def _short(reason: str) -> str:

@@ -25,6 +25,7 @@ from ltc.passes.remove import (
     LayerChannels,
     RemovalPlan,
     apply_removal,
+    dead_filters,
     layer_channels,
     plan_removal,
 )
@@ -262,13 +263,15 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         reference = ApplyMasks(masks)(model).model if masks else model
         a = RemoveDeadChannels(allow_lossy, 1).analyze(normalize(reference))
     cg = a.cg
+    dead = dead_filters(cg, a.plan)
     return {
         "layers": [asdict(layer) for layer in a.layers],
         "classes": int(cg.n_classes),
         "frozen_classes": int((cg.frozen | cg.pinned).sum()),
         "removable_classes": int(a.plan.removed.sum()),
         "frozen_by": a.frozen,
-        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules}),
+        "dead_filters": {**asdict(dead), "removable_share": dead.removable_share},
+        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules and n.op != "Constant"}),
         "stats": {k: v for k, v in model_stats(reference, a.cg.macs()).items() if k != "layer_macs"},
         "notes": a.plan.notes,
     }

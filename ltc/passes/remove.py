@@ -154,3 +154,55 @@ def layer_channels(cg: ChannelGraph, plan: RemovalPlan) -> list[LayerChannels]:
         rows.append(LayerChannels(node.name or out.name, node.op, out.name, in_before, in_after,
                                   out.units, int(kept_out.sum()), own_dead.get(id(node), 0), dict(why)))
     return rows
+
+
+@dataclass
+class DeadFilters:
+    """What became of the dead filters (all-zero output channels of a weight layer), each counted once:
+
+    - ``removed``: the plan removes it;
+    - ``coupled``: kept because a reader sees a value in its class that is not a known constant (a
+      residual sum, a Concat or an SE gate with a live partner): no exact rewrite removes it;
+    - ``pinned``: its class is read by an op that reads all channels together (LayerNorm, Softmax,
+      a reduction over channels), where removing even a zero channel changes the others;
+    - ``unfoldable``: the constant it outputs cannot be folded exactly into a reader (a zero-padded
+      conv sees it inside and zero at the border); ``--allow-lossy`` folds it;
+    - ``blocked``: kept for any other reason (an op or pattern ltc does not handle, a graph output,
+      ``--round-to``, grouped-conv balance), with the reasons in ``blockers``.
+
+    Where constant propagation gives up, a dead partner reads as live: that counts as coupled."""
+
+    dead: int
+    removed: int
+    coupled: int
+    pinned: int
+    unfoldable: int
+    blocked: int
+    blockers: dict[str, int]
+
+    @property
+    def removable_share(self) -> float:
+        """Removed / (removed + blocked): the share of what an exact tool could remove."""
+        return self.removed / (self.removed + self.blocked) if self.removed + self.blocked else 1.0
+
+
+def dead_filters(cg: ChannelGraph, plan: RemovalPlan) -> DeadFilters:
+    counts: Counter = Counter()
+    blockers: Counter = Counter()
+    for p in cg.producers:
+        for c in cg.classes_of(p.tensor)[p.zero]:
+            c = int(c)
+            reason = plan.reasons.get(c, "")
+            if plan.removed[c]:
+                counts["removed"] += 1
+            elif cg.pinned[c] and not cg.frozen[c]:
+                counts["pinned"] += 1
+            elif reason.startswith("read by"):
+                counts["coupled"] += 1
+            elif reason.startswith("non-zero constant cannot be folded"):
+                counts["unfoldable"] += 1
+            else:
+                counts["blocked"] += 1
+                blockers[reason or "no evidence it is dead"] += 1
+    return DeadFilters(sum(counts.values()), counts["removed"], counts["coupled"], counts["pinned"],
+                       counts["unfoldable"], counts["blocked"], dict(blockers.most_common()))

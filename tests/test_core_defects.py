@@ -362,3 +362,19 @@ def test_inspect_sorts_every_dead_filter_into_removed_coupled_pinned_unfoldable_
     assert (d["dead"], d["removed"], d["coupled"], d["pinned"], d["unfoldable"], d["blocked"]) == (6, 2, 1, 1, 1, 1)
     assert d["removable_share"] == pytest.approx(2 / 3)
     assert any("LRN" in reason for reason in d["blockers"])
+
+
+@pytest.mark.parametrize("delta", [1e-3, 0.05, 2.0])
+def test_a_failed_verification_says_the_rtol_that_would_have_passed(delta):
+    from ltc.passes import verify
+
+    x = {"x": ["N", 4]}
+    ref = make_model([node("Mul", ["x", "k"], ["y"])], x, ["y"], {"k": np.full(4, 3.0, np.float32)})
+    cand = make_model([node("Mul", ["x", "k"], ["y"])], x, ["y"], {"k": np.full(4, 3.0 + delta, np.float32)})
+    feeds = {"x": RNG.standard_normal((2, 4)).astype(np.float32)}
+    atol = 1e-5
+    out = verify(ref, cand, feeds, rtol=1e-4, atol=atol).outputs["y"]
+    needed = out["rtol_needed"]
+    assert needed > 0
+    assert verify(ref, cand, feeds, rtol=needed * 1.001, atol=atol).passed
+    assert not verify(ref, cand, feeds, rtol=needed * 0.999, atol=atol).passed

@@ -190,7 +190,8 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
             raise InternalError(
                 f"verification failed: output '{name}' differs by {worst['max_abs']:.3g}, "
                 f"{worst['max_abs'] / max(worst['tolerance'], 1e-300):.3g}x the tolerance {worst['tolerance']:.3g} "
-                f"(atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g}); if that is rounding, raise --rtol; "
+                f"(atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g}); it would pass with --rtol "
+                f"{worst['rtol_needed']:.3g}; if that is rounding, raise --rtol; "
                 "--no-verify writes it anyway, at your own risk")
         if verification.optimizer_ok is False:
             raise InternalError(

@@ -257,6 +257,15 @@ def _optimizer_verdict(reference: Runnable, feeds: dict[str, np.ndarray], opt: d
     return opt is not None and _compare(ref_opt, opt, rtol, atol)[0]
 
 
+def rtol_needed(max_abs: float, scale: float, atol: float) -> float:
+    """The smallest rtol with which ``max_abs <= atol + rtol * scale`` holds (inf if none does)."""
+    if max_abs <= atol:
+        return 0.0
+    if scale <= 0 or not math.isfinite(max_abs):
+        return math.inf
+    return (max_abs - atol) / scale
+
+
 def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float,
              atol: float) -> tuple[bool, dict[str, dict]]:
     passed, outputs = True, {}
@@ -277,6 +286,6 @@ def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float
         tolerance = atol + rtol * scale
         ok = max_abs <= tolerance
         outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "tolerance": tolerance,
-                         "passed": ok}
+                         "rtol_needed": rtol_needed(max_abs, scale, atol), "passed": ok}
         passed &= ok
     return passed, outputs

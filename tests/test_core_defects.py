@@ -378,3 +378,31 @@ def test_a_failed_verification_says_the_rtol_that_would_have_passed(delta):
     assert needed > 0
     assert verify(ref, cand, feeds, rtol=needed * 1.001, atol=atol).passed
     assert not verify(ref, cand, feeds, rtol=needed * 0.999, atol=atol).passed
+
+
+@pytest.mark.parametrize("through_identity", [False, True])
+@pytest.mark.parametrize("layout", ["channel-first", "channel-last"])
+def test_layer_scale_lets_dead_channels_go(layout, through_identity):
+    """Mul by a learned per-channel scale (ConvNeXt/CaiT layer scale), channel-first ``[C, 1, 1]`` or
+    channel-last ``[C]`` between permutes, given directly or through the legacy exporter's Identity
+    dedup: dead channels are removed on both sides, exactly."""
+    gamma = (RNG.random(8) + 0.5).astype(np.float32)
+    g_shape = gamma.reshape(8, 1, 1) if layout == "channel-first" else gamma
+    inits = {"w0": conv_weight(8, 4, 1, dead=[1, 3, 6]), "w1": conv_weight(5, 8, 1)}
+    nodes = [node("Conv", ["x", "w0"], ["a"])]
+    gname = "gamma"
+    if through_identity:
+        inits["gamma_src"] = g_shape
+        nodes.append(node("Identity", ["gamma_src"], ["gamma"]))
+    else:
+        inits["gamma"] = g_shape
+    if layout == "channel-first":
+        nodes += [node("Mul", ["a", gname], ["s"])]
+    else:
+        nodes += [node("Transpose", ["a"], ["at"], perm=[0, 2, 3, 1]), node("Mul", ["at", gname], ["st"]),
+                  node("Transpose", ["st"], ["s"], perm=[0, 3, 1, 2])]
+    nodes += [node("Relu", ["s"], ["r"]), node("Conv", ["r", "w1"], ["y"])]
+    model = make_model(nodes, X, ["y"], inits)
+    r = compress(model)
+    assert weight_shapes(r.model, "Conv") == [(5, 4, 1, 1), (5, 5, 1, 1)]
+    assert_equivalent(model, r.model, X)

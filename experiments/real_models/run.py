@@ -243,6 +243,45 @@ def accounting(src: Path) -> dict:
             "unfoldable": d.unfoldable, "blocked": d.blocked}
 
 
+def peer_onnxsim(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: int = 0) -> dict:
+    """onnxsim 0.8.1's structured pruning on the same file, at the dead fraction (0.5): it ranks
+    filters by L2 norm (the dead ones are 0) and cuts producer/consumer chains it recognises, with no
+    mask and no check. Exactness is measured the same way as ltc's."""
+    from onnxsim.pruning import apply_structured_pruning
+
+    from ltc.passes.stats import count_parameters
+
+    row: dict = {"model": f"{lib}:{name}", "side": side, "mask": mask, "export": how, "peer": "onnxsim 0.8.1"}
+    torch.manual_seed(seed)
+    try:
+        model = build(lib, name, side).eval()
+        kill_half(model, mask, seed, side)
+        src = export(model, tmp / "in.onnx", side, how)
+    except Exception as exc:  # noqa: BLE001
+        row["status"] = f"build/export failed: {type(exc).__name__}"
+        return row
+    import onnx
+
+    original = onnx.load(str(src))
+    t0 = time.perf_counter()
+    try:
+        pruned = apply_structured_pruning(original, sparsity=0.5)
+    except Exception as exc:  # noqa: BLE001 - a peer's failure is a row
+        row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return row
+    row["seconds"] = time.perf_counter() - t0
+    out = tmp / "peer.onnx"
+    onnx.save(pruned, str(out))
+    row["params"] = [count_parameters(original), count_parameters(pruned)]
+    try:
+        row["error_vs_tolerance"] = independent_error(src, out, side, seed)
+        row["exact"] = row["error_vs_tolerance"] <= 1.0
+        row["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime refused the peer's output
+        row["status"] = f"output does not run: {str(exc).splitlines()[0][:160]}"
+    return row
+
+
 def _short(reason: str) -> str:
     """A reason without the node names: 'read by Add 'x'' -> 'read by Add'."""
     words = []
@@ -259,6 +298,7 @@ def main() -> None:
     ap.add_argument("--exporters", default=",".join(EXPORTERS))
     ap.add_argument("--masks", default=",".join(MASKS))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--peers", action="store_true", help="run onnxsim 0.8.1's structured pruning instead of ltc")
     args = ap.parse_args()
     wanted = {m for m in args.models.split(",") if m}
     archs = [a for a in ARCHS if not wanted or a[1] in wanted]
@@ -269,9 +309,9 @@ def main() -> None:
         for lib, name, side in archs:
             for how in args.exporters.split(","):
                 for mask in args.masks.split(","):
-                    row = one(lib, name, side, mask, how, Path(tmp))
+                    row = (peer_onnxsim if args.peers else one)(lib, name, side, mask, how, Path(tmp))
                     rows.append(row)
-                    share = f"{row['removed']}/{row['dead']}" if "removed" in row else ""
+                    share = f"{row['removed']}/{row['dead']}" if "removed" in row else str(row.get("params", ""))
                     print(f"[{time.time() - start:6.0f}s] {name:24s} {how:14s} {mask:5s} {row['status'][:90]} "
                           f"{share} exact={row.get('exact')}", flush=True)
                     results_path.write_text(json.dumps({"env": env(), "rows": rows}, indent=1) + "\n")
@@ -314,8 +354,29 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def peer_table(ltc_path: Path, peer_path: Path) -> str:
+    """Markdown: per model and mask (one export), parameters after and exactness, ltc vs the peer."""
+    ltc_rows = {(r["model"], r["export"], r["mask"]): r for r in json.loads(ltc_path.read_text())["rows"]}
+    lines = ["| model | export | mask | params before | ltc after | ltc exact | onnxsim after | onnxsim exact |",
+             "|---|---|---|---|---|---|---|---|"]
+    for p in json.loads(peer_path.read_text())["rows"]:
+        r = ltc_rows.get((p["model"], p["export"], p["mask"]))
+        if r is None or r.get("status") != "ok":
+            continue
+        before = r["params"][0]
+        if p["status"] == "ok":
+            peer = (f"{p['params'][1]:,}", "yes" if p["exact"] else f"**no** ({p['error_vs_tolerance']:.3g}× tol)")
+        else:
+            peer = ("–", p["status"][:60])
+        lines.append(f"| {p['model']} | {p['export']} | {p['mask']} | {before:,} | {r['params'][1]:,} | "
+                     f"{'yes' if r['exact'] else '**no**'} | {peer[0]} | {peer[1]} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--table":
         print(table(Path(sys.argv[2])))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--peer-table":
+        print(peer_table(Path(sys.argv[2]), Path(sys.argv[3])))
     else:
         main()

@@ -223,7 +223,7 @@ def shape_facts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             steps = consts[n.input[4]] if len(n.input) > 4 and n.input[4] else np.ones(1, np.int64)
             if len(n.input) > 3 and n.input[3] and np.ravel(consts[n.input[3]]).tolist() not in ([0], [-1]):
                 continue
-            if starts.size != 1 or ends.size != 1 or steps.size != 1:
+            if starts.size != 1 or ends.size != 1 or steps.size != 1 or int(steps[0]) == 0:
                 continue
             picked = vec[slice(int(starts[0]), int(min(ends[0], 2**31)), int(steps[0]))]
             if picked and all(v is not None for v in picked):

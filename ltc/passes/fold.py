@@ -22,6 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.passes.base import Pass, PassResult
+from ltc.passes.shapes import inferred_dims, shape_range, small_constants
 
 NOT_FOLDED = frozenset({
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -175,31 +176,15 @@ def shape_facts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     shapes_of = [n for n in g.node if n.op_type == "Shape" and n.domain in ("", "ai.onnx")]
     if not shapes_of or not _reads_past_the_batch(g, shapes_of):
         return {}
-    from ltc.passes.onnx_io import infer_shapes
-
-    inferred = infer_shapes(model).graph
-    dims: dict[str, list] = {}
-    for vi in (*inferred.value_info, *inferred.input, *inferred.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer if math.prod(t.dims) <= 64}
-    for n in g.node:
-        value = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
-        if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 64:
-            consts[n.output[0]] = numpy_helper.to_array(value)
+    dims = {k: [v if isinstance(v, int) else None for v in d] for k, d in inferred_dims(model).items()}
+    consts = small_constants(g, 64)
     known: dict[str, np.ndarray] = {}
     partial: dict[str, list] = {}  # Shape outputs with a symbolic dimension: per entry, its value or None
     for n in shapes_of:
         d = dims.get(n.input[0])
         if d is None:
             continue
-        attrs = {a.name: a.i for a in n.attribute}
-        r = len(d)
-        start, end = attrs.get("start", 0), attrs.get("end", r)
-        start = min(max(start + r if start < 0 else start, 0), r)
-        end = min(max(end + r if end < 0 else end, 0), r)
-        picked = d[start:end]
+        picked = [d[k] for k in shape_range(n, len(d))]
         if all(isinstance(v, int) and v > 0 for v in picked):
             known[n.output[0]] = np.array(picked, dtype=np.int64)
         else:
@@ -234,11 +219,7 @@ def shape_facts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def _reads_past_the_batch(g: onnx.GraphProto, shapes_of: list[onnx.NodeProto]) -> bool:
     """Whether some Shape read may pick a dimension other than the first (``x.view(x.size(0), -1)``
     reads only the batch, which is symbolic: no shape inference is worth running for it)."""
-    small = {t.name: numpy_helper.to_array(t) for t in g.initializer if math.prod(t.dims) <= 4}
-    for n in g.node:
-        value = next((a.t for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
-        if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 4:
-            small[n.output[0]] = numpy_helper.to_array(value)
+    small = small_constants(g, 4)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
         for x in n.input:

@@ -18,7 +18,6 @@ The nodes that only computed the two targets go with them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,20 +25,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.onnx_io import infer_shapes
 from ltc.passes.reindex import fresh_name
+from ltc.passes.shapes import inferred_dims, shape_range, small_constants
 
 
 @dataclass
 class ShuffleInfo:
     shuffles: int
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list | None:
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
 def shuffle_indices(groups: int, per_group: int) -> np.ndarray:
@@ -54,8 +46,7 @@ class ShuffleToGather(Pass):
         g = model.graph
         if not any(n.op_type == "Transpose" and _swaps_1_2(n) for n in g.node):
             return PassResult(model, False, ShuffleInfo(0))
-        inferred = infer_shapes(model).graph
-        shapes = {vi.name: _dims(vi) for vi in (*inferred.value_info, *inferred.input, *inferred.output)}
+        shapes = inferred_dims(model)
         readers: dict[str, list[int]] = {}
         for i, n in enumerate(g.node):
             for x in n.input:
@@ -179,14 +170,7 @@ class _Targets:
     def __init__(self, g: onnx.GraphProto, shapes: dict):
         self.producer = {o: n for n in g.node for o in n.output}
         self.shapes = shapes
-        self.consts: dict[str, np.ndarray] = {}
-        for t in g.initializer:
-            if len(t.dims) <= 1 and math.prod(t.dims) <= 16:
-                self.consts[t.name] = numpy_helper.to_array(t)
-        for n in g.node:
-            value = next((att.t for att in n.attribute if att.name == "value" and att.type == onnx.AttributeProto.TENSOR), None)
-            if n.op_type == "Constant" and value is not None and math.prod(value.dims) <= 16:
-                self.consts[n.output[0]] = numpy_helper.to_array(value)
+        self.consts = small_constants(g, 16)
         self.memo: dict[str, list | None] = {}
 
     def entries(self, name: str) -> list | None:
@@ -213,11 +197,7 @@ class _Targets:
             d = self.shapes.get(ins[0])
             if d is None:
                 return None
-            rank = len(d)
-            start, end = _attr(n, "start", 0), _attr(n, "end", rank)
-            start = min(max(start + rank if start < 0 else start, 0), rank)
-            end = min(max(end + rank if end < 0 else end, 0), rank)
-            return [d[k] if isinstance(d[k], int) and d[k] > 0 else ("dim", ins[0], k) for k in range(start, end)]
+            return [d[k] if isinstance(d[k], int) and d[k] > 0 else ("dim", ins[0], k) for k in shape_range(n, len(d))]
         if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
             return self.entries(ins[0])
         if op == "Concat":

@@ -282,6 +282,45 @@ def peer_onnxsim(lib: str, name: str, side: int, mask: str, how: str, tmp: Path,
     return row
 
 
+def peer_torch_pruning(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: int = 0) -> dict:
+    """Torch-Pruning 1.6's magnitude pruner on the torch model (before export): L2 importance, half
+    of every prunable group's channels (the dead fraction; dead filters rank lowest), classifier
+    ignored. Its output is compared with the unpruned model's in torch, the same tolerance. ``how``
+    is ignored (Torch-Pruning works before export)."""
+    import torch_pruning as tp
+
+    row: dict = {"model": f"{lib}:{name}", "side": side, "mask": mask, "export": how, "peer": "torch-pruning 1.6"}
+    torch.manual_seed(seed)
+    try:
+        model = build(lib, name, side).eval()
+        kill_half(model, mask, seed, side)
+    except Exception as exc:  # noqa: BLE001
+        row["status"] = f"build failed: {type(exc).__name__}"
+        return row
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        before = model(x)
+    params = sum(p.numel() for p in model.parameters())
+    classifier = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    t0 = time.perf_counter()
+    try:
+        pruner = tp.pruner.MagnitudePruner(model, torch.randn(1, 3, side, side), importance=tp.importance.MagnitudeImportance(p=2),
+                                           pruning_ratio=0.5, ignored_layers=[classifier])
+        pruner.step()
+        with torch.no_grad():
+            after = model(x)
+    except Exception as exc:  # noqa: BLE001 - a peer's failure is a row
+        row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        return row
+    row["seconds"] = time.perf_counter() - t0
+    row["params"] = [params, sum(p.numel() for p in model.parameters())]
+    scale = float(before.abs().max())
+    row["error_vs_tolerance"] = float((after - before).abs().max()) / (1e-5 + 1e-4 * scale)
+    row["exact"] = row["error_vs_tolerance"] <= 1.0
+    row["status"] = "ok"
+    return row
+
+
 def _short(reason: str) -> str:
     """A reason without the node names: 'read by Add 'x'' -> 'read by Add'."""
     words = []
@@ -298,7 +337,8 @@ def main() -> None:
     ap.add_argument("--exporters", default=",".join(EXPORTERS))
     ap.add_argument("--masks", default=",".join(MASKS))
     ap.add_argument("--tag", default="")
-    ap.add_argument("--peers", action="store_true", help="run onnxsim 0.8.1's structured pruning instead of ltc")
+    ap.add_argument("--peers", choices=["onnxsim", "torch-pruning"], default=None,
+                    help="run a peer instead of ltc: onnxsim 0.8.1's structured pruning or Torch-Pruning 1.6")
     args = ap.parse_args()
     wanted = {m for m in args.models.split(",") if m}
     archs = [a for a in ARCHS if not wanted or a[1] in wanted]
@@ -309,7 +349,8 @@ def main() -> None:
         for lib, name, side in archs:
             for how in args.exporters.split(","):
                 for mask in args.masks.split(","):
-                    row = (peer_onnxsim if args.peers else one)(lib, name, side, mask, how, Path(tmp))
+                    run_one = {"onnxsim": peer_onnxsim, "torch-pruning": peer_torch_pruning, None: one}[args.peers]
+                    row = run_one(lib, name, side, mask, how, Path(tmp))
                     rows.append(row)
                     share = f"{row['removed']}/{row['dead']}" if "removed" in row else str(row.get("params", ""))
                     print(f"[{time.time() - start:6.0f}s] {name:24s} {how:14s} {mask:5s} {row['status'][:90]} "

@@ -398,19 +398,21 @@ def table(path: Path) -> str:
 def peer_table(ltc_path: Path, peer_path: Path) -> str:
     """Markdown: per model and mask (one export), parameters after and exactness, ltc vs the peer."""
     ltc_rows = {(r["model"], r["export"], r["mask"]): r for r in json.loads(ltc_path.read_text())["rows"]}
-    lines = ["| model | export | mask | params before | ltc after | ltc exact | onnxsim after | onnxsim exact |",
+    peer_rows = json.loads(peer_path.read_text())["rows"]
+    peer = peer_rows[0]["peer"] if peer_rows else "peer"
+    lines = [f"| model | export | mask | params before | ltc after | ltc exact | {peer} after | {peer} exact |",
              "|---|---|---|---|---|---|---|---|"]
-    for p in json.loads(peer_path.read_text())["rows"]:
+    for p in peer_rows:
         r = ltc_rows.get((p["model"], p["export"], p["mask"]))
         if r is None or r.get("status") != "ok":
             continue
         before = r["params"][0]
         if p["status"] == "ok":
-            peer = (f"{p['params'][1]:,}", "yes" if p["exact"] else f"**no** ({p['error_vs_tolerance']:.3g}× tol)")
+            got = (f"{p['params'][1]:,}", "yes" if p["exact"] else f"**no** ({p['error_vs_tolerance']:.3g}× tol)")
         else:
-            peer = ("–", p["status"][:60])
+            got = ("–", p["status"][:60])
         lines.append(f"| {p['model']} | {p['export']} | {p['mask']} | {before:,} | {r['params'][1]:,} | "
-                     f"{'yes' if r['exact'] else '**no**'} | {peer[0]} | {peer[1]} |")
+                     f"{'yes' if r['exact'] else '**no**'} | {got[0]} | {got[1]} |")
     return "\n".join(lines)
 
 

@@ -302,6 +302,13 @@ def peer_torch_pruning(lib: str, name: str, side: int, mask: str, how: str, tmp:
         before = model(x)
     params = sum(p.numel() for p in model.parameters())
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+    import signal
+
+    def give_up(*_):
+        raise TimeoutError("more than 120 s")
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(120)  # (Torch-Pruning's dependency graph takes many minutes on some models)
     t0 = time.perf_counter()
     try:
         pruner = tp.pruner.MagnitudePruner(model, torch.randn(1, 3, side, side), importance=tp.importance.MagnitudeImportance(p=2),
@@ -312,6 +319,8 @@ def peer_torch_pruning(lib: str, name: str, side: int, mask: str, how: str, tmp:
     except Exception as exc:  # noqa: BLE001 - a peer's failure is a row
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
         return row
+    finally:
+        signal.alarm(0)
     row["seconds"] = time.perf_counter() - t0
     row["params"] = [params, sum(p.numel() for p in model.parameters())]
     scale = float(before.abs().max())

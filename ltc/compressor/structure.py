@@ -10,8 +10,8 @@ model really smaller (channels removed) or faster (``Conv(group=G)``).
 - ``regroup``: per layer, output and input channels are co-clustered into G balanced groups that keep
   the most surviving weight magnitude (alternating optimal balanced assignments, no partitioner
   binary); the mask is block-diagonal under those permutations with dense blocks of whole kernels.
-  G comes from ``groups``/``group_width``, or is the G (among those the grouped-conv cost table
-  predicts faster than dense) whose block density 1/G is nearest to what pruning left.
+  G comes from ``groups``/``group_width``, or is the G the grouped-conv cost table predicts fastest
+  among those whose block density 1/G is near what pruning left (see :func:`choose_groups`).
 
 Each returns the new mask and per-layer detail for the ticket's ``structure``.
 """

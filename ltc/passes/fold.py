@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.shapes import inferred_dims, shape_range, small_constants
+from ltc.passes.shapes import drop_unread, inferred_dims, shape_range, small_constants
 
 NOT_FOLDED = frozenset({
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -119,14 +119,8 @@ class FoldConstants(Pass):
         still_read = {x for n in kept for x in n.input} | {o.name for o in g.output}
         # Constant nodes whose only readers were folded go with them
         out.graph.node.extend(n for n in kept if n.op_type != "Constant" or any(o in still_read for o in n.output))
-        keep_inits = [t for t in out.graph.initializer if t.name in still_read]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(keep_inits)
         out.graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in boundary)
-        stale = {o for i in fold for o in g.node[i].output}
-        keep_vi = [vi for vi in out.graph.value_info if vi.name not in stale]
-        del out.graph.value_info[:]
-        out.graph.value_info.extend(keep_vi)
+        drop_unread(out.graph, {o for i in fold for o in g.node[i].output})
         return out
 
     @staticmethod

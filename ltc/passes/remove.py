@@ -40,6 +40,11 @@ class RemovalPlan:
         return plan
 
 
+# The two reasons a contraction keeps a class; :func:`dead_filters` sorts dead filters by them.
+UNFOLDABLE = "non-zero constant cannot be folded into"  # a known constant its reader cannot fold exactly
+READ_LIVE = "read by"  # a reader sees a value that is not a known constant (a live partner)
+
+
 def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1) -> RemovalPlan:
     """Mark classes removable where there is evidence and every reader ignores them or sees a foldable constant."""
     n = cg.n_classes
@@ -60,9 +65,9 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1)
             removable[cls] = False
             if cls not in reasons:
                 if finite[u]:
-                    reasons[cls] = f"non-zero constant cannot be folded into {c.node.op} '{c.node.name}' ({c.blocked_why})"
+                    reasons[cls] = f"{UNFOLDABLE} {c.node.op} '{c.node.name}' ({c.blocked_why})"
                 else:
-                    reasons[cls] = f"read by {c.node.op} '{c.node.name}'"
+                    reasons[cls] = f"{READ_LIVE} {c.node.op} '{c.node.name}'"
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})
     _enforce(cg, plan, round_to)
     plan.lossy = bool(np.any(lossy_classes & plan.removed))
@@ -197,9 +202,9 @@ def dead_filters(cg: ChannelGraph, plan: RemovalPlan) -> DeadFilters:
                 counts["removed"] += 1
             elif cg.pinned[c] and not cg.frozen[c]:
                 counts["pinned"] += 1
-            elif reason.startswith("read by"):
+            elif reason.startswith(READ_LIVE):
                 counts["coupled"] += 1
-            elif reason.startswith("non-zero constant cannot be folded"):
+            elif reason.startswith(UNFOLDABLE):
                 counts["unfoldable"] += 1
             else:
                 counts["blocked"] += 1

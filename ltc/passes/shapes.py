@@ -1,5 +1,6 @@
-"""Small helpers for reading shape computations in an ONNX graph: small constants, inferred
-dimensions, and the dimensions a ``Shape`` node returns."""
+"""Small helpers for the passes that edit the graph before the analysis (FoldConstants,
+ShuffleToGather): small constants, inferred dimensions, the dimensions a ``Shape`` node returns,
+and dropping what an edit left unread."""
 
 from __future__ import annotations
 
@@ -40,3 +41,15 @@ def shape_range(n: onnx.NodeProto, rank: int) -> range:
     start = min(max(start + rank if start < 0 else start, 0), rank)
     end = min(max(end + rank if end < 0 else end, 0), rank)
     return range(start, end)
+
+
+def drop_unread(g: onnx.GraphProto, gone: set[str]) -> None:
+    """After nodes were removed from ``g`` (a copy the pass owns): drop the initializers nothing reads
+    any more and the value_info of the ``gone`` tensors."""
+    read = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    infos = [vi for vi in g.value_info if vi.name not in gone]
+    del g.value_info[:]
+    g.value_info.extend(infos)

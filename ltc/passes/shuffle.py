@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.reindex import fresh_name
-from ltc.passes.shapes import inferred_dims, shape_range, small_constants
+from ltc.passes.shapes import drop_unread, inferred_dims, shape_range, small_constants
 
 
 @dataclass
@@ -85,14 +85,7 @@ class ShuffleToGather(Pass):
             drop |= _target_only(nodes, [nodes[i1].input[1], g.node[i2].input[1]], drop, outputs, readers_now)
         del out.graph.node[:]
         out.graph.node.extend(n for i, n in enumerate(nodes) if i not in drop)
-        read = {x for n in out.graph.node for x in n.input} | outputs
-        keep = [t for t in out.graph.initializer if t.name in read]
-        del out.graph.initializer[:]
-        out.graph.initializer.extend(keep)
-        gone = {o for i in drop for o in nodes[i].output}
-        keep_vi = [vi for vi in out.graph.value_info if vi.name not in gone]
-        del out.graph.value_info[:]
-        out.graph.value_info.extend(keep_vi)
+        drop_unread(out.graph, {o for i in drop for o in nodes[i].output})
         return PassResult(out, True, ShuffleInfo(len(found)))
 
     @staticmethod

@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.shapes import drop_unread, inferred_dims, shape_range, small_constants
+from ltc.passes.shapes import ShapeValues, drop_unread, inferred_dims, small_constants
 
 NOT_FOLDED = frozenset({
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -170,43 +170,17 @@ def shape_facts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     shapes_of = [n for n in g.node if n.op_type == "Shape" and n.domain in ("", "ai.onnx")]
     if not shapes_of or not _reads_past_the_batch(g, shapes_of):
         return {}
-    dims = {k: [v if isinstance(v, int) else None for v in d] for k, d in inferred_dims(model).items()}
-    consts = small_constants(g, 64)
+    values_of = ShapeValues(g, inferred_dims(model))
+    shape_outputs = {n.output[0] for n in shapes_of}
     known: dict[str, np.ndarray] = {}
-    partial: dict[str, list] = {}  # Shape outputs with a symbolic dimension: per entry, its value or None
-    for n in shapes_of:
-        d = dims.get(n.input[0])
-        if d is None:
-            continue
-        picked = [d[k] for k in shape_range(n, len(d))]
-        if all(isinstance(v, int) and v > 0 for v in picked):
-            known[n.output[0]] = np.array(picked, dtype=np.int64)
-        else:
-            partial[n.output[0]] = [v if isinstance(v, int) and v > 0 else None for v in picked]
     for n in g.node:
-        if not n.input or n.input[0] not in partial:
+        if not (n.op_type == "Shape" or (n.op_type in ("Gather", "Slice") and n.input and n.input[0] in shape_outputs)):
             continue
-        vec = partial[n.input[0]]
-        if n.op_type == "Gather" and len(n.input) == 2 and n.input[1] in consts:
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-            idx = consts[n.input[1]]
-            if axis != 0 or not np.issubdtype(idx.dtype, np.integer) or idx.size == 0:
-                continue
-            if np.any(idx < -len(vec)) or np.any(idx >= len(vec)):
-                continue
-            picked = [vec[int(i)] for i in np.ravel(idx)]
-            if all(v is not None for v in picked):
-                known[n.output[0]] = np.array(picked, dtype=np.int64).reshape(idx.shape)
-        elif n.op_type == "Slice" and len(n.input) >= 3 and all(x in consts for x in n.input[1:] if x):
-            starts, ends = consts[n.input[1]], consts[n.input[2]]
-            steps = consts[n.input[4]] if len(n.input) > 4 and n.input[4] else np.ones(1, np.int64)
-            if len(n.input) > 3 and n.input[3] and np.ravel(consts[n.input[3]]).tolist() not in ([0], [-1]):
-                continue
-            if starts.size != 1 or ends.size != 1 or steps.size != 1 or int(steps[0]) == 0:
-                continue
-            picked = vec[slice(int(starts[0]), int(min(ends[0], 2**31)), int(steps[0]))]
-            if picked and all(v is not None for v in picked):
-                known[n.output[0]] = np.array(picked, dtype=np.int64)
+        values = values_of.entries(n.output[0])  # (an int per static dimension, a symbol otherwise)
+        if not values or not all(isinstance(v, int) and v > 0 for v in values):
+            continue
+        shape = values_of.consts[n.input[1]].shape if n.op_type == "Gather" else (len(values),)
+        known[n.output[0]] = np.array(values, dtype=np.int64).reshape(shape)
     return known
 
 

@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.reindex import fresh_name
-from ltc.passes.shapes import drop_unread, inferred_dims, shape_range, small_constants
+from ltc.passes.shapes import ShapeValues, attr_int, drop_unread, inferred_dims
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ShuffleToGather(Pass):
                 readers.setdefault(x, []).append(i)
         outputs = {o.name for o in g.output}
         found = []  # (first reshape, transpose, second reshape, indices)
-        targets = _Targets(g, shapes)
+        targets = ShapeValues(g, shapes)
         for i, r1 in enumerate(g.node):
             match = self._match(g, i, r1, shapes, readers, outputs, targets)
             if match is not None:
@@ -116,11 +116,11 @@ class ShuffleToGather(Pass):
         want[1], want[2] = 2, 1
         if perm != want:
             return None
-        targets = targets or _Targets(g, shapes)
+        targets = targets or ShapeValues(g, shapes)
         t1, t2 = targets.entries(r1.input[1]), targets.entries(r2.input[1])
         if t1 is None or t2 is None or len(t1) != r + 1 or len(t2) != r:
             return None
-        zero_copies = [not _attr(n, "allowzero", 0) for n in (r1, r2)]
+        zero_copies = [not attr_int(n, "allowzero", 0) for n in (r1, r2)]
 
         def dim(e, k: int, tensors: tuple[str, ...]) -> bool:  # e is dimension k of x
             return (isinstance(e, tuple) and e[1] in tensors and e[2] == k) or (
@@ -150,80 +150,6 @@ def _swaps_1_2(n: onnx.NodeProto) -> bool:
     perm = next((list(att.ints) for att in n.attribute if att.name == "perm"), [])
     return len(perm) >= 3 and perm[:3] == [0, 2, 1] and perm[3:] == list(range(3, len(perm)))
 
-
-def _attr(n: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in n.attribute if a.name == name), default)
-
-
-class _Targets:
-    """The entries of a shape vector the graph computes: an int, ``("dim", tensor, axis)`` for a
-    dimension inference leaves symbolic, from constants and Shape/Gather/Slice/Unsqueeze/Squeeze/
-    Concat/Cast and integer arithmetic with constants (the exporters' ``x.size(i)`` chains)."""
-
-    def __init__(self, g: onnx.GraphProto, shapes: dict):
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.shapes = shapes
-        self.consts = small_constants(g, 16)
-        self.memo: dict[str, list | None] = {}
-
-    def entries(self, name: str) -> list | None:
-        if name not in self.memo:
-            self.memo[name] = None  # (cycles cannot occur in a valid graph; this guards a broken one)
-            self.memo[name] = self._entries(name)
-        return self.memo[name]
-
-    def _int_const(self, name: str) -> list[int] | None:
-        v = self.consts.get(name)
-        if v is None or not np.issubdtype(v.dtype, np.integer):
-            return None
-        return [int(e) for e in np.ravel(v)]
-
-    def _entries(self, name: str) -> list | None:
-        const = self._int_const(name)
-        if const is not None:
-            return const
-        n = self.producer.get(name)
-        if n is None or n.domain not in ("", "ai.onnx"):
-            return None
-        op, ins = n.op_type, list(n.input)
-        if op == "Shape":
-            d = self.shapes.get(ins[0])
-            if d is None:
-                return None
-            return [d[k] if isinstance(d[k], int) and d[k] > 0 else ("dim", ins[0], k) for k in shape_range(n, len(d))]
-        if op in ("Cast", "Identity", "Unsqueeze", "Squeeze"):
-            return self.entries(ins[0])
-        if op == "Concat":
-            parts = [self.entries(x) for x in ins]
-            return None if any(p is None for p in parts) else [e for p in parts for e in p]
-        if op == "Gather" and _attr(n, "axis", 0) == 0:
-            v, idx = self.entries(ins[0]), self._int_const(ins[1])
-            if v is None or idx is None or any(not -len(v) <= k < len(v) for k in idx):
-                return None
-            return [v[k] for k in idx]
-        if op == "Slice" and len(ins) >= 3:
-            v, starts, ends = self.entries(ins[0]), self._int_const(ins[1]), self._int_const(ins[2])
-            steps = self._int_const(ins[4]) if len(ins) > 4 and ins[4] else [1]
-            if v is None or starts is None or ends is None or steps is None or len(starts) != 1 or steps[0] == 0:
-                return None
-            return v[slice(starts[0], min(ends[0], len(v)) if steps[0] > 0 else ends[0], steps[0])]
-        if op in ("Div", "Mul", "Add", "Sub") and len(ins) == 2:
-            p, q = self.entries(ins[0]), self.entries(ins[1])
-            if p is None or q is None or not all(isinstance(e, int) for e in p + q):
-                return None
-            if len(p) != len(q):
-                if len(p) == 1:
-                    p = p * len(q)
-                elif len(q) == 1:
-                    q = q * len(p)
-                else:
-                    return None
-            if op == "Div" and any(e == 0 for e in q):
-                return None
-            f = {"Div": lambda u, w: int(u / w), "Mul": lambda u, w: u * w, "Add": lambda u, w: u + w,
-                 "Sub": lambda u, w: u - w}[op]
-            return [f(u, w) for u, w in zip(p, q, strict=True)]
-        return None
 
 
 def _target_only(nodes: list[onnx.NodeProto], tensors: list[str], dropped: set[int], outputs: set[str],

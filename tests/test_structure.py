@@ -160,6 +160,109 @@ def test_regroup_masks_are_block_diagonal_under_the_recorded_permutations(seed):
         assert torch.equal(p, expect), name
 
 
+def _residual_chain(rng, g: int, planted: bool):
+    """Layers of a residual stage as channel-class ids: a stream S read and written by blocks
+    S -> H_b -> S. ``planted``: magnitudes block-diagonal under one random labelling of every class."""
+    from ltc.compressor.structure import _Layer
+
+    n_s = g * int(rng.integers(2, 6))
+    n_blocks = int(rng.integers(1, 4))
+    widths = [g * int(rng.integers(2, 6)) for _ in range(n_blocks)]
+    total = n_s + sum(widths)
+    ids = rng.permutation(total)  # class ids in any order
+    truth = np.concatenate([rng.permutation(n) % g for n in [n_s, *widths]])
+    stream, start, layers = ids[:n_s], n_s, []
+    for b, w in enumerate(widths):
+        hidden = ids[start:start + w]
+        start += w
+        for k, (x, y) in enumerate(((stream, hidden), (hidden, stream))):
+            m = rng.uniform(0.0, 1.0, (len(y), len(x)))
+            if planted:
+                lab = np.empty(total, dtype=np.int64)
+                lab[ids] = truth
+                m = np.where(lab[y][:, None] == lab[x][None, :], m + 1.0, m * 0.01)
+            layers.append(_Layer(f"b{b}.conv{k}", m, g, 9, x.copy(), y.copy(), int(m.size)))
+    lab = np.empty(total, dtype=np.int64)
+    lab[ids] = truth
+    return layers, lab
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chained_groups_give_every_class_one_group(seed):
+    """Residual stages: each channel class gets one group in every layer that reads or writes it (so
+    the permutations fold and no Gather is needed), every layer's blocks are balanced, and a planted
+    block structure shared by the whole stage is recovered."""
+    from ltc.compressor.structure import chained_groups
+
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([2, 4]))
+    planted = bool(seed % 2)
+    layers, truth = _residual_chain(rng, g, planted)
+    got = chained_groups(layers, groups=g)
+    assert set(got) == {la.name for la in layers}
+    label: dict[int, int] = {}
+    kept = 0.0
+    for la in layers:
+        og, ig, gg, chain = got[la.name]
+        assert gg == g and chain == 0
+        assert np.bincount(og, minlength=g).tolist() == [len(og) // g] * g
+        assert np.bincount(ig, minlength=g).tolist() == [len(ig) // g] * g
+        for ids, grp in ((la.y_ids, og), (la.x_ids, ig)):
+            for c, k in zip(ids.tolist(), grp.tolist(), strict=True):
+                assert label.setdefault(c, k) == k, (la.name, c)
+        kept += float(la.mag[og[:, None] == ig[None, :]].sum())
+    if planted:  # the planted labelling's kept magnitude (up to renaming the groups)
+        assert kept == pytest.approx(sum(float(la.mag[truth[la.y_ids][:, None] == truth[la.x_ids][None, :]].sum())
+                                         for la in layers))
+    else:  # never worse than a random labelling of the classes
+        rand = []
+        for _ in range(20):
+            lab = {c: k for c, k in zip(label, rng.permutation(len(label)) % g, strict=True)}
+            rand.append(sum(float(la.mag[np.array([lab[c] for c in la.y_ids])[:, None]
+                                         == np.array([lab[c] for c in la.x_ids])[None, :]].sum()) for la in layers))
+        assert kept >= max(rand)
+
+
+def test_chained_groups_settle_one_g_per_class_by_macs():
+    """A layer whose classes already run another G takes it when it fits, else it stays dense; a
+    chain whose channel sets overlap partly (a Concat) is clustered layer by layer."""
+    from ltc.compressor.structure import _Layer, chained_groups
+
+    rng = np.random.default_rng(0)
+    a = _Layer("a", rng.uniform(size=(64, 64)), 4, 9, np.arange(64), np.arange(64, 128), 10_000)
+    b = _Layer("b", rng.uniform(size=(64, 32)), 2, 9, np.arange(200, 232), np.arange(64), 100)
+    got = chained_groups([a, b], align=8)  # b would need 8-wide groups (slower than dense): dense
+    assert set(got) == {"a"} and got["a"][2] == 4
+    got = chained_groups([a, b], groups=4)  # the user asked for G: b takes the G of its neighbour
+    assert got["b"][2] == 4 and np.array_equal(got["b"][0], got["a"][1])
+    c = _Layer("c", rng.uniform(size=(64, 32)), 4, 9, np.arange(200, 232), np.arange(32, 96), 10)  # half of a's input
+    got = chained_groups([a, c], groups=4)
+    for la in (a, c):
+        og, ig, g, _ = got[la.name]
+        assert g == 4 and np.bincount(og).tolist() == [len(og) // 4] * 4 and np.bincount(ig).tolist() == [len(ig) // 4] * 4
+
+
+@pytest.mark.parametrize("chain", [True, False])
+def test_chained_regroup_of_a_resnet_needs_no_gathers(chain):
+    """ResNet-20's stages as one chain: the grouped model is exact and, chained, needs no channel
+    Gather (clustered layer by layer, the residual stream's readers disagree on its order)."""
+    from ltc.compressor.pruning import apply_mask
+    from ltc.exporters.torch_export import export_onnx
+    from ltc.passes import compress
+
+    model, mask = _pruned(0, rate=0.75, model_name="resnet20")
+    new, layers = regroup(model, mask, chain=chain)
+    grouped = {n: i["groups"] for n, i in layers.items() if i["groups"] > 1}
+    assert len(grouped) >= 8
+    assert all(("chain" in layers[n]) == chain for n in grouped)
+    apply_mask(model, new)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        export_onnx(model, f"{tmp}/m.onnx", (1, 16, 16), keep_batchnorm=True)
+        r = compress(onnx.load(f"{tmp}/m.onnx"), regroup=True, groups=grouped, round_to=1)
+    assert r.verification.passed and len(r.regroup.grouped) == len(grouped)
+    assert (r.regroup.gathers == 0) == chain
+
+
 def test_choose_groups_respects_density_alignment_and_overrides():
     assert choose_groups(64, 64, 9, density=0.3, align=8) == 4  # 1/4 is nearest to 0.3 (3 does not divide)
     assert choose_groups(64, 64, 9, density=0.05, align=16) == 4  # widths 32 or 16 only

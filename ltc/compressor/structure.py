@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -230,11 +231,18 @@ def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: in
 
 
 @torch.no_grad()
-def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0, align: int = 8) -> tuple[Mask, dict]:
-    """Regroup every Conv and hidden Linear (see the module docstring); a layer no G fits keeps its mask."""
+def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0, align: int = 8,
+            chain: bool = True) -> tuple[Mask, dict]:
+    """Regroup every Conv and hidden Linear (see the module docstring); a layer no G fits keeps its mask.
+
+    With ``chain`` (the default), Convs that share channels (a residual stream, a block's hidden
+    width) are co-clustered together (:func:`chained_groups`), so every Conv reading or writing a
+    channel puts it in the same group: the permutations then fold into the neighbouring layers and
+    the grouped model needs no channel Gathers. Layers the analysis cannot link are clustered alone."""
     params = dict(model.named_parameters())
     new = {k: v.clone() for k, v in mask.items()}
-    layers = {}
+    layers: dict[str, dict] = {}
+    todo: dict[str, _Layer] = {}
     for layer, (module, kind) in prunable_layers(model).items():
         name = f"{layer}.weight"
         if kind == "output" or getattr(module, "groups", 1) != 1:
@@ -248,11 +256,212 @@ def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0,
             layers[name] = {"groups": 1}
             continue
         mag = (w.abs() * m).reshape(n_out, n_in, -1).sum(-1).double().numpy()
-        out_group, in_group, kept = cocluster(mag, g)
-        new[name] = block_mask(out_group, in_group, m)
-        layers[name] = {"groups": g, "out_perm": np.argsort(out_group, kind="stable").tolist(),
-                        "in_perm": np.argsort(in_group, kind="stable").tolist(), "kept_magnitude": round(kept, 4)}
+        todo[name] = _Layer(name, mag, g, kernel)
+    convs = {f"{n}.weight" for n, (m, _) in prunable_layers(model).items() if isinstance(m, nn.Conv2d)}
+    links = channel_links(model) if chain and convs & todo.keys() else {}
+    for la in todo.values():
+        if la.name in links:
+            la.x_ids, la.y_ids, la.macs = links[la.name]
+    fixed = {k: v for k, v in todo.items() if v.x_ids is None}
+    chained = chained_groups([v for v in todo.values() if v.x_ids is not None], groups, group_width, align)
+    for la in todo.values():
+        if la.name in chained:
+            out_group, in_group, g, chain_id = chained[la.name]
+        elif la.name in fixed:
+            (out_group, in_group, _), g, chain_id = cocluster(la.mag, la.g), la.g, None
+        else:  # the chain gave its G up (its neighbours run another G): dense
+            layers[la.name] = {"groups": 1}
+            continue
+        new[la.name] = block_mask(out_group, in_group, mask[la.name])
+        total = float(la.mag.sum())
+        kept = float(la.mag[out_group[:, None] == in_group[None, :]].sum()) / total if total else 1.0
+        layers[la.name] = {"groups": g, "out_perm": np.argsort(out_group, kind="stable").tolist(),
+                           "in_perm": np.argsort(in_group, kind="stable").tolist(), "kept_magnitude": round(kept, 4)}
+        if chain_id is not None:
+            layers[la.name]["chain"] = chain_id
     return new, layers
+
+
+@dataclass
+class _Layer:
+    """One layer to regroup: surviving magnitude per kernel [O, I], its own G, and (when linked) the
+    channel-class id of each input and output channel and its MACs per sample."""
+
+    name: str
+    mag: np.ndarray
+    g: int
+    kernel: int
+    x_ids: np.ndarray | None = None
+    y_ids: np.ndarray | None = None
+    macs: int = 0
+
+
+def channel_links(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """Per Conv weight: the channel class of each of its input and output channels, and its MACs per
+    sample, from ltc's channel analysis of the model's ONNX export (legacy exporter, BatchNorm kept, so
+    initializers carry the parameter names). Two channels with one class must keep one order: a
+    residual sum ties the Convs that write the stream to those that read it. {} when the model has
+    no ``input_shape`` or does not export (its layers are then clustered alone)."""
+    import tempfile
+
+    import onnx
+
+    from ltc.exporters.torch_export import export_onnx
+    from ltc.passes.channels import ChannelGraph
+    from ltc.passes.compress import normalize
+    from ltc.passes.graph import import_graph
+
+    shape = getattr(model, "input_shape", None)
+    if not shape:
+        return {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(copy.deepcopy(model).float(), f"{tmp}/m.onnx", tuple(shape), dynamic_batch=False,
+                               batch=1, keep_batchnorm=True)
+            proto = onnx.load(str(path))
+        cg = ChannelGraph(import_graph(normalize(proto)))
+    except Exception:  # an export or analysis failure only loses the chaining, never the ticket
+        return {}
+    macs = cg.macs()
+    out: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
+    for node in cg.graph.nodes:
+        if node.op != "Conv" or len(node.inputs) < 2 or int(node.attrs.get("group", 1)) != 1:
+            continue
+        x, y = node.inputs[0].name, node.outputs[0].name
+        if x in cg.tensors and y in cg.tensors and cg.tensors[x].axis == 1 and cg.tensors[y].axis == 1:
+            out[node.inputs[1].name] = (cg.classes_of(x), cg.classes_of(y), int(macs.get(node.name) or 0))
+    return out
+
+
+def chained_groups(layers: list[_Layer], groups: int = 0, group_width: int = 0,
+                   align: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray, int, int]]:
+    """Co-cluster linked layers together: name -> (out_group, in_group, G, chain index).
+
+    1. **One G per class.** Layers claim G in order of MACs (the most first), each its own G; a layer
+       whose input or output classes another layer already gave a different G takes that G if it
+       fits it (divides both widths into multiples of ``align``, predicted faster than dense, or
+       the user's ``groups``/``group_width`` asked for it) and else stays dense (left out of the
+       result).
+    2. **One label per class.** The grouped layers that share classes form a chain; every class of a
+       chain gets a group label, balanced on every layer's input and output, maximizing the surviving
+       magnitude kept inside the blocks over the whole chain: start from the largest layer's own
+       co-clustering, extend it layer by layer (optimal balanced assignment given the labelled side),
+       then sweep every tensor's classes (optimal balanced assignment given all its neighbours) while
+       the kept total grows.
+    A chain whose layers' channel sets overlap partly (a Concat of some of them) or repeat a class is
+    clustered layer by layer instead."""
+    g_of: dict[int, int] = {}
+    grouped: list[_Layer] = []
+    for la in sorted(layers, key=lambda la: (-la.macs, la.name)):
+        ids = np.concatenate([la.x_ids, la.y_ids])
+        taken = {g_of[i] for i in ids.tolist() if i in g_of}
+        g = la.g
+        if len(taken) > 1:
+            continue
+        if taken and taken != {g}:
+            g = taken.pop()
+            if not _fits(la, g, groups, group_width, align):
+                continue
+        for i in ids.tolist():
+            g_of[i] = g
+        la.g = g
+        grouped.append(la)
+    out: dict[str, tuple[np.ndarray, np.ndarray, int, int]] = {}
+    for chain_id, chain in enumerate(_chains(grouped)):
+        labels = _colabel(chain)
+        for la in chain:
+            if labels is None:
+                og, ig, _ = cocluster(la.mag, la.g)
+            else:
+                og, ig = labels[la.y_ids], labels[la.x_ids]
+            out[la.name] = (og, ig, la.g, chain_id)
+    return out
+
+
+def _fits(la: _Layer, g: int, groups: int, group_width: int, align: int) -> bool:
+    n_out, n_in = la.mag.shape
+    if n_out % g or n_in % g:
+        return False
+    if groups or group_width:
+        return True
+    from ltc.passes.regroup import predicted_speedup
+
+    return (n_out // g) % align == 0 and (n_in // g) % align == 0 and \
+        predicted_speedup(g, min(n_out, n_in) // g, la.kernel) > 1.0
+
+
+def _chains(layers: list[_Layer]) -> list[list[_Layer]]:
+    """The layers grouped by shared channel classes (connected components), in input order."""
+    from ltc.passes.channels import connected_components
+
+    if not layers:
+        return []
+    ids = np.unique(np.concatenate([np.concatenate([la.x_ids, la.y_ids]) for la in layers]))
+    pos = {int(c): i for i, c in enumerate(ids)}
+    a, b = [], []
+    for k, la in enumerate(layers):
+        for c in np.concatenate([la.x_ids, la.y_ids]).tolist():
+            a.append(len(ids) + k)
+            b.append(pos[c])
+    _, lab = connected_components(len(ids) + len(layers), np.array(a), np.array(b))
+    chains: dict[int, list[_Layer]] = {}
+    for k, la in enumerate(layers):
+        chains.setdefault(int(lab[len(ids) + k]), []).append(la)
+    return [sorted(c, key=lambda la: la.name) for c in chains.values()]
+
+
+def _colabel(chain: list[_Layer], iters: int = 20) -> np.ndarray | None:
+    """Group label per class id for one chain (see :func:`chained_groups`), or None when its layers'
+    channel sets overlap partly or repeat a class."""
+    g = chain[0].g
+    sides: dict[tuple[int, ...], np.ndarray] = {}
+    for la in chain:
+        for ids in (la.x_ids, la.y_ids):
+            if len(np.unique(ids)) != len(ids):
+                return None
+            sides[tuple(sorted(ids.tolist()))] = np.sort(ids)
+    seen: set[int] = set()
+    for ids in sides.values():
+        if seen & set(ids.tolist()):
+            return None
+        seen |= set(ids.tolist())
+    labels = np.full(max(seen) + 1, -1, dtype=np.int64)
+    first = max(chain, key=lambda la: (float(la.mag.sum()), la.name))
+    labels[first.y_ids], labels[first.x_ids], _ = cocluster(first.mag, g)
+    for _ in range(len(chain)):  # extend: one labelled side gives the other
+        for la in chain:
+            xs, ys = labels[la.x_ids] >= 0, labels[la.y_ids] >= 0
+            if xs.all() and not ys.any():
+                labels[la.y_ids] = _balanced_assign(_toward(la.mag, labels[la.x_ids], g), g)
+            elif ys.all() and not xs.any():
+                labels[la.x_ids] = _balanced_assign(_toward(la.mag.T, labels[la.y_ids], g), g)
+    if (labels[list(seen)] < 0).any():
+        return None
+
+    def kept() -> float:
+        return sum(float(la.mag[labels[la.y_ids][:, None] == labels[la.x_ids][None, :]].sum()) for la in chain)
+
+    best, best_kept = labels.copy(), kept()
+    for _ in range(iters):
+        for ids in sides.values():
+            at = {int(c): i for i, c in enumerate(ids)}
+            score = np.zeros((len(ids), g))
+            for la in chain:
+                if int(la.y_ids[0]) in at:
+                    np.add.at(score, [at[int(c)] for c in la.y_ids], _toward(la.mag, labels[la.x_ids], g))
+                if int(la.x_ids[0]) in at:
+                    np.add.at(score, [at[int(c)] for c in la.x_ids], _toward(la.mag.T, labels[la.y_ids], g))
+            labels[ids] = _balanced_assign(score, g)
+        now = kept()
+        if now <= best_kept * (1 + 1e-12):
+            break
+        best, best_kept = labels.copy(), now
+    return best
+
+
+def _toward(mag: np.ndarray, other: np.ndarray, g: int) -> np.ndarray:
+    """[rows of ``mag``, G]: each row's magnitude toward the columns labelled with each group."""
+    return np.stack([mag[:, other == k].sum(axis=1) for k in range(g)], axis=1)
 
 
 def block_mask(out_group: np.ndarray, in_group: np.ndarray, like: torch.Tensor) -> torch.Tensor:

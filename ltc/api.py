@@ -46,7 +46,8 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                   *, allow_lossy: bool = False, round_to: int | str = "auto", provider: str = "cpu",
                   verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = 1e-4,
                   atol: float = 1e-5, strict_mask: bool = False, report: str | os.PathLike | None = None,
-                  external_data: bool | None = None, regroup: bool | None = None) -> dict:
+                  external_data: bool | None = None, regroup: bool | None = None,
+                  unequal_groups: str = "auto") -> dict:
     """Compress ``model_path`` into ``out_path``; returns the report dict (also written to ``report``).
 
     ``regroup``: turn block-diagonal Convs into grouped Convs; None (default) does it when the mask is
@@ -71,7 +72,8 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     feeds = load_inputs(inputs, model) if inputs else None
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
                       rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)",
-                      model_file=None if source.external else model_path, regroup=regroup, groups=groups)
+                      model_file=None if source.external else model_path, regroup=regroup, groups=groups,
+                      unequal_groups=unequal_groups)
     if external_data is None:
         external_data = model_size_bytes(result.model) > TWO_GB
     check_outputs([out_path, report, data_out if external_data else None], read)
@@ -79,7 +81,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
         "ltc_report": "compress", "version": 1,
         "input": str(model_path), "output": str(out_path), "mask": mask_info,
         "options": {"allow_lossy": allow_lossy, "round_to": rounding, "provider": provider, "verify": verify,
-                    "regroup": regroup},
+                    "regroup": regroup, "unequal_groups": unequal_groups},
         **result.to_dict(),
         "file_size": {"before": source.bytes, "after": None},
     }
@@ -98,10 +100,10 @@ def check_tolerances(rtol: float, atol: float) -> None:
 
 
 def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None = None,
-                 strict_mask: bool = False, allow_lossy: bool = False) -> dict:
+                 strict_mask: bool = False, allow_lossy: bool = False, unequal_groups: str = "auto") -> dict:
     model, _source = read_model(model_path)
     masks, mask_info, _ = _masks_for(model, mask, strict_mask)
-    doc = inspect(model, masks, allow_lossy)
+    doc = inspect(model, masks, allow_lossy, unequal_groups)
     doc.update({"ltc_report": "inspect", "version": 1, "input": str(model_path), "mask": mask_info})
     return doc
 

@@ -104,16 +104,18 @@ def main() -> None:
 @click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")
 @click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
 @click.option("--regroup/--no-regroup", default=None, help="turn Convs whose zeros form dense blocks into grouped Convs (default: when the mask is a group-wise ticket); --round-to applies to group widths")
+@click.option("--unequal-groups", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
-                 strict_mask, report, external_data, regroup, as_json) -> None:
+                 strict_mask, report, external_data, regroup, unequal_groups, as_json) -> None:
     """Physically remove pruned channels from MODEL, exactly, and verify the result."""
     from ltc.api import compress_file
     from ltc.render import print_compress
 
     doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
                         verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
-                        report=report, external_data=external_data, regroup=regroup)
+                        report=report, external_data=external_data, regroup=regroup,
+                        unequal_groups=unequal_groups)
     if as_json:
         from ltc.api import _json_default
 
@@ -127,13 +129,14 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
 @click.option("--mask", type=click.Path(dir_okay=False), help="ticket.pt, prune state dict (.pt) or .npz")
 @click.option("--allow-lossy", is_flag=True, help="count channels removable with lossy folding as removable")
 @click.option("--strict-mask", is_flag=True)
+@click.option("--unequal-groups", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
-def inspect_cmd(model, mask, allow_lossy, strict_mask, as_json) -> None:
+def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) -> None:
     """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
     from ltc.api import _json_default, inspect_file
     from ltc.render import print_inspect
 
-    doc = inspect_file(model, mask, strict_mask, allow_lossy)
+    doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups)
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=_json_default))
     else:

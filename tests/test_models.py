@@ -173,10 +173,15 @@ def test_grouped_conv_unbalanced_dead_channels_stay_exact(tmp_path):
     _randomize_bn(model)
     kill_channels(model, {"mid0": [0, 1, 2, 3, 4, 8, 12], "mid1": list(range(8, 16))})
     full = onnx.load(export_onnx(model, tmp_path / "full.onnx", model.input_shape))
-    r = compress(full)
+    r = compress(full, unequal_groups="never")
     assert r.verification.passed
     assert_equivalent(full, r.model, {"input": (None, *model.input_shape)})
     groups = [a.i for n in r.model.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
     assert 2 in groups  # mid1: groups 2 and 3 entirely dead -> dropped, group 4 -> 2
     kept = [la for la in r.layers if any("equal channels per group" in k for k in la["kept_because"])]
     assert kept  # mid0: unbalanced, extras kept and the report says why
+    split = compress(full, unequal_groups="always")  # mid0 loses all 7 (its Conv split by group), exactly
+    assert_equivalent(full, split.model, {"input": (None, *model.input_shape)})
+    assert not any("equal channels per group" in k for la in split.layers for k in la["kept_because"])
+    assert "Split" in [n.op_type for n in split.model.graph.node]
+    assert split.after["parameters"] < r.after["parameters"]

@@ -27,16 +27,16 @@ def _run_optimized(model, feeds):
         return run(model, feeds, optimize=False)
 
 
-def check_graph(seed: int) -> None:
+def check_graph(seed: int, unequal_groups: str = "auto"):
     g = RandomGraph(seed)
     model = g.model()
     try:
-        r = compress(model, g.masks or None)
+        r = compress(model, g.masks or None, unequal_groups=unequal_groups)
     except InternalError as exc:  # refused, not silently wrong: ORT's optimizer miscomputes the output
         assert "graph optimizer" in str(exc), f"seed {seed}: {exc}"
-        r = compress(model, g.masks or None, check=False)
+        r = compress(model, g.masks or None, check=False, unequal_groups=unequal_groups)
         assert verify(r.reference, r.model, {"x": np.ones((2, 4, 8, 8), np.float32)}, optimized=False).passed
-        return
+        return None
     assert r.verification.passed and r.verification.optimizer_ok, seed
     feeds = {"x": np.random.default_rng(seed).standard_normal((3, 4, 8, 8)).astype(np.float32)}
     for a, b in zip(_run_optimized(r.reference, feeds), _run_optimized(r.model, feeds), strict=True):  # optimisations on
@@ -52,6 +52,30 @@ def check_graph(seed: int) -> None:
     dims = {t.name: tuple(t.dims) for t in r.model.graph.initializer}
     for weight, live, _ in g.provable:  # (a layer nothing reads is gone altogether)
         assert dims.get(weight, (0,))[0] <= max(live, 1), f"seed {seed}: '{weight}' kept {dims[weight][0]} rows, {live} live"
+    return r
+
+
+def _grouped(model: onnx.ModelProto) -> bool:
+    """A Conv with 1 < group < its output channels (not depthwise)."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return any(n.op_type == "Conv" and 1 < next((a.i for a in n.attribute if a.name == "group"), 1)
+               < shapes.get(n.input[1], (0,))[0] for n in model.graph.node)
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_random_graphs_with_unequal_groups(block):
+    """Graphs with grouped Convs, compressed letting groups lose different numbers of channels (split
+    into Convs) and never: both exact and valid (check_graph), and unequal groups never keep more."""
+    done = fewer = 0
+    for seed in range(block * 150, block * 150 + 150):
+        if not _grouped(RandomGraph(seed).model()):
+            continue
+        always, never = check_graph(seed, "always"), check_graph(seed, "never")
+        if always is not None and never is not None:
+            assert count_parameters(always.model) <= count_parameters(never.model), seed
+            done += 1
+            fewer += count_parameters(always.model) < count_parameters(never.model)
+    assert done >= 20 and fewer >= 3  # (the split path is exercised, not only equal removals)
 
 
 @pytest.mark.parametrize("block", range(8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ltc.errors import LtcError
 from ltc.passes import RULES, RemoveDeadChannels, compress
 from tests.helpers import (
     assert_equivalent,
@@ -334,6 +335,54 @@ def test_grouped_conv_dead_output_channels_are_balanced():
     gw[[0, 1, 5]] = 0  # group 0 (rows 0-3) has 2 dead, group 1 has 1 dead
     r = compressed(make_model(nodes + c, X, ["y"], ci | {"gw": gw}))
     assert weight_shapes(r.model, "Conv") == [(6, 2, 3, 3), (5, 6, 1, 1)]
+
+
+def _unequal_grouped(dead_in: list[int], groups: int = 2, hw: int = 6):
+    """x -> Conv(8 filters, ``dead_in`` all-zero) -> Conv(group=groups, 8 -> 8) -> Conv 1x1."""
+    dead = np.zeros(8, bool)
+    dead[dead_in] = True
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4),
+             node("Conv", ["a", "gw", "gb"], ["g"], group=groups, pads=[1] * 4)]
+    c, ci = consumer("g", cin=8)
+    inits = {"w0": conv_weight(8, 4, dead=list(np.flatnonzero(dead))), "gw": conv_weight(8, 8 // groups),
+             "gb": vec(8)} | ci
+    return make_model(nodes + c, {"x": ["N", 4, hw, hw]}, ["y"], inits)
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_grouped_conv_with_unequal_dead_inputs(mode):
+    """Group 0 loses 3 inputs, group 1 one: "never" keeps 3 per group (equal groups), "always" splits
+    the Conv into one per group (a Split, two Convs, a Concat), exact either way."""
+    model = _unequal_grouped([0, 1, 2, 5])
+    r = compressed(model, unequal_groups=mode)
+    shapes = weight_shapes(r.model, "Conv")
+    ops = [n.op_type for n in r.model.graph.node]
+    if mode == "never":
+        assert shapes[1] == (8, 3, 3, 3) and "Split" not in ops  # 6 inputs kept (1 extra dead in group 0)
+    else:
+        assert shapes[1:3] == [(4, 1, 3, 3), (4, 3, 3, 3)] and ops.count("Split") == 1 and ops.count("Concat") == 1
+        assert r.after["parameters"] < compress(model, unequal_groups="never").after["parameters"]
+
+
+def test_unequal_groups_auto_splits_only_where_predicted_faster():
+    """auto: a tiny layer keeps equal groups (one more Conv costs more than it saves); a large one
+    with one group nearly empty is split."""
+    small = compress(_unequal_grouped([0, 1, 2, 5]), unequal_groups="auto")
+    assert "Split" not in [n.op_type for n in small.model.graph.node]
+    big = compress(_unequal_grouped([0, 1, 2], hw=64), unequal_groups="auto")
+    assert big.verification.passed and "Split" in [n.op_type for n in big.model.graph.node]
+
+
+def test_segment_groups_merges_runs_of_equal_widths():
+    from ltc.passes.cost import segment_groups
+
+    # widths in/out per group; a group without outputs is a boundary and in no segment
+    segs, _ = segment_groups([2, 2, 2, 3, 1, 1], [2, 2, 2, 3, 0, 4], 9, overhead=1e9)
+    assert segs == [(0, 3), (3, 4), (5, 6)]
+    segs, _ = segment_groups([4, 4, 4, 4], [4, 4, 4, 4], 9, overhead=0.0)
+    assert segs[0][0] == 0 and segs[-1][1] == 4 and all(a < b for a, b in segs)
+    with pytest.raises(LtcError, match="unequal_groups must be one of"):
+        RemoveDeadChannels(unequal_groups="sometimes")
 
 
 def test_conv_transpose_input_and_output_axes():

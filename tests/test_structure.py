@@ -282,7 +282,7 @@ def test_choose_groups_respects_density_alignment_and_overrides():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_chosen_groups_are_aligned_faster_and_fastest_near_the_density(seed):
-    from ltc.passes.regroup import predicted_speedup
+    from ltc.passes.cost import predicted_speedup
 
     rng = np.random.default_rng(seed)
     for _ in range(200):

@@ -66,6 +66,7 @@ ARCHS = [
 ]
 EXPORTERS = ("legacy", "legacy-nofold", "dynamo")
 MASKS = ("zero", "shift")
+OPTIONS = {"unequal_groups": "auto", "latency": False}  # --unequal-groups, --latency
 
 
 def import_zoos():
@@ -199,7 +200,7 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     out = tmp / "out.onnx"
     t0 = time.perf_counter()
     try:
-        doc = compress_file(src, out, round_to=1)
+        doc = compress_file(src, out, round_to=1, unequal_groups=OPTIONS["unequal_groups"])
     except (LtcError, InternalError) as exc:
         row["status"] = f"refused ({type(exc).__name__}): {str(exc)[:300]}"
         row["seconds"] = time.perf_counter() - t0
@@ -224,7 +225,21 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     row["verified"] = doc["verification"]["passed"] if doc["verification"] else None
     row["error_vs_tolerance"] = independent_error(src, out, side, seed)
     row["exact"] = row["error_vs_tolerance"] <= 1.0
+    row["unequal_groups"] = OPTIONS["unequal_groups"]
+    if OPTIONS["latency"]:
+        row.update(latency(src, out))
     return row
+
+
+def latency(src: Path, out: Path) -> dict:
+    """Dense vs compressed at batch 1: ONNX Runtime CPU, 2 threads, 7 interleaved rounds of 20 runs,
+    medians (nothing else may run meanwhile)."""
+    from ltc.benchmarks.bench import BenchOptions, bench
+
+    rep = bench([str(src), str(out)], BenchOptions(batches=(1,), threads=2, warmup=3, iterations=20, rounds=7))
+    dense, comp = list(rep["runs"][0]["models"].values())
+    return {"median_ms_b1": [dense["latency"]["median_ms"], comp["latency"]["median_ms"]],
+            "speedup_b1": comp["vs_first"]["speedup"]}
 
 
 def accounting(src: Path) -> dict:
@@ -237,7 +252,7 @@ def accounting(src: Path) -> dict:
     from ltc.passes.remove import dead_filters
 
     model, _ = read_model(src)
-    a = RemoveDeadChannels().analyze(normalize(model))
+    a = RemoveDeadChannels(unequal_groups=OPTIONS["unequal_groups"]).analyze(normalize(model))
     d = dead_filters(a.cg, a.plan)
     return {"own_dead": d.dead, "removed": d.removed, "coupled": d.coupled, "pinned": d.pinned,
             "unfoldable": d.unfoldable, "blocked": d.blocked}
@@ -348,7 +363,11 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--peers", choices=["onnxsim", "torch-pruning"], default=None,
                     help="run a peer instead of ltc: onnxsim 0.8.1's structured pruning or Torch-Pruning 1.6")
+    ap.add_argument("--unequal-groups", choices=["auto", "always", "never"], default="auto",
+                    help="ltc compress --unequal-groups (grouped Convs losing channels unevenly)")
+    ap.add_argument("--latency", action="store_true", help="also time dense vs compressed at batch 1 (idle machine)")
     args = ap.parse_args()
+    OPTIONS.update(unequal_groups=args.unequal_groups, latency=args.latency)
     wanted = {m for m in args.models.split(",") if m}
     archs = [a for a in ARCHS if not wanted or a[1] in wanted]
     rows = []

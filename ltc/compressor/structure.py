@@ -206,7 +206,7 @@ def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: in
     the blocks and the regroup would fill them again). Fastest within the window, not the nearest:
     narrow groups run far below dense speed per MAC (``COST_PER_MAC``), so the nearest G can be slower
     than a coarser one that keeps more weights."""
-    from ltc.passes.regroup import predicted_speedup
+    from ltc.passes.cost import predicted_speedup
 
     if groups:
         return groups if n_out % groups == 0 and n_in % groups == 0 else 1
@@ -384,7 +384,7 @@ def _fits(la: _Layer, g: int, groups: int, group_width: int, align: int) -> bool
         return False
     if groups or group_width:
         return True
-    from ltc.passes.regroup import predicted_speedup
+    from ltc.passes.cost import predicted_speedup
 
     return (n_out // g) % align == 0 and (n_in // g) % align == 0 and \
         predicted_speedup(g, min(n_out, n_in) // g, la.kernel) > 1.0

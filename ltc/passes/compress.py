@@ -22,6 +22,7 @@ from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.regroup import Regroup, RegroupInfo
 from ltc.passes.remove import (
+    UNEQUAL_GROUPS,
     LayerChannels,
     RemovalPlan,
     apply_removal,
@@ -70,16 +71,19 @@ class RemoveDeadChannels(Pass):
 
     name = "remove-dead-channels"
 
-    def __init__(self, allow_lossy: bool = False, round_to: int = 1):
+    def __init__(self, allow_lossy: bool = False, round_to: int = 1, unequal_groups: str = "auto"):
         if round_to < 1:
             raise LtcError(f"round_to must be >= 1, got {round_to}")
+        if unequal_groups not in UNEQUAL_GROUPS:
+            raise LtcError(f"unequal_groups must be one of {', '.join(UNEQUAL_GROUPS)}, got {unequal_groups!r}")
         self.allow_lossy = allow_lossy
         self.round_to = round_to
+        self.unequal_groups = unequal_groups
 
     def analyze(self, model: onnx.ModelProto) -> RemovalAnalysis:
         """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies."""
         cg = ChannelGraph(import_graph(model))
-        plan = plan_removal(cg, self.allow_lossy, self.round_to)
+        plan = plan_removal(cg, self.allow_lossy, self.round_to, self.unequal_groups)
         return RemovalAnalysis(cg, plan, layer_channels(cg, plan), frozen_reasons(cg))
 
     def call(self, model: onnx.ModelProto) -> PassResult:
@@ -153,9 +157,12 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
              allow_lossy: bool = False, round_to: int = 1, check: bool = True,
              feeds: dict[str, np.ndarray] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
              inputs_label: str = "random", model_file: str | os.PathLike | None = None,
-             regroup: bool = False, groups: dict[str, int] | None = None) -> CompressResult:
+             regroup: bool = False, groups: dict[str, int] | None = None,
+             unequal_groups: str = "auto") -> CompressResult:
     """Apply ``masks`` (initializer name -> bool array), regroup block-diagonal Convs into grouped
     Convs (``regroup``; ``groups``: weight name -> G, e.g. from a ticket), remove dead channels, verify.
+    ``unequal_groups``: a grouped Conv may lose different numbers of channels per group, and is then
+    split into Convs: "always", "never" (extra dead channels stay), "auto" (where predicted faster).
 
     Raises :class:`InternalError` if verification fails (unless the user allowed lossy folding, in
     which case the measured error is reported). ``model_file``, the file ``model`` was read from
@@ -167,7 +174,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         reference = masked.model if masked is not None and masked.modified else model
         folded = normalize(reference)
         grouped = Regroup(groups, round_to)(folded) if regroup else None
-        result = RemoveDeadChannels(allow_lossy, round_to)(grouped.model if grouped else folded)
+        result = RemoveDeadChannels(allow_lossy, round_to, unequal_groups)(grouped.model if grouped else folded)
     info: RemovalInfo = result.info
     macs_before = info.macs_before
     if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
@@ -256,13 +263,13 @@ def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None
 
 
 def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
-            allow_lossy: bool = False) -> dict:
+            allow_lossy: bool = False, unequal_groups: str = "auto") -> dict:
     """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers.
     The model must load in ONNX Runtime (:class:`LtcError` otherwise), as ``compress`` needs."""
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        a = RemoveDeadChannels(allow_lossy, 1).analyze(normalize(reference))
+        a = RemoveDeadChannels(allow_lossy, 1, unequal_groups).analyze(normalize(reference))
     cg = a.cg
     dead = dead_filters(cg, a.plan)
     return {

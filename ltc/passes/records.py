@@ -53,6 +53,8 @@ class Edits:
         self.attrs: list[tuple[gs.Node, str, object]] = []
         self.inputs: list[tuple[gs.Node, int, np.ndarray, str]] = []  # (node, index, constant, name suffix)
         self.drop_attrs: list[tuple[gs.Node, str]] = []
+        # Convs to split (grouped Convs left with unequal groups): node, [(input width, groups, weight)]
+        self.splits: list[tuple[gs.Node, list[tuple[int, int, np.ndarray | None]]]] = []
 
     def get(self, node: gs.Node, index: int) -> np.ndarray:
         key = (id(node), index)
@@ -80,8 +82,9 @@ class Record:
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         return None
 
-    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        """For a removal (``kept(name)``: bool per unit), units it must also keep to be admissible."""
+    def complete(self, kept: Callable[[str], np.ndarray], unequal_groups: str = "auto") -> list[tuple[str, np.ndarray]]:
+        """For a removal (``kept(name)``: bool per unit), units it must also keep to be admissible or,
+        where exactness allows a choice (``unequal_groups``: see :class:`GroupedConv`), fast."""
         return []
 
     reason = ""  # why ``complete`` keeps units, for the report
@@ -296,16 +299,39 @@ class GroupedConv(Record):
         return gi, go
 
     def admits(self, idx: IndexOf) -> bool:
+        """Groups in order with their channels together, and every group that keeps an output keeps
+        an input. Unequal groups are exact too: :meth:`apply` then splits the Conv."""
         gi, go = self._groups(idx)
         if not (_ordered(gi) and _ordered(go)):
             return False
         ni, no = np.bincount(gi, minlength=self.groups), np.bincount(go, minlength=self.groups)
-        if not np.array_equal(ni > 0, no > 0) or not (ni > 0).any():
-            return False
-        return len(set(ni[ni > 0])) == 1 and len(set(no[no > 0])) == 1
+        return bool((no > 0).any() and np.all(ni[no > 0] > 0))
+
+    def _kernel(self) -> int:
+        return int(np.prod(self.node.inputs[1].shape[2:]))
+
+    def _overhead(self) -> float:
+        """What one more Conv costs, in MACs per output pixel (cost table units)."""
+        from ltc.passes.cost import conv_overhead
+
+        spatial = self.out.shape[2:] if self.out.shape and len(self.out.shape) > 2 else None
+        pixels = int(np.prod(spatial)) if spatial and all(isinstance(d, int) and d > 0 for d in spatial) else None
+        return conv_overhead(self.inp.units * self.out.units * self._kernel(), pixels)
+
+    def _costs(self, n_in: np.ndarray, n_out: np.ndarray) -> tuple[float, float]:
+        """Predicted time (cost table) of the Conv with equal groups (each as wide as the widest kept
+        one) and with these unequal groups split into the fastest run of Convs."""
+        from ltc.passes.cost import grouped_cost, segment_groups
+
+        k, overhead = self._kernel(), self._overhead()
+        alive = n_out > 0
+        balanced = grouped_cost(int(alive.sum()), int(n_in[alive].max()), int(n_out[alive].max()), k) + overhead
+        present = n_in > 0
+        segments, unequal = segment_groups(n_in[present].tolist(), n_out[present].tolist(), k, overhead)
+        return balanced, unequal + (overhead if len(segments) > 1 else 0.0)
 
     def balance(self, kept_in: np.ndarray, kept_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Units to keep besides the kept ones so that the plan is admissible (equal groups)."""
+        """Units to keep besides the kept ones so that the plan keeps equal groups."""
         kin, kout = kept_in.reshape(self.groups, -1), kept_out.reshape(self.groups, -1)
         n_in, n_out = kin.sum(axis=1), kout.sum(axis=1)
         alive = (n_in > 0) | (n_out > 0)
@@ -318,13 +344,32 @@ class GroupedConv(Record):
             extra_out += (np.flatnonzero(~kout[g])[: t_out - n_out[g]] + g * kout.shape[1]).tolist()
         return np.array(extra_in, dtype=np.int64), np.array(extra_out, dtype=np.int64)
 
-    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        extra_in, extra_out = self.balance(kept(self.inp.name), kept(self.out.name))
-        return [(self.inp.name, extra_in), (self.out.name, extra_out)]
+    def complete(self, kept: Callable[[str], np.ndarray], unequal_groups: str = "auto") -> list[tuple[str, np.ndarray]]:
+        """Equal groups (``unequal_groups`` "never"), unequal ones ("always": every group that keeps
+        an output keeps at least one input), or whichever the cost table predicts faster ("auto")."""
+        kept_in, kept_out = kept(self.inp.name), kept(self.out.name)
+        kin, kout = kept_in.reshape(self.groups, -1), kept_out.reshape(self.groups, -1)
+        n_in, n_out = kin.sum(axis=1), kout.sum(axis=1)
+        starved = np.flatnonzero((n_out > 0) & (n_in == 0))
+        extra_in = np.array([g * kin.shape[1] for g in starved], dtype=np.int64)  # the group's first input
+        n_in = n_in.copy()
+        n_in[starved] = 1
+        alive = n_out > 0
+        equal = not alive.any() or (len(set(n_in[alive].tolist())) == 1 and len(set(n_out[alive].tolist())) == 1
+                                    and not (n_in[~alive] > 0).any())
+        if unequal_groups == "never" or not alive.any():
+            extra_in, extra_out = self.balance(kept_in, kept_out)
+            return [(self.inp.name, extra_in), (self.out.name, extra_out)]
+        if unequal_groups == "auto" and not equal:
+            balanced, unequal = self._costs(n_in, n_out)
+            if unequal >= balanced:
+                extra_in, extra_out = self.balance(kept_in, kept_out)
+                return [(self.inp.name, extra_in), (self.out.name, extra_out)]
+        return [(self.inp.name, extra_in), (self.out.name, np.zeros(0, dtype=np.int64))]
 
     @property
     def reason(self) -> str:
-        return f"grouped Conv '{self.node.name}' needs equal channels per group"
+        return f"grouped Conv '{self.node.name}' keeps equal channels per group (faster than splitting it)"
 
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         ii, io = idx(self.inp.name), idx(self.out.name)
@@ -333,10 +378,38 @@ class GroupedConv(Record):
         w = edits.get(self.node, 1)
         per_in, rows = self.inp.units // self.groups, self.out.units // self.groups
         gi, go = ii // per_in, io // rows
-        blocks = [w[io[go == g]][:, ii[gi == g] - g * per_in] for g in dict.fromkeys(go.tolist())]
-        edits.set(self.node, 1, np.concatenate(blocks, axis=0))
-        if len(blocks) != self.groups:
-            edits.attrs.append((self.node, "group", len(blocks)))
+        ni, no = np.bincount(gi, minlength=self.groups), np.bincount(go, minlength=self.groups)
+        if len(set(no[no > 0].tolist())) == 1 and len(set(ni[no > 0].tolist())) == 1 and not (ni[no == 0] > 0).any():
+            blocks = [w[io[go == g]][:, ii[gi == g] - g * per_in] for g in dict.fromkeys(go.tolist())]
+            edits.set(self.node, 1, np.concatenate(blocks, axis=0))
+            if len(blocks) != self.groups:
+                edits.attrs.append((self.node, "group", len(blocks)))
+            return
+        edits.splits.append((self.node, self._pieces(w, ii, io, gi, go, ni, no)))
+
+    def _pieces(self, w: np.ndarray, ii: np.ndarray, io: np.ndarray, gi: np.ndarray, go: np.ndarray,
+                ni: np.ndarray, no: np.ndarray) -> list[tuple[int, int, np.ndarray | None]]:
+        """Unequal groups: the input split into pieces (input width, groups, weight or None for
+        channels nothing here reads), each segment of :func:`segment_groups` (a run of groups of equal
+        widths) one grouped Conv."""
+        from ltc.passes.cost import segment_groups
+
+        present = np.flatnonzero(ni > 0)
+        per_in = self.inp.units // self.groups
+        block = {g: w[io[go == g]][:, ii[gi == g] - g * per_in] for g in present.tolist()}
+        segments, _ = segment_groups(ni[present].tolist(), no[present].tolist(), self._kernel(), self._overhead())
+        starts = {a: b for a, b in segments}
+        pieces: list[tuple[int, int, np.ndarray | None]] = []
+        j = 0
+        while j < len(present):
+            if j not in starts:  # a group nothing here reads (no output kept)
+                pieces.append((int(ni[present[j]]), 1, None))
+                j += 1
+                continue
+            blocks = [block[g] for g in present[j:starts[j]].tolist()]  # equal widths: one grouped Conv
+            pieces.append((sum(b.shape[1] for b in blocks), len(blocks), np.concatenate(blocks, axis=0)))
+            j = starts[j]
+        return pieces
 
 
 @dataclass
@@ -360,7 +433,7 @@ class WholeGroups(Record):
         counts = np.bincount(g, minlength=self.groups)
         return _ordered(g) and bool(np.all((counts == 0) | (counts == self.tensor.units // self.groups)))
 
-    def complete(self, kept: Callable[[str], np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    def complete(self, kept: Callable[[str], np.ndarray], unequal_groups: str = "auto") -> list[tuple[str, np.ndarray]]:
         k = kept(self.tensor.name).reshape(self.groups, -1)
         partial = k.any(axis=1) & ~k.all(axis=1)
         return [(self.tensor.name, np.flatnonzero(partial[:, None] & ~k))]

@@ -28,29 +28,15 @@ import onnx_graphsurgeon as gs
 from ltc.errors import InternalError, LtcError
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph, connected_components
+from ltc.passes.cost import (
+    COST_PER_MAC as COST_PER_MAC,  # re-exported: the table users know from here
+)
+from ltc.passes.cost import cost_per_mac as cost_per_mac
+from ltc.passes.cost import predicted_speedup, split_speedup
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan
+from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan, split_conv
 from ltc.passes.reindex import fresh_name as _fresh
 from ltc.passes.rules import const_value, is_empty
-
-# Cost per MAC of Conv(group=G) relative to the dense Conv of the same shape, by group width (the
-# narrower of input and output channels per group), ONNX Runtime CPU, 2 threads, AVX-512; medians over
-# batch 1 and 32 and several layer sizes (experiments/regroup_cost). Speed-up predicted: G / cost.
-COST_PER_MAC = {
-    "spatial": {4: 6.5, 8: 4.5, 16: 1.85, 32: 1.3, 64: 1.1, 128: 1.05, 256: 1.0},
-    "pointwise": {4: 6.6, 8: 3.8, 16: 3.4, 32: 2.4, 64: 1.6, 128: 1.25, 256: 1.15, 512: 1.0},
-}
-
-
-def cost_per_mac(width: int, kernel_size: int) -> float:
-    """The table's cost for a group width (the nearest tabulated width at or below; wider is cheaper)."""
-    table = COST_PER_MAC["pointwise" if kernel_size == 1 else "spatial"]
-    below = [w for w in table if w <= width]
-    return table[max(below)] if below else max(table.values()) * 4 / max(width, 1)
-
-
-def predicted_speedup(groups: int, width: int, kernel_size: int) -> float:
-    return groups / cost_per_mac(width, kernel_size) if groups > 1 else 1.0
 
 
 @dataclass
@@ -70,17 +56,6 @@ class Blocks:
 def nonzero_kernels(w: np.ndarray) -> np.ndarray:
     """[O, I] bool: which kernels of a Conv weight [O, I, *k] hold a non-zero."""
     return np.any(w.reshape(w.shape[0], w.shape[1], -1) != 0, axis=2)
-
-
-# What one more Conv (and its share of the Split and Concat) costs, as a fraction of the dense layer.
-SPLIT_OVERHEAD = 0.03
-
-
-def split_speedup(out_sizes: np.ndarray, in_sizes: np.ndarray, kernel_size: int) -> float:
-    """Predicted speed-up of one Conv per group (Split -> Convs -> Concat) over the dense Conv."""
-    dense = float(out_sizes.sum() * in_sizes.sum())
-    cost = sum(float(a * b) * cost_per_mac(int(min(a, b)), kernel_size) for a, b in zip(out_sizes, in_sizes, strict=True))
-    return 1.0 / (cost / dense + SPLIT_OVERHEAD * len(out_sizes))
 
 
 def block_structure(nz: np.ndarray, groups: int | None = None, align: int = 1, kernel_size: int = 9,
@@ -426,30 +401,15 @@ def _gather(graph: gs.Graph, node: gs.Node, side: str, src: gs.Tensor, dst: gs.T
 def _split_convs(graph: gs.Graph, node: gs.Node, w: np.ndarray, bias: np.ndarray | None, ro: np.ndarray,
                  ri: np.ndarray, g: int, names: set[str]) -> None:
     """Replace ``node`` by Split (input channels per block) -> one Conv per block -> Concat."""
-    x, y = node.inputs[0], node.outputs[0]
     in_sizes, out_sizes = np.bincount(ri, minlength=g), np.bincount(ro, minlength=g)
-    parts_in = [gs.Variable(_fresh(names, f"{node.name}__in{k}"), dtype=x.dtype) for k in range(g)]
-    parts_out = [gs.Variable(_fresh(names, f"{node.name}__out{k}"), dtype=y.dtype) for k in range(g)]
-    if (graph.opset or 13) >= 13:
-        split = gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1},
-                        [x, gs.Constant(_fresh(names, f"{node.name}__split_sizes"), in_sizes.astype(np.int64))], parts_in)
-    else:  # Split-11 and earlier take the sizes as an attribute
-        split = gs.Node("Split", _fresh(names, f"{node.name}__split"), {"axis": 1, "split": in_sizes.tolist()},
-                        [x], parts_in)
-    graph.nodes.append(split)
-    attrs = {k: v for k, v in node.attrs.items() if k != "group"}
-    o0 = i0 = 0
+    if bias is not None:
+        node.inputs[2] = gs.Constant(_fresh(names, f"{node.inputs[2].name}__grouped"), np.ascontiguousarray(bias))
+    pieces, o0, i0 = [], 0, 0
     for k in range(g):
         o1, i1 = o0 + int(out_sizes[k]), i0 + int(in_sizes[k])
-        inputs = [parts_in[k], gs.Constant(_fresh(names, f"{node.inputs[1].name}__block{k}"),
-                                           np.ascontiguousarray(w[o0:o1, i0:i1]))]
-        if bias is not None:
-            inputs.append(gs.Constant(_fresh(names, f"{node.inputs[2].name}__block{k}"), np.ascontiguousarray(bias[o0:o1])))
-        graph.nodes.append(gs.Node("Conv", _fresh(names, f"{node.name}__block{k}"), dict(attrs), inputs, [parts_out[k]]))
+        pieces.append((int(in_sizes[k]), 1, w[o0:o1, i0:i1]))
         o0, i0 = o1, i1
-    node.outputs.clear()
-    node.inputs.clear()
-    graph.nodes.append(gs.Node("Concat", _fresh(names, f"{node.name}__concat"), {"axis": 1}, parts_out, [y]))
+    split_conv(graph, node, pieces, names)
 
 
 def _block_order(groups: np.ndarray) -> np.ndarray | None:

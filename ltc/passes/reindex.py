@@ -70,7 +70,7 @@ def apply_reindex(cg: ChannelGraph, plan: Plan, folds: list[tuple[BiasSlot, np.n
         r.apply(idx, edits)
     for slot, contribution in folds:
         _add_to_bias(edits, slot, np.asarray(contribution, dtype=np.float64)[slot.out.features(idx(slot.out.name))])
-    if not (edits.values or edits.attrs or edits.inputs):
+    if not (edits.values or edits.attrs or edits.inputs or edits.splits):
         return False
     _write(cg.graph, edits)
     cg.graph.cleanup()
@@ -132,6 +132,66 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
         node.attrs[name] = value
     for node, name in edits.drop_attrs:
         node.attrs.pop(name, None)
+    for node, pieces in edits.splits:
+        split_conv(graph, node, pieces, names)
+
+
+def split_conv(graph: gs.Graph, node: gs.Node, pieces: list[tuple[int, int, np.ndarray | None]],
+               names: set[str]) -> None:
+    """Replace the Conv ``node`` by Split (input channels) -> one Conv per piece -> Concat, in place in
+    the node order. ``pieces``: (input width, groups, weight [out, width / groups, *k]), or weight None
+    for input channels nothing reads. The node's bias (already re-indexed) is cut along the pieces.
+    ``node`` itself becomes the first Conv (it keeps its name); a single piece needs no Split."""
+    x, y = node.inputs[0], node.outputs[0]
+    bias = const_value(node.inputs[2]) if len(node.inputs) > 2 and not is_empty(node.inputs[2]) else None
+    convs = [p for p in pieces if p[2] is not None]
+    attrs = {k: v for k, v in node.attrs.items() if k != "group"}
+    at = graph.nodes.index(node)
+    if len(pieces) == 1:
+        _, g, w = pieces[0]
+        node.inputs[1] = gs.Constant(fresh_name(names, node.inputs[1].name, "__ltc"), np.ascontiguousarray(w))
+        node.attrs = {**attrs, "group": g}
+        return
+
+    def var(like: gs.Variable, base: str, channels: int) -> gs.Variable:
+        shape = list(like.shape) if like.shape is not None else None
+        if shape is not None and len(shape) > 1:
+            shape[1] = channels
+        return gs.Variable(fresh_name(names, base), dtype=like.dtype, shape=shape)
+
+    sizes = np.array([p[0] for p in pieces], dtype=np.int64)
+    parts = [var(x, f"{node.name or y.name}__in{k}", int(s)) for k, s in enumerate(sizes)]
+    if (graph.opset or 13) >= 13:
+        split = gs.Node("Split", fresh_name(names, f"{node.name}__split"), {"axis": 1},
+                        [x, gs.Constant(fresh_name(names, f"{node.name}__split_sizes"), sizes)], parts)
+    else:  # Split-11 and earlier take the sizes as an attribute
+        split = gs.Node("Split", fresh_name(names, f"{node.name}__split"), {"axis": 1, "split": sizes.tolist()},
+                        [x], parts)
+    new, outs, o0 = [split], [], 0
+    w_name = node.inputs[1].name
+    for k, (part, (_, g, w)) in enumerate(zip(parts, pieces, strict=True)):
+        if w is None:
+            continue
+        out = var(y, f"{y.name}__part{k}", w.shape[0])
+        inputs = [part, gs.Constant(fresh_name(names, w_name, f"__part{k}"), np.ascontiguousarray(w))]
+        if bias is not None:
+            inputs.append(gs.Constant(fresh_name(names, node.inputs[2].name, f"__part{k}"),
+                                      np.ascontiguousarray(bias[o0:o0 + w.shape[0]])))
+        o0 += w.shape[0]
+        if len(outs) == 0:  # the first Conv is the node itself
+            node.inputs.clear()
+            node.inputs.extend(inputs)
+            node.outputs.clear()
+            node.outputs.append(out)
+            node.attrs = {**attrs, "group": g}
+            new.append(node)
+        else:
+            new.append(gs.Node("Conv", fresh_name(names, f"{node.name}__part{k}"), {**attrs, "group": g}, inputs, [out]))
+        outs.append(out)
+    new.append(gs.Node("Concat", fresh_name(names, f"{node.name}__concat"), {"axis": 1}, outs, [y]))
+    if len(convs) != len(outs):
+        raise InternalError(f"split of Conv '{node.name}' lost a piece")
+    graph.nodes[at:at + 1] = new
 
 
 def fresh_name(names: set[str], base: str, suffix: str = "") -> str:

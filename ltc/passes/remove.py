@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ltc.errors import LtcError
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.records import BiasSlot, Record
 from ltc.passes.reindex import Plan, apply_reindex
@@ -40,13 +41,21 @@ class RemovalPlan:
         return plan
 
 
+# How a grouped Conv may lose channels: unequal groups (split into Convs) always, never, or where faster.
+UNEQUAL_GROUPS = ("auto", "always", "never")
+
 # The two reasons a contraction keeps a class; :func:`dead_filters` sorts dead filters by them.
 UNFOLDABLE = "non-zero constant cannot be folded into"  # a known constant its reader cannot fold exactly
 READ_LIVE = "read by"  # a reader sees a value that is not a known constant (a live partner)
 
 
-def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1) -> RemovalPlan:
-    """Mark classes removable where there is evidence and every reader ignores them or sees a foldable constant."""
+def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
+                 unequal_groups: str = "auto") -> RemovalPlan:
+    """Mark classes removable where there is evidence and every reader ignores them or sees a foldable
+    constant. ``unequal_groups``: whether a grouped Conv may lose different numbers of channels per
+    group (it is then split): "always", "never", or "auto" (where the cost table predicts it faster)."""
+    if unequal_groups not in UNEQUAL_GROUPS:
+        raise LtcError(f"unequal_groups must be one of {', '.join(UNEQUAL_GROUPS)}, got {unequal_groups!r}")
     n = cg.n_classes
     evidence = cg.evidence()
     removable = ~cg.frozen & ~cg.pinned & evidence
@@ -69,13 +78,13 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1)
                 else:
                     reasons[cls] = f"{READ_LIVE} {c.node.op} '{c.node.name}'"
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})
-    _enforce(cg, plan, round_to)
+    _enforce(cg, plan, round_to, unequal_groups)
     plan.lossy = bool(np.any(lossy_classes & plan.removed))
     plan.folds = _folds(cg, plan)
     return plan
 
 
-def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int) -> None:
+def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int, unequal_groups: str = "auto") -> None:
     """Keep extra (dead) classes until every constraint holds; keeping a class is always exact."""
 
     def keep(name: str, units: np.ndarray, reason: str) -> bool:
@@ -101,7 +110,7 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int) -> None:
                 target = min(-(-n_kept // round_to) * round_to, ct.units)
                 changed |= keep(name, np.flatnonzero(~kept)[: target - n_kept], f"--round-to {round_to}")
         for r in completing:  # records that admit only some removals: grouped Conv, GroupNormalization
-            for name, units in r.complete(lambda name: plan.kept_units(cg, name)):
+            for name, units in r.complete(lambda name: plan.kept_units(cg, name), unequal_groups):
                 changed |= keep(name, units, r.reason)
 
 

@@ -242,6 +242,17 @@ def test_chained_groups_settle_one_g_per_class_by_macs():
         assert g == 4 and np.bincount(og).tolist() == [len(og) // 4] * 4 and np.bincount(ig).tolist() == [len(ig) // 4] * 4
 
 
+def test_regroup_without_channel_links_clusters_layer_by_layer():
+    """A model ltc cannot export (no ``input_shape`` here) still gets a regroup ticket: each layer
+    co-clustered alone, as with ``chain=False``."""
+    model, mask = _pruned(1, rate=0.75, model_name="resnet20")
+    alone, layers_alone = regroup(model, mask, chain=False)
+    del model.input_shape
+    new, layers = regroup(model, mask)
+    assert layers == layers_alone and all(torch.equal(new[k], alone[k]) for k in new)
+    assert not any("chain" in info for info in layers.values())
+
+
 @pytest.mark.parametrize("chain", [True, False])
 def test_chained_regroup_of_a_resnet_needs_no_gathers(chain):
     """ResNet-20's stages as one chain: the grouped model is exact and, chained, needs no channel

@@ -66,7 +66,7 @@ ARCHS = [
 ]
 EXPORTERS = ("legacy", "legacy-nofold", "dynamo")
 MASKS = ("zero", "shift")
-OPTIONS = {"unequal_groups": "auto", "latency": False}  # --unequal-groups, --latency
+OPTIONS = {"unequal_groups": "auto", "latency": False, "round_to": 1}  # --unequal-groups, --latency, --round-to
 
 
 def import_zoos():
@@ -200,7 +200,7 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     out = tmp / "out.onnx"
     t0 = time.perf_counter()
     try:
-        doc = compress_file(src, out, round_to=1, unequal_groups=OPTIONS["unequal_groups"])
+        doc = compress_file(src, out, round_to=OPTIONS["round_to"], unequal_groups=OPTIONS["unequal_groups"])
     except (LtcError, InternalError) as exc:
         row["status"] = f"refused ({type(exc).__name__}): {str(exc)[:300]}"
         row["seconds"] = time.perf_counter() - t0
@@ -225,7 +225,7 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
     row["verified"] = doc["verification"]["passed"] if doc["verification"] else None
     row["error_vs_tolerance"] = independent_error(src, out, side, seed)
     row["exact"] = row["error_vs_tolerance"] <= 1.0
-    row["unequal_groups"] = OPTIONS["unequal_groups"]
+    row["unequal_groups"], row["round_to"] = OPTIONS["unequal_groups"], OPTIONS["round_to"]
     if OPTIONS["latency"]:
         row.update(latency(src, out))
     return row
@@ -366,8 +366,10 @@ def main() -> None:
     ap.add_argument("--unequal-groups", choices=["auto", "always", "never"], default="auto",
                     help="ltc compress --unequal-groups (grouped Convs losing channels unevenly)")
     ap.add_argument("--latency", action="store_true", help="also time dense vs compressed at batch 1 (idle machine)")
+    ap.add_argument("--round-to", default="1", help="ltc compress --round-to (default 1: count every dead channel)")
     args = ap.parse_args()
-    OPTIONS.update(unequal_groups=args.unequal_groups, latency=args.latency)
+    OPTIONS.update(unequal_groups=args.unequal_groups, latency=args.latency,
+                   round_to=args.round_to if args.round_to == "auto" else int(args.round_to))
     wanted = {m for m in args.models.split(",") if m}
     archs = [a for a in ARCHS if not wanted or a[1] in wanted]
     rows = []

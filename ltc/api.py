@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import match_masks, read_masks
 from ltc.fileio import check_outputs, write_json_atomic
+from ltc.hardware import default_round_to
+from ltc.masks import match_masks, read_masks
+from ltc.onnx_io import TWO_GB, model_size_bytes, read_model, save_model
 from ltc.passes import compress
 from ltc.passes.compress import inspect
-from ltc.passes.hardware import default_round_to
-from ltc.passes.onnx_io import TWO_GB, model_size_bytes, read_model, save_model
 from ltc.passes.verify import load_inputs
 
 

@@ -10,8 +10,8 @@ import click
 
 from ltc import __version__
 from ltc.errors import InternalError, LtcError, first_line
+from ltc.hardware import PROVIDERS
 from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
-from ltc.passes.hardware import PROVIDERS
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
 _EXTRAS = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch",

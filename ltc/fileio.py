@@ -8,6 +8,8 @@
 - :func:`atomic_path` gives a temporary name created with exclusive creation and an unpredictable name
   in the target folder, then renames it over the target (a rename never follows a symlink at the
   target) with the permissions the user's umask asks for. On any failure the temporary is removed.
+- :func:`sniff` says what a file holds from its first bytes; :func:`load_torch_data` reads a .pt file
+  with ``weights_only=True`` (tensors and plain containers only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import stat
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -239,3 +242,61 @@ def load_npz(path: PathLike, what: str) -> dict:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise LtcError(f"{path}: not a readable .npz {what} ({first_line(exc)})") from None
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes: torch, npz, onnx, npy, text or unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        raise LtcError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "broken zip"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        return "npz" if any(n.endswith(".npy") for n in names) else "zip"
+    if head[:1] == b"\x80":  # a pickle protocol header: torch's legacy (non-zip) format
+        return "torch"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head[:1] == b"\x08" and b"\x12" in head[:64]:  # ir_version then producer/graph: an ONNX protobuf
+        return "onnx"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:512]):
+        return "text"
+    return "unknown"
+
+
+def not_torch(kind: str) -> str:
+    return {"onnx": "is an ONNX model, not a mask or ticket file (the model is the first argument)",
+            "npy": "is a single .npy array; save the masks with numpy.savez as {name: mask}",
+            "broken zip": "is a damaged zip archive (truncated download?)",
+            "zip": "is a zip archive holding neither a torch file nor .npy arrays",
+            "text": "is a text file, not a torch or .npz file",
+            }.get(kind, "is neither a torch file (.pt) nor an .npz archive")
+
+
+def load_torch_data(path: Path, what: str = "torch file"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only, a one-line error otherwise."""
+    path = check_input_file(path, what)
+    kind = sniff(path)
+    if kind != "torch":
+        raise LtcError(f"{path}: {not_torch(kind)}; pass a {what} saved with torch.save")
+    try:
+        import torch
+    except ImportError:
+        raise LtcError(f"{path}: reading a .pt {what} needs torch (pip install 'ltc[torch]'); masks can "
+                       "also be given as .npz") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about some tensor kinds; the checks below say more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise LtcError(f"{path}: refused: the file contains pickled Python objects, not only tensors "
+                           "(loaded with weights_only=True); save plain tensors and dicts") from None
+        raise LtcError(f"{path}: not a readable {what} ({first_line(exc)}); is the file complete?") from None

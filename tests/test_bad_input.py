@@ -748,7 +748,7 @@ def test_sigterm_during_a_write_leaves_nothing_behind(work):
     import sys
 
     code = ("import os, signal\n"
-            "import ltc.passes.onnx_io as io\n"
+            "import ltc.onnx_io as io\n"
             "real = io._externalize\n"
             "def write_then_terminate(*args):\n"
             "    undo = real(*args)\n"

@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ltc.errors import InternalError, LtcError
+from ltc.onnx_io import model_size_bytes
 from ltc.passes import compress
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.onnx_io import model_size_bytes
 from tests.helpers import conv_weight, make_model, node, run, vec
 from tests.random_graphs import RandomGraph
 

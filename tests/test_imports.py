@@ -10,3 +10,26 @@ def test_compress_path_does_not_import_torch():
     code = ("import sys; import ltc.cli, ltc.api, ltc.passes, ltc.exporters.masks, ltc.render; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+HEAVY = ("onnx", "torch", "numpy", "onnxruntime", "matplotlib", "onnx_graphsurgeon", "rich")
+
+
+def test_help_imports_no_heavy_module():
+    """`ltc --help` and every command's --help start without onnx, numpy, torch, onnxruntime,
+    matplotlib or graphsurgeon (they are imported where a command uses them)."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom ltc.cli import main\n"
+            "for args in [['--help']] + [[c, '--help'] for c in main.commands]:\n"
+            "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == ""
+
+
+def test_moved_modules_keep_their_old_paths():
+    from ltc import hardware, onnx_io
+    from ltc.passes import hardware as old_hardware
+    from ltc.passes import onnx_io as old_onnx_io
+
+    assert old_hardware.default_round_to is hardware.default_round_to
+    assert old_onnx_io.read_model is onnx_io.read_model and old_onnx_io.TWO_GB == onnx_io.TWO_GB

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from ltc.api import compress_file
-from ltc.passes.onnx_io import TWO_GB
+from ltc.onnx_io import TWO_GB
 
 HIDDEN = 2**18  # each first-layer weight: 262144 x 1024 float32 = 1.07 GB; two of them: 2.15 GB
 

@@ -246,9 +246,9 @@ def accounting(src: Path) -> dict:
     """What became of each dead filter, by ltc's plan after normalisation: removed, coupled to a live
     channel, pinned by a whole-channel op, constant not foldable, or blocked by ltc
     (``ltc.passes.remove.dead_filters``, what ``ltc inspect`` prints)."""
+    from ltc.onnx_io import read_model
     from ltc.passes import RemoveDeadChannels
     from ltc.passes.compress import normalize
-    from ltc.passes.onnx_io import read_model
     from ltc.passes.remove import dead_filters
 
     model, _ = read_model(src)

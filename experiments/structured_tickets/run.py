@@ -42,9 +42,9 @@ from ltc.compressor.hparams import PruneHparams, TrainHparams
 from ltc.compressor.models import build_model
 from ltc.compressor.pruning import full_mask, prune_magnitude
 from ltc.compressor.search import apply_structure
-from ltc.compressor.ticket import make_ticket, save_ticket
 from ltc.compressor.training import train
 from ltc.exporters.ticket_export import export_ticket
+from ltc.ticket import make_ticket, save_ticket
 
 HERE = Path(__file__).parent
 STRUCTURES = ("unstructured", "refill", "refill+", "regroup")

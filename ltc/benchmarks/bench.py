@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ltc.errors import LtcError, first_line
-from ltc.passes.hardware import cpu_flags
+from ltc.hardware import cpu_flags
 
 SCHEMA_VERSION = 1
 PROVIDERS = {
@@ -342,7 +342,7 @@ def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = 
     """:func:`bench`, then the JSON and Markdown reports; the outputs are checked against every file
     read (models and their external data) before the benchmark starts."""
     from ltc.fileio import check_input_file, check_outputs, write_text_atomic
-    from ltc.passes.onnx_io import model_files
+    from ltc.onnx_io import model_files
 
     for p in paths:
         check_input_file(p, "model file", "pass .onnx models")
@@ -357,7 +357,7 @@ def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = 
 
 def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
     """Benchmark ``paths`` on every provider and batch; returns the report (schema version 1)."""
-    from ltc.passes.onnx_io import read_model
+    from ltc.onnx_io import read_model
     from ltc.passes.stats import model_stats
 
     if not paths:

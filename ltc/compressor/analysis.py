@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import load_torch_data, validate_ticket
-from ltc.fileio import atomic_path
+from ltc.fileio import atomic_path, load_torch_data
+from ltc.ticket import validate_ticket
 
 COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random": "tab:green"}
 

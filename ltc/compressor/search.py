@@ -35,11 +35,10 @@ from ltc.compressor.pruning import (
     random_like,
 )
 from ltc.compressor.structure import random_regroup, refill, regroup
-from ltc.compressor.ticket import entry_mismatch, make_ticket, save_ticket, save_torch
 from ltc.compressor.training import distributed, total_iterations, train
 from ltc.errors import LtcError, first_line
-from ltc.exporters.masks import load_torch_data, validate_ticket
-from ltc.fileio import check_input_file, write_json_atomic, write_text_atomic
+from ltc.fileio import check_input_file, load_torch_data, write_json_atomic, write_text_atomic
+from ltc.ticket import entry_mismatch, make_ticket, save_ticket, save_torch, validate_ticket
 
 VARIANTS = ("ticket", "reinit", "random")
 RESULT_KEYS = ("test_accuracy", "early_stop_iteration", "final_train_accuracy", "final_test_accuracy")

@@ -14,8 +14,8 @@ from ltc.compressor.hparams import TrainHparams, run_hash, to_dict
 from ltc.compressor.models import build_model
 from ltc.compressor.pruning import full_mask
 from ltc.compressor.search import Created, check_not_in_data, check_out_dir, prepare
-from ltc.compressor.ticket import make_ticket, save_ticket
 from ltc.compressor.training import distributed, init_distributed, train
+from ltc.ticket import make_ticket, save_ticket
 
 
 def train_dense(thp: TrainHparams, out: str | Path, *, data_dir: str | None = None, progress: bool = False) -> dict:

@@ -16,19 +16,14 @@ import tempfile
 from pathlib import Path
 
 from ltc.errors import LtcError
-from ltc.exporters.masks import as_bool_masks, load_torch_data, validate_ticket
+from ltc.masks import as_bool_masks
+from ltc.ticket import load_ticket
 
 MAX_MEMORY_GIB = 4.0
 # Above this much weight the exporters switch to external data: dynamo writes one <output>.data (its
 # threshold is 1.5 GiB), the legacy exporter one file per tensor, which ltc refuses to scatter.
 EXTERNAL_DATA_BYTES = 1536 << 20
 _GIB = 2**30
-
-
-def load_ticket(path: str | os.PathLike) -> dict:
-    """Load and check a ticket (weights_only=True: a ticket from a stranger cannot run code)."""
-    path = Path(path)
-    return validate_ticket(load_torch_data(path, "ticket"), path)
 
 
 def ticket_arch(ticket: dict, path: str | os.PathLike = "ticket") -> tuple[str, tuple[int, int, int], int, float]:
@@ -78,7 +73,7 @@ def check_memory(ticket: dict, path: str | os.PathLike, max_memory_gib: float = 
 
 def _check_state(state: dict, model, arch_name: str, field: str, path) -> None:
     """``state`` holds exactly the model's tensors: names, shapes, dense CPU tensors of a fitting dtype."""
-    from ltc.compressor.ticket import entry_mismatch
+    from ltc.ticket import entry_mismatch
 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

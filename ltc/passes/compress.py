@@ -14,12 +14,12 @@ import onnx
 from onnx import numpy_helper
 
 from ltc.errors import InternalError, LtcError
-from ltc.exporters.masks import bool_mask
+from ltc.masks import bool_mask
+from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.fold import FoldConstants
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.regroup import Regroup, RegroupInfo
 from ltc.passes.remove import (
     UNEQUAL_GROUPS,

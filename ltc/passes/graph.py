@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, constant_to_onnx_tensor
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from ltc.passes.onnx_io import infer_shapes
+from ltc.onnx_io import infer_shapes
 
 _PLAIN = (int, float, str, bytes)
 

@@ -23,7 +23,7 @@ def small_constants(g: onnx.GraphProto, limit: int) -> dict[str, np.ndarray]:
 
 def inferred_dims(model: onnx.ModelProto) -> dict[str, list]:
     """Per tensor with an inferred shape: each dimension as an int, its symbol, or None."""
-    from ltc.passes.onnx_io import infer_shapes
+    from ltc.onnx_io import infer_shapes
 
     inferred = infer_shapes(model).graph
     dims: dict[str, list] = {}

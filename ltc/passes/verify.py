@@ -13,7 +13,7 @@ import onnx
 
 from ltc.errors import InternalError, LtcError, first_line
 from ltc.fileio import load_npz
-from ltc.passes.onnx_io import TWO_GB, light_copy, model_size_bytes, save_model
+from ltc.onnx_io import TWO_GB, light_copy, model_size_bytes, save_model
 
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,

@@ -1,0 +1,217 @@
+"""Mask files -> ``{initializer name: bool array}`` for an ONNX model.
+
+Sources: an ltc ticket.pt, a torch.nn.utils.prune state dict (``*.weight_mask``), a plain
+``{name: mask}`` dict in .pt or .npz. Names are matched to initializers by name (both exporters'
+conventions), then by shape and values (the legacy exporter renames BN-folded weights
+``onnx::Conv_123``). Torch is imported only to read .pt files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ltc.errors import LtcError
+from ltc.fileio import check_input_file, load_npz, load_torch_data, not_torch, sniff
+from ltc.ticket import TICKET_FORMAT, is_tensor, ticket_groups, validate_ticket
+
+
+@dataclass
+class MaskSet:
+    """Masks by their own names, and (if the file had them) the weights they belong to."""
+
+    masks: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = "masks"
+    groups: dict[str, int] = field(default_factory=dict)  # a regroup ticket's G per weight (mask name)
+
+
+@dataclass
+class MaskMatch:
+    masks: dict[str, np.ndarray]  # initializer name -> bool mask
+    matched: dict[str, str]  # mask name -> initializer name
+    unmatched: list[str]  # mask names that match nothing in this model
+
+
+def read_masks(path: str | os.PathLike) -> MaskSet:
+    path = check_input_file(path, "mask file", "pass a ticket.pt, a prune state dict (.pt) or an .npz")
+    kind = sniff(path)
+    if kind == "npz":
+        return MaskSet(as_bool_masks(load_npz(path, "mask file"), path), source="npz")
+    if kind != "torch":
+        raise LtcError(f"{path}: {not_torch(kind)}; pass a ticket.pt, a prune state dict (.pt) or an .npz")
+    return _read_torch(path)
+
+
+def _read_torch(path: Path) -> MaskSet:
+    obj = load_torch_data(path, "mask file")
+    if not isinstance(obj, dict):
+        raise LtcError(f"{path}: expected a dict of masks, found {type(obj).__name__}")
+    if obj.get("format") == TICKET_FORMAT:
+        validate_ticket(obj, path)
+        weights = obj.get("final") or obj.get("init") or {}
+        return MaskSet(as_bool_masks(obj["masks"], path), _as_arrays(weights, path), source="ticket",
+                       groups=ticket_groups(obj, path))
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    bad = [k for k in obj if not isinstance(k, str)]
+    if bad:
+        raise LtcError(f"{path}: mask names must be strings, found the key {bad[0]!r}; save {{name: mask}}")
+    if any(k.endswith("_mask") for k in obj):
+        masks = {k[: -len("_mask")]: v for k, v in obj.items() if k.endswith("_mask")}
+        weights = {}
+        for name, m in masks.items():
+            orig = obj.get(name + "_orig")
+            if is_tensor(orig) and is_tensor(m) and tuple(orig.shape) == tuple(m.shape):
+                weights[name] = _to_numpy(orig, name + "_orig", path) * (_to_numpy(m, name + "_mask", path) != 0)
+        return MaskSet(as_bool_masks(masks, path), weights, source="torch.nn.utils.prune")
+    return MaskSet(as_bool_masks(obj, path), source="pt")
+
+
+def _to_numpy(v, name: str = "", path: Path | None = None) -> np.ndarray:
+    """A tensor as a numpy array; sparse, quantized and numpy-less dtypes (float8...) are refused."""
+    if hasattr(v, "detach"):
+        where = f"{path}: tensor '{name}'" if path else f"tensor '{name}'"
+        if getattr(v, "is_sparse", False) or str(getattr(v, "layout", "torch.strided")) != "torch.strided":
+            raise LtcError(f"{where} is stored sparse ({v.layout}); save it dense (tensor.to_dense())")
+        if getattr(v, "is_quantized", False):
+            raise LtcError(f"{where} is quantized ({v.dtype}); save it dequantized (tensor.dequantize())")
+        v = v.detach().cpu()
+        if str(v.dtype) == "torch.bfloat16":
+            v = v.float()
+        try:
+            return v.numpy()
+        except (TypeError, RuntimeError):
+            raise LtcError(f"{where} has dtype {v.dtype}, which numpy cannot hold; save it as float32 or "
+                           "bool") from None
+    return np.asarray(v)
+
+
+def _as_arrays(d: dict, path: Path | None = None) -> dict[str, np.ndarray]:
+    return {k: _to_numpy(v, k, path) for k, v in d.items() if hasattr(v, "shape")}
+
+
+def bool_mask(a: np.ndarray, what: str, hint: str, dtype_label: object = None) -> np.ndarray:
+    """A mask as bool: bool, or numbers that are all 0 or 1 (torch prune masks are float). ``what``
+    names it in errors, ``hint`` is the way out for values other than 0 and 1."""
+    if a.dtype == np.bool_:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise LtcError(f"{what} has dtype {dtype_label or a.dtype}; masks are bool or 0/1 numbers")
+    if not np.all((a == 0) | (a == 1)):
+        raise LtcError(f"{what} has values other than 0 and 1; {hint}")
+    return a != 0
+
+
+def as_bool_masks(d: dict, path: Path) -> dict[str, np.ndarray]:
+    """``{name: bool array}`` from tensors or arrays of bool or 0/1 numbers; anything else is refused."""
+    out = {}
+    for name, v in d.items():
+        if not isinstance(name, str):
+            raise LtcError(f"{path}: mask names must be strings, found the key {name!r}")
+        if not is_tensor(v):
+            continue
+        a = _to_numpy(v, name, path)
+        out[name] = bool_mask(a, f"{path}: mask '{name}'", "is this a weight file rather than a mask file?",
+                              getattr(v, "dtype", a.dtype))
+    if not out:
+        raise LtcError(f"{path}: no mask tensors found")
+    return out
+
+
+def _normalize(name: str) -> str:
+    """``layer1.0.conv1.weight``, ``p_layer1_0_conv1_weight`` and ``/layer1/0/conv1`` all -> one key."""
+    name = re.sub(r"^(p_|model\.|module\.)", "", name)
+    return re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+
+
+def _proportional_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` equals ``b`` up to one scale per output row (how BN folding changes a conv weight)."""
+    a2 = a.reshape(a.shape[0], -1).astype(np.float64)
+    b2 = b.reshape(b.shape[0], -1).astype(np.float64)
+    denom = np.einsum("ij,ij->i", b2, b2)
+    scale = np.divide(np.einsum("ij,ij->i", a2, b2), denom, out=np.zeros(len(a2)), where=denom > 0)
+    tol = 1e-5 * max(float(np.abs(a2).max(initial=0)), 1e-12)
+    return bool(np.allclose(a2, scale[:, None] * b2, rtol=1e-4, atol=tol))
+
+
+def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) -> MaskMatch:
+    """Map mask names to initializer names (see module docstring); errors name what went wrong."""
+    inits = {t.name: t for t in model.graph.initializer}
+    by_norm: dict[str, list[str]] = {}
+    for n in inits:
+        by_norm.setdefault(_normalize(n), []).append(n)
+    matched: dict[str, str] = {}
+    taken: set[str] = set()
+    pending = []
+    for name, m in masks.masks.items():
+        target = name if name in inits else None
+        if target is None:
+            cands = by_norm.get(_normalize(name), [])
+            target = cands[0] if len(cands) == 1 else None
+        if target is None:
+            pending.append(name)
+            continue
+        shape = tuple(inits[target].dims)
+        if shape != m.shape:
+            raise LtcError(f"mask '{name}' has shape {m.shape} but initializer '{target}' is {shape}; "
+                           "is the mask for another model?")
+        matched[name] = target
+        taken.add(target)
+    arrays: dict[str, np.ndarray] = {}
+    unmatched = []
+    cands: dict[str, list[str]] = {}
+    for name in pending:  # candidates by shape, narrowed by values; assigned below in any order
+        m = masks.masks[name]
+        found = [n for n, t in inits.items() if n not in taken and tuple(t.dims) == m.shape and m.ndim > 1]
+        cands[name] = _disambiguate(name, m, found, inits, masks, arrays) if len(found) > 1 else found
+    progress = True
+    while progress:  # a mask with one candidate left takes it; that may leave another with one
+        progress = False
+        for name in list(cands):
+            left = [n for n in cands[name] if n not in taken]
+            if len(left) == 1:
+                matched[name] = left[0]
+                taken.add(left[0])
+                del cands[name]
+                progress = True
+    for name, found in cands.items():
+        left = [n for n in found if n not in taken]
+        if len(left) > 1:
+            raise LtcError(f"mask '{name}' {masks.masks[name].shape} matches several initializers "
+                           f"({', '.join(left[:6])}); rename the masks to the model's initializer names")
+        if found:
+            others = [k for k, v in matched.items() if v in found]
+            raise LtcError(f"mask '{name}' matches '{found[0]}', which mask '{others[0]}' matched too; "
+                           "rename the masks to the model's initializer names")
+        unmatched.append(name)
+    if not matched:
+        raise LtcError(f"no mask matches this model (mask names like {list(masks.masks)[:3]}, shapes "
+                       "differ from every weight); is the mask for another model?")
+    if unmatched and strict:
+        raise LtcError(f"{len(unmatched)} mask(s) match nothing in the model: {', '.join(unmatched[:8])} "
+                       "(drop --strict-mask to ignore them)")
+    return MaskMatch({t: masks.masks[n] for n, t in matched.items()}, matched, unmatched)
+
+
+def _disambiguate(name: str, m: np.ndarray, cands: list[str], inits: dict, masks: MaskSet,
+                  arrays: dict[str, np.ndarray]) -> list[str]:
+    """Narrow same-shape candidates by values: the ticket's weights (up to BN folding) or zeros."""
+
+    def value(n: str) -> np.ndarray:
+        if n not in arrays:
+            arrays[n] = numpy_helper.to_array(inits[n])
+        return arrays[n]
+
+    w = masks.weights.get(name)
+    if w is not None and w.shape == m.shape:
+        hits = [n for n in cands if _proportional_rows(value(n), w)]
+        if hits:
+            return hits
+    return [n for n in cands if not np.any(value(n)[~m])] or cands

@@ -33,3 +33,16 @@ def test_moved_modules_keep_their_old_paths():
 
     assert old_hardware.default_round_to is hardware.default_round_to
     assert old_onnx_io.read_model is onnx_io.read_model and old_onnx_io.TWO_GB == onnx_io.TWO_GB
+
+
+def test_report_from_bench_json_imports_no_torch(tmp_path):
+    """`ltc report --bench b.json` (JSON -> HTML with plots) needs neither torch nor onnx."""
+    from tests.test_report import _bench
+
+    bench = _bench(tmp_path)
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom ltc.cli import main\n"
+            f"r = CliRunner().invoke(main, ['report', '--bench', {str(bench)!r}, '-o', {str(tmp_path / 'r.html')!r}])\n"
+            "assert r.exit_code == 0, r.output\n"
+            "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert out == "" and (tmp_path / "r.html").stat().st_size > 1000

@@ -148,7 +148,7 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ltc.compressor.analysis import VARIANT_PLOTS, _percent_axis, variant_figure
+    from ltc.reporting.plots import VARIANT_PLOTS, percent_axis, variant_figure
 
     plots: dict[str, bytes] = {}
     if run is not None:
@@ -169,7 +169,7 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
                 label = {"unstructured": "unstructured / zeros only", "channel": "channel (compressed)",
                          "group": "group (compressed)"}.get(kind, kind)
                 ax.scatter([], [], color=color, label=label)
-        _percent_axis(ax)
+        percent_axis(ax)
         ax.set_xlabel("parameters remaining (% of the first model)")
         ax.set_ylabel("median latency (ms)")
         ax.grid(True, alpha=0.3)

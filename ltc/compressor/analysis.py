@@ -8,62 +8,8 @@ import torch
 
 from ltc.errors import LtcError
 from ltc.fileio import atomic_path, load_torch_data
+from ltc.reporting.plots import COLORS, VARIANT_PLOTS, percent_axis, series, variant_figure
 from ltc.ticket import validate_ticket
-
-COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random": "tab:green"}
-
-
-def _series(summary: dict, variant: str, key: str):
-    xs, mean, lo, hi = [], [], [], []
-    for row in summary["rounds"]:
-        s = row["variants"].get(variant)
-        if s is None:
-            continue
-        xs.append(100 * row["density"])
-        mean.append(s[key]["mean"])
-        lo.append(s[key]["min"])
-        hi.append(s[key]["max"])
-    return xs, mean, lo, hi
-
-
-def _percent_axis(ax) -> None:
-    """Log-scaled remaining-weights axis, decreasing to the right, plain percentages."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.xaxis.set_major_locator(FixedLocator([100, 50, 30, 20, 10, 5, 3, 2, 1, 0.5, 0.3, 0.2, 0.1]))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("P_m: weights remaining (%)")
-
-
-def variant_figure(summary: dict, key: str, ylabel: str, scale: float = 1.0):
-    """``key`` (mean, min-max band) vs remaining weights for the ticket and each control."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in ("ticket", "reinit", "random"):
-        xs, mean, lo, hi = _series(summary, variant, key)
-        if not xs:
-            continue
-        label = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random pruning"}[variant]
-        ax.plot(xs, [scale * m for m in mean], "o-", color=COLORS[variant], label=label)
-        ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant], alpha=0.2)
-    _percent_axis(ax)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-# (summary key, y label, scale, plot name) of the two per-round plots the run folder and the report show
-VARIANT_PLOTS = (("test_accuracy", "test accuracy at early stop (%)", 100, "accuracy"),
-                 ("early_stop_iteration", "early-stop iteration", 1, "early_stop"))
 
 
 def _save(fig, path: Path) -> None:
@@ -86,11 +32,11 @@ def _train_vs_test(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, style in (("ticket", "-"), ("reinit", "--")):
         for key, marker in (("final_train_accuracy", "s"), ("final_test_accuracy", "o")):
-            xs, mean, _, _ = _series(summary, variant, key)
+            xs, mean, _, _ = series(summary, variant, key)
             if xs:
                 ax.plot(xs, [100 * m for m in mean], marker + style, color=COLORS[variant],
                         label=f"{variant} {'train' if 'train' in key else 'test'}")
-    _percent_axis(ax)
+    percent_axis(ax)
     ax.set_ylabel("accuracy at the end of training (%)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,0 +1,1 @@
+"""Presentation shared by the commands: plots (matplotlib, imported when drawn). No torch."""

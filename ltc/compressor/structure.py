@@ -298,15 +298,16 @@ class _Layer:
 
 def channel_links(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Per Conv weight: the channel class of each of its input and output channels, and its MACs per
-    sample, from ltc's channel analysis of the model's ONNX export (legacy exporter, BatchNorm kept, so
-    initializers carry the parameter names). Two channels with one class must keep one order: a
+    sample, from ltc's channel analysis of the model's ONNX export (TorchScript exporter without
+    constant folding, in memory: initializers carry the parameter names). Two channels with one class must keep one order: a
     residual sum ties the Convs that write the stream to those that read it. {} when the model has
     no ``input_shape`` or does not export (its layers are then clustered alone)."""
-    import tempfile
+    import contextlib
+    import io
+    import warnings
 
     import onnx
 
-    from ltc.exporters.torch_export import export_onnx
     from ltc.passes.channels import ChannelGraph
     from ltc.passes.compress import normalize
     from ltc.passes.graph import import_graph
@@ -315,11 +316,12 @@ def channel_links(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, i
     if not shape:
         return {}
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = export_onnx(copy.deepcopy(model).float(), f"{tmp}/m.onnx", tuple(shape), dynamic_batch=False,
-                               batch=1, keep_batchnorm=True)
-            proto = onnx.load(str(path))
-        cg = ChannelGraph(import_graph(normalize(proto)))
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(copy.deepcopy(model).float().eval(), (torch.zeros(1, *shape),), buf, dynamo=False,
+                              opset_version=17, do_constant_folding=False)  # parameters keep their names
+        cg = ChannelGraph(import_graph(normalize(onnx.load_from_string(buf.getvalue()))))
     except Exception:  # an export or analysis failure only loses the chaining, never the ticket
         return {}
     macs = cg.macs()

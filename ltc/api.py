@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ltc.defaults import ATOL, RTOL
 from ltc.errors import LtcError
 from ltc.fileio import check_outputs, write_json_atomic
 from ltc.hardware import default_round_to
@@ -44,8 +45,8 @@ def resolve_round_to(round_to: int | str, provider: str) -> int:
 
 def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, mask: str | os.PathLike | None = None,
                   *, allow_lossy: bool = False, round_to: int | str = "auto", provider: str = "cpu",
-                  verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = 1e-4,
-                  atol: float = 1e-5, strict_mask: bool = False, report: str | os.PathLike | None = None,
+                  verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = RTOL,
+                  atol: float = ATOL, strict_mask: bool = False, report: str | os.PathLike | None = None,
                   external_data: bool | None = None, regroup: bool | None = None,
                   unequal_groups: str = "auto") -> dict:
     """Compress ``model_path`` into ``out_path``; returns the report dict (also written to ``report``).

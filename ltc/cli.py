@@ -9,6 +9,7 @@ import sys
 import click
 
 from ltc import __version__
+from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError, first_line
 from ltc.hardware import PROVIDERS
 from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
@@ -97,8 +98,8 @@ def main() -> None:
 @click.option("--round-to", default="auto", show_default=True, help="keep channel counts a multiple of N (extra dead channels stay, exact); 'auto' picks per --provider")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True, help="deployment target that --round-to auto aligns for")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification (one array per model input)")
-@click.option("--rtol", type=NON_NEGATIVE, default=1e-4, show_default=True, help="relative tolerance of verification")
-@click.option("--atol", type=NON_NEGATIVE, default=1e-5, show_default=True, help="absolute tolerance of verification")
+@click.option("--rtol", type=NON_NEGATIVE, default=RTOL, show_default=True, help="relative tolerance of verification")
+@click.option("--atol", type=NON_NEGATIVE, default=ATOL, show_default=True, help="absolute tolerance of verification")
 @click.option("--no-verify", is_flag=True, help="skip numerical verification")
 @click.option("--strict-mask", is_flag=True, help="fail if any mask entry matches nothing in the model")
 @click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")

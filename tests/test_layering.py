@@ -9,7 +9,7 @@ from pathlib import Path
 import ltc
 
 ROOT = Path(ltc.__file__).parent
-SHARED = ("errors", "fileio", "hardware", "options", "onnx_io", "ticket", "masks", "reporting")
+SHARED = ("errors", "defaults", "fileio", "hardware", "options", "onnx_io", "ticket", "masks", "reporting")
 TOP = ("api", "cli", "demo")
 FORBIDDEN = {
     **{m: ("passes", "compressor", "exporters", "benchmarks", "render", *TOP) for m in SHARED},

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes
@@ -155,7 +156,7 @@ class CompressResult:
 
 def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None, *,
              allow_lossy: bool = False, round_to: int = 1, check: bool = True,
-             feeds: dict[str, np.ndarray] | None = None, rtol: float = 1e-4, atol: float = 1e-5,
+             feeds: dict[str, np.ndarray] | None = None, rtol: float = RTOL, atol: float = ATOL,
              inputs_label: str = "random", model_file: str | os.PathLike | None = None,
              regroup: bool = False, groups: dict[str, int] | None = None,
              unequal_groups: str = "auto") -> CompressResult:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError, first_line
 from ltc.fileio import load_npz
 from ltc.onnx_io import TWO_GB, light_copy, model_size_bytes, save_model
@@ -208,7 +209,7 @@ def load_check(model: Runnable, reference: Runnable | None = None) -> None:
 
 
 def verify(reference: Runnable, candidate: Runnable, feeds: dict[str, np.ndarray],
-           rtol: float = 1e-4, atol: float = 1e-5, inputs: str = "random", optimized: bool = True) -> Verification:
+           rtol: float = RTOL, atol: float = ATOL, inputs: str = "random", optimized: bool = True) -> Verification:
     """Run both models one after the other (one session alive at a time) and compare every output.
 
     An output passes when its largest difference is at most ``atol + rtol * max|reference|``: float32

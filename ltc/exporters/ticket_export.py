@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ltc.errors import LtcError
+from ltc.errors import LtcError, first_line
 from ltc.masks import as_bool_masks
 from ltc.ticket import load_ticket
 
@@ -123,8 +123,7 @@ def model_from_ticket(ticket: dict, weights: str = "final", path: str | os.PathL
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise LtcError(f"{path}: ticket weights do not fit architecture {name!r} ({first})") from None
+        raise LtcError(f"{path}: ticket weights do not fit architecture {name!r} ({first_line(exc)})") from None
     apply_mask(model, masks)
     return model.eval()
 

@@ -140,6 +140,22 @@ def test_results_larger_than_what_they_read_stay_computed():
     np.testing.assert_array_equal(run(r.model, feeds)[0], run(model, feeds)[0])
 
 
+def test_large_weights_behind_a_transpose_fold_and_compress():
+    """An unfolded export hands a big Linear weight over through a Transpose (ConvNeXt-Tiny's last stage:
+    768 x 3072, more than a million values): it folds, so the MatMul is a layer and its dead neurons go."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((1536, 1024)).astype(np.float32)  # [out, in] as torch stores it
+    w1[::2] = 0  # every other hidden neuron dead
+    w2 = rng.standard_normal((1536, 8)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["w1t"], ["w1"], perm=[1, 0]), node("MatMul", ["x", "w1"], ["h"]),
+             node("Relu", ["h"], ["r"]), node("MatMul", ["r", "w2"], ["y"])]
+    model = make_model(nodes, {"x": [1, 4, 1024]}, ["y"], {"w1t": w1, "w2": w2})
+    r = compress(model)
+    assert r.verification.passed
+    shapes = sorted(tuple(t.dims) for t in r.model.graph.initializer)
+    assert shapes == [(768, 8), (1024, 768)]
+
+
 def test_non_deterministic_and_foreign_ops_are_not_folded():
     nodes = [helper.make_node("RandomNormalLike", ["c"], ["r"]), node("Add", ["x", "r"], ["y"])]
     model = make_model(nodes, {"x": [1, 4]}, ["y"], {"c": np.zeros((1, 4), np.float32)})

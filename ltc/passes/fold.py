@@ -8,8 +8,8 @@ all constant, with ONNX Runtime (the values are those the runtime computes), and
 by initializers, so every export setting reaches the analysis alike.
 
 Not folded: nodes whose outputs are graph outputs, ops of other domains, non-deterministic ops,
-ops with subgraphs or sequence/optional values, and results larger than ``max_elements`` or than
-what they read (a ConstantOfShape or an Expand that would store a big tensor in the file).
+ops with subgraphs or sequence/optional values, and results larger than ``max_elements`` (64M values) or than
+twice what they read (a ConstantOfShape or an Expand that would store a big tensor in the file).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class FoldConstants(Pass):
 
     name = "fold-constants"
 
-    def __init__(self, max_elements: int = 1 << 20):
+    def __init__(self, max_elements: int = 1 << 26):
         self.max_elements = max_elements
 
     def call(self, model: onnx.ModelProto) -> PassResult:

@@ -11,7 +11,8 @@ import click
 from ltc import __version__
 from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError, first_line
-from ltc.hardware import PROVIDERS
+from ltc.exporters.torch_export import EXPORTERS
+from ltc.hardware import BENCH_PROVIDERS, OPT_LEVELS, PROVIDERS, UNEQUAL_GROUPS
 from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
@@ -105,7 +106,7 @@ def main() -> None:
 @click.option("--report", type=click.Path(dir_okay=False), help="also write the report as JSON")
 @click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
 @click.option("--regroup/--no-regroup", default=None, help="turn Convs whose zeros form dense blocks into grouped Convs (default: when the mask is a group-wise ticket); --round-to applies to group widths")
-@click.option("--unequal-groups", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
+@click.option("--unequal-groups", type=click.Choice(UNEQUAL_GROUPS), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
                  strict_mask, report, external_data, regroup, unequal_groups, as_json) -> None:
@@ -130,7 +131,7 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
 @click.option("--mask", type=click.Path(dir_okay=False), help="ticket.pt, prune state dict (.pt) or .npz")
 @click.option("--allow-lossy", is_flag=True, help="count channels removable with lossy folding as removable")
 @click.option("--strict-mask", is_flag=True)
-@click.option("--unequal-groups", type=click.Choice(("auto", "always", "never")), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
+@click.option("--unequal-groups", type=click.Choice(UNEQUAL_GROUPS), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
 def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) -> None:
     """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
@@ -208,7 +209,7 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 @click.argument("ticket", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Choice(["final", "init"]), default="final", show_default=True)
-@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
+@click.option("--exporter", type=click.Choice(EXPORTERS), default="legacy", show_default=True)
 @click.option("--opset", type=click.IntRange(13, 26), default=None,
               help="ONNX opset: legacy 13..20 (default 17), dynamo 18..26 (default 18)")
 @click.option("--dynamic-batch/--static-batch", default=True, show_default=True)
@@ -227,7 +228,7 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 @main.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--provider", "providers", multiple=True, default=["cpu"], show_default=True,
-              type=click.Choice(["cpu", "cuda", "tensorrt", "trt"]),
+              type=click.Choice(tuple(BENCH_PROVIDERS)),
               help="cpu/cuda/tensorrt: ONNX Runtime execution providers; trt: native TensorRT (repeatable)")
 @click.option("--batch", "batches", multiple=True, type=POSITIVE_INT, default=[1], show_default=True,
               help="batch size (repeatable: a sweep)")
@@ -237,7 +238,7 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 @click.option("--rounds", type=POSITIVE_INT, default=5, show_default=True,
               help="interleaved rounds (A B A B ...); >= 2 to compare models")
 @click.option("--time-budget", type=NON_NEGATIVE, default=0.0, help="seconds per model per round instead of --iterations")
-@click.option("--opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True)
+@click.option("--opt-level", type=click.Choice(OPT_LEVELS), default="all", show_default=True)
 @click.option("--fp16", is_flag=True, help="fp16 where supported (TensorRT EP and native TensorRT)")
 @click.option("--io-binding", is_flag=True, help="GPU: keep inputs/outputs on the device (copies not timed)")
 @click.option("--profile", is_flag=True, help="per-operator profile (ONNX Runtime profiling)")

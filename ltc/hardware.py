@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROVIDERS = ("cpu", "cuda", "tensorrt")
+PROVIDERS = ("cpu", "cuda", "tensorrt")  # deployment targets (ONNX Runtime execution providers)
+# What ltc bench times: each ONNX Runtime provider by its ORT name, and native TensorRT (its Python API).
+BENCH_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": None,
+}
+OPT_LEVELS = ("disable", "basic", "extended", "all")  # ONNX Runtime graph optimisation levels
+UNEQUAL_GROUPS = ("auto", "always", "never")  # how removal may treat grouped Convs (ltc compress --unequal-groups)
 
 
 def cpu_flags() -> set[str]:

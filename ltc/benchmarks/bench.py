@@ -25,16 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from ltc.errors import LtcError, first_line
-from ltc.hardware import cpu_flags
+from ltc.hardware import (
+    BENCH_PROVIDERS as PROVIDERS,  # (trt: native TensorRT, not through ONNX Runtime)
+)
+from ltc.hardware import OPT_LEVELS, cpu_flags
 
 SCHEMA_VERSION = 1
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": None,  # native TensorRT (tensorrt Python API), not through ONNX Runtime
-}
-OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError
+from ltc.hardware import UNEQUAL_GROUPS
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.base import Pass, PassResult
@@ -23,7 +24,6 @@ from ltc.passes.fold import FoldConstants
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.regroup import Regroup, RegroupInfo
 from ltc.passes.remove import (
-    UNEQUAL_GROUPS,
     LayerChannels,
     RemovalPlan,
     apply_removal,

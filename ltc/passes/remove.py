@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ltc.errors import LtcError
+from ltc.hardware import UNEQUAL_GROUPS
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.records import BiasSlot, Record
 from ltc.passes.reindex import Plan, apply_reindex
@@ -41,8 +42,6 @@ class RemovalPlan:
         return plan
 
 
-# How a grouped Conv may lose channels: unequal groups (split into Convs) always, never, or where faster.
-UNEQUAL_GROUPS = ("auto", "always", "never")
 
 # The two reasons a contraction keeps a class; :func:`dead_filters` sorts dead filters by them.
 UNFOLDABLE = "non-zero constant cannot be folded into"  # a known constant its reader cannot fold exactly

@@ -372,6 +372,9 @@ class ChannelGraph:
         shapes = self.shapes
         if plan:
             shapes = dict(shapes)
+            for name, t in self.graph.tensors().items():  # tensors the rewrite made (a split Conv's pieces)
+                if name not in shapes and isinstance(t, gs.Variable) and t.shape is not None:
+                    shapes[name] = list(t.shape)
             for name, idx in plan.items():
                 ct = self.tensors[name]
                 if shapes.get(name) is not None:

@@ -337,6 +337,20 @@ def test_pass_contract_names_the_failing_pass_and_catches_input_mutation():
     assert r.info.steps[0][1].info.removed_classes == 3 and r.details["remove-dead-channels"]["removed_classes"] == 3
 
 
+def test_a_dead_filter_both_frozen_and_pinned_counts_as_pinned():
+    """A class an op ltc does not handle freezes and a LayerNorm over the channels pins: no exact tool
+    could remove it (the pin alone forbids it), so it is not counted against ltc as blocked."""
+    from ltc.passes.compress import inspect
+
+    nodes = [node("Conv", ["x", "wj"], ["j"]), node("LRN", ["j"], ["jl"], size=3),
+             node("Transpose", ["j"], ["jt"], perm=[0, 2, 3, 1]),
+             node("LayerNormalization", ["jt", "ln_s", "ln_b"], ["jn"], axis=-1), node("MatMul", ["jn", "wm"], ["ym"])]
+    inits = {"wj": conv_weight(6, 4, 1, dead=[4]), "wm": RNG.standard_normal((6, 3)).astype(np.float32),
+             "ln_s": np.ones(6, np.float32), "ln_b": np.zeros(6, np.float32)}
+    d = inspect(make_model(nodes, {"x": ["N", 4, 6, 6]}, ["jl", "ym"], inits))["dead_filters"]
+    assert (d["dead"], d["pinned"], d["blocked"]) == (1, 1, 0)
+
+
 def test_inspect_sorts_every_dead_filter_into_removed_coupled_pinned_unfoldable_or_blocked():
     from ltc.passes.compress import inspect
 

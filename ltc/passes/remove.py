@@ -208,7 +208,7 @@ def dead_filters(cg: ChannelGraph, plan: RemovalPlan) -> DeadFilters:
             reason = plan.reasons.get(c, "")
             if plan.removed[c]:
                 counts["removed"] += 1
-            elif cg.pinned[c] and not cg.frozen[c]:
+            elif cg.pinned[c]:  # an op reads all channels together: no exact tool removes it, frozen or not
                 counts["pinned"] += 1
             elif reason.startswith(READ_LIVE):
                 counts["coupled"] += 1

@@ -369,7 +369,8 @@ class GroupedConv(Record):
 
     @property
     def reason(self) -> str:
-        return f"grouped Conv '{self.node.name}' keeps equal channels per group (faster than splitting it)"
+        return (f"grouped Conv '{self.node.name}' keeps equal channels per group (--unequal-groups always "
+                "splits it instead)")
 
     def apply(self, idx: IndexOf, edits: Edits) -> None:
         ii, io = idx(self.inp.name), idx(self.out.name)

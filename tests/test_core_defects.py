@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from ltc.errors import InternalError, LtcError
@@ -420,3 +421,25 @@ def test_layer_scale_lets_dead_channels_go(layout, through_identity):
     r = compress(model)
     assert weight_shapes(r.model, "Conv") == [(5, 4, 1, 1), (5, 5, 1, 1)]
     assert_equivalent(model, r.model, X)
+
+
+@pytest.mark.parametrize("elem", [onnx.TensorProto.FLOAT16, onnx.TensorProto.UINT8, onnx.TensorProto.INT8,
+                                  onnx.TensorProto.INT32, onnx.TensorProto.BOOL])
+def test_random_inputs_for_every_numeric_input_type(elem):
+    """Verification makes seeded inputs for any numeric input type (onnx's own dtype table), so a model
+    taking uint8 images or float16 runs; strings are refused with the way out."""
+    from onnx import helper
+
+    from ltc.passes.verify import random_inputs
+
+    x = helper.make_tensor_value_info("x", elem, ["N", 3])
+    y = helper.make_tensor_value_info("y", elem, ["N", 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    feeds = random_inputs(model)
+    assert feeds["x"].shape == (2, 3) and feeds["x"].dtype == helper.tensor_dtype_to_np_dtype(elem)
+    s = helper.make_tensor_value_info("s", onnx.TensorProto.STRING, [1])
+    bad = helper.make_model(helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "g", [s],
+                                              [helper.make_tensor_value_info("t", onnx.TensorProto.STRING, [1])]))
+    with pytest.raises(LtcError, match="give real inputs with --inputs"):
+        random_inputs(bad)

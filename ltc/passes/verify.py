@@ -16,12 +16,6 @@ from ltc.errors import InternalError, LtcError, first_line
 from ltc.fileio import load_npz
 from ltc.onnx_io import TWO_GB, light_copy, model_size_bytes, save_model
 
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-    onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
-}
-
 
 @dataclass
 class Verification:
@@ -59,12 +53,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        dtype = _NP_TYPES.get(tt.elem_type)
-        if dtype is None:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except (KeyError, ValueError, TypeError):
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf":  # (strings, complex, 8-bit floats: no random values)
             raise LtcError(f"input '{vi.name}' has type {onnx.TensorProto.DataType.Name(tt.elem_type)}, which "
                            "ltc cannot generate; give real inputs with --inputs")
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
-        specs.append((vi.name, dims, np.dtype(dtype)))
+        specs.append((vi.name, dims, dtype))
     return specs
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 
+import ltc
 from ltc.errors import InternalError
 from ltc.passes import ApplyMasks, ChannelGraph, apply_reindex, compress, permutation_plan, verify
 from ltc.passes.compress import normalize
@@ -120,3 +123,27 @@ def test_random_permutations_of_random_graphs():
 def test_many_random_permutations():
     for seed in range(20_000, 22_000):
         check_permutation(seed)
+
+
+def test_inspect_reports_of_random_graphs_follow_their_schema(tmp_path):
+    """`ltc inspect --json` (ltc.api.inspect_file) on random graphs: every report validates against
+    ltc/passes/inspect-schema.json, and ltc's own reader (what `ltc report` uses) accepts it."""
+    import json
+
+    import jsonschema
+
+    from ltc.api import _json_default, inspect_file
+    from ltc.benchmarks.report import load_report_json
+
+    schema = json.loads((Path(ltc.__file__).parent / "passes/inspect-schema.json").read_text())
+    checked = 0
+    for seed in range(40):
+        onnx.save(RandomGraph(seed).model(), tmp_path / "m.onnx")
+        doc = json.loads(json.dumps(inspect_file(tmp_path / "m.onnx"), default=_json_default))
+        jsonschema.validate(doc, schema)
+        (tmp_path / "i.json").write_text(json.dumps(doc))
+        assert load_report_json(tmp_path / "i.json", "inspect") == doc
+        d = doc["dead_filters"]
+        assert d["dead"] == d["removed"] + d["coupled"] + d["pinned"] + d["unfoldable"] + d["blocked"]
+        checked += 1
+    assert checked == 40

@@ -27,6 +27,7 @@ KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blu
 SCHEMAS = {  # kind -> (schema file inside the package, what writes such a file)
     "bench": ("benchmarks/bench-schema.json", "ltc bench --json"),
     "compress": ("passes/compress-schema.json", "ltc compress --report"),
+    "inspect": ("passes/inspect-schema.json", "ltc inspect --json"),
     "ticket-search summary": ("compressor/summary-schema.json", "ltc ticket (summary.json of a run folder)"),
 }
 _MAX_JSON_BYTES = 256 << 20

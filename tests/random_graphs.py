@@ -222,6 +222,16 @@ class RandomGraph:
             ins = [x, self.const((self.rng.random(params) + 0.5).astype(np.float32)),
                    self.const((self.rng.standard_normal(params) * 0.2).astype(np.float32))]
             self.pool.append(self.op("GroupNormalization", ins, self.shapes[x], num_groups=groups))
+        elif choice == "groupnorm":  # below opset 18 the exporters write it as Reshape -> InstanceNorm -> Reshape
+            groups = int(self.rng.choice([g for g in (1, 2) if c % g == 0]))
+            n, _, h, w = self.shapes[x]
+            r = self.op("Reshape", [x, self.const(np.array([0, groups, -1], np.int64))], [n, groups, c * h * w // groups])
+            m = self.op("InstanceNormalization", [r, self.const(np.ones(groups, np.float32)),
+                                                  self.const(np.zeros(groups, np.float32))], [n, groups, c * h * w // groups])
+            back = self.op("Reshape", [m, self.op("Shape", [x], [4])], self.shapes[x])
+            scaled = self.op("Mul", [back, self.const((self.rng.random((c, 1, 1)) + 0.5).astype(np.float32))], self.shapes[x])
+            self.pool.append(self.op("Add", [scaled, self.const((self.rng.standard_normal((c, 1, 1)) * 0.2)
+                                                                .astype(np.float32))], self.shapes[x]))
         elif choice == "prelu":
             slope = (self.rng.random((c, 1, 1)) * 0.3).astype(np.float32)
             self.pool.append(self.op("PRelu", [x, self.const(slope)], self.shapes[x]))

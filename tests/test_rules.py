@@ -487,3 +487,64 @@ def test_spatial_attention_map_broadcast_over_channels():
     c, ci = consumer("g", k=3)
     r = compressed(make_model(nodes + c, X, ["y"], pi | ci | {"wm": conv_weight(1, 4)}))
     assert first_conv_out(r) == 5
+
+
+def _decomposed_group_norm(groups: int, shape_from: str):
+    """Conv (dead filters) -> GroupNorm as the exporters write it below opset 18: Reshape to
+    [N, groups, -1] -> InstanceNormalization -> Reshape back (to Shape(x), or a constant) -> per-channel
+    Mul/Add -> Conv."""
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4),
+             node("Reshape", ["a", "t"], ["r"]),
+             node("InstanceNormalization", ["r", "s", "b"], ["n"], epsilon=1e-5)]
+    inits = {"w0": conv_weight(8, 4, dead=DEAD), "t": np.array([0, groups, -1], np.int64),
+             "s": np.ones(groups, np.float32), "b": np.zeros(groups, np.float32),
+             "gamma": (RNG_GN.random((8, 1, 1)) + 0.5).astype(np.float32),
+             "beta": RNG_GN.standard_normal((8, 1, 1)).astype(np.float32)}
+    if shape_from == "shape":
+        nodes.append(node("Shape", ["a"], ["sa"]))
+        nodes.append(node("Reshape", ["n", "sa"], ["back"]))
+    else:
+        inits["full"] = np.array([2, 8, 6, 6], np.int64)
+        nodes.append(node("Reshape", ["n", "full"], ["back"]))
+    nodes += [node("Mul", ["back", "gamma"], ["m"]), node("Add", ["m", "beta"], ["g"])]
+    c, ci = consumer("g")
+    x = {"x": [2, 4, 6, 6]} if shape_from == "const" else X
+    return make_model(nodes + c, x, ["y"], inits | ci), x
+
+
+RNG_GN = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("shape_from", ["shape", "const"])
+def test_decomposed_group_norm_over_all_channels_pins_them(shape_from):
+    """GroupNorm(1) written as Reshape -> InstanceNormalization -> Reshape reads every channel together:
+    its dead channels are pinned (not frozen by the Reshape), nothing is removed, the output is exact,
+    and a permutation of the class leaves the output unchanged."""
+    from ltc.passes import ChannelGraph, apply_reindex, permutation_plan
+    from ltc.passes.compress import inspect
+    from ltc.passes.graph import export_graph, import_graph
+
+    model, x = _decomposed_group_norm(1, shape_from)
+    d = inspect(model)["dead_filters"]
+    assert (d["dead"], d["pinned"], d["removed"], d["blocked"]) == (3, 3, 0, 0)
+    r = compress(model)
+    assert r.verification.passed and weight_shapes(r.model, "Conv")[0] == (8, 4, 3, 3)
+    cg = ChannelGraph(import_graph(model))
+    plan = permutation_plan(cg, np.random.default_rng(0))
+    moved = plan.get("a")
+    assert moved is not None and not np.array_equal(moved, np.arange(8))  # the class is permutable
+    apply_reindex(cg, plan)
+    assert_equivalent(model, export_graph(cg.graph, model), x)
+
+
+def test_decomposed_group_norm_with_several_groups_stays_frozen_and_exact():
+    """With 2 groups the channels could go in whole groups only; ltc does not rewrite that pattern, so
+    they stay (frozen by the Reshape, named as the reason) and the output is exact."""
+    from ltc.passes.compress import inspect
+
+    model, x = _decomposed_group_norm(2, "shape")
+    d = inspect(model)["dead_filters"]
+    assert d["removed"] == 0 and d["blocked"] == 3 and any("Reshape" in k for k in d["blockers"])
+    r = compress(model)
+    assert r.verification.passed
+    assert_equivalent(model, r.model, x)

@@ -153,6 +153,54 @@ def _same_batch(a: list, b: list) -> bool:
     return a is not None and b is not None and a[0] is not None and a[0] == b[0]
 
 
+def _group_norm_all(node: gs.Node, v: NodeView):
+    """The channel tensor ``x`` of a GroupNorm with one group as exporters write it below opset 18,
+    ``Reshape(x, [N, 1, -1]) -> InstanceNormalization (one scale, one bias) -> Reshape(back to x's
+    shape)``, when ``node`` is its first or its last Reshape; else None. Per-channel scale and shift
+    follow as Mul/Add, which their own rules read."""
+    def first_of(reshape: gs.Node):
+        x = reshape.inputs[0]
+        ct = v.cg.tensors.get(x.name)
+        target = const_value(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+        if ct is None or ct.axis != 1 or ct.rank < 3 or target is None or target.size != 3:
+            return None
+        if int(target[1]) != 1 or int(target[2]) != -1 or int(target[0]) not in (0, -1) and \
+                not (isinstance(ct.shape[0], int) and int(target[0]) == ct.shape[0]):
+            return None
+        if int(target[0]) == -1 or int(reshape.attrs.get("allowzero", 0)):
+            return None
+        readers = reshape.outputs[0].outputs
+        if len(readers) != 1 or readers[0].op != "InstanceNormalization":
+            return None
+        norm = readers[0]
+        if any(const_value(t) is None or const_value(t).size != 1 for t in norm.inputs[1:3]) or len(norm.inputs) < 3:
+            return None
+        after = norm.outputs[0].outputs
+        if len(after) != 1 or after[0].op != "Reshape" or not _back_to(after[0], x):
+            return None
+        return ct, after[0]
+
+    if node.inputs and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "InstanceNormalization":
+        norm = node.inputs[0].inputs[0]
+        first = norm.inputs[0].inputs[0] if norm.inputs[0].inputs else None
+        found = first_of(first) if first is not None and first.op == "Reshape" else None
+        return found[0] if found is not None and found[1] is node else None
+    found = first_of(node)
+    return found[0] if found is not None else None
+
+
+def _back_to(reshape: gs.Node, x: gs.Tensor) -> bool:
+    """``reshape`` restores ``x``'s shape: its target is ``Shape(x)`` or x's static shape."""
+    if len(reshape.inputs) < 2:
+        return False
+    t = reshape.inputs[1]
+    if t.inputs and t.inputs[0].op == "Shape" and t.inputs[0].inputs[0] is x and not t.inputs[0].attrs:
+        return True
+    target, shape = const_value(t), x.shape
+    return target is not None and shape is not None and all(isinstance(d, int) for d in shape) \
+        and target.tolist() == list(shape)
+
+
 @register
 class ReshapeLike(Rule):
     """Flatten, Reshape, Squeeze, Unsqueeze that keep the batch axis and regroup a channel-first
@@ -163,6 +211,16 @@ class ReshapeLike(Rule):
     def analyze(self, v: NodeView) -> None:
         x = v.x(0)
         reason = f"{v.where} mixes channels with other axes"
+        src = _group_norm_all(v.node, v) if v.op == "Reshape" else None
+        if src is not None:
+            if x is not None and x.name == src.name:  # the pattern's first Reshape: all channels read together
+                v.pin(x, f"{v.where} starts a GroupNorm over all channels (Reshape -> InstanceNormalization "
+                         "-> Reshape)")
+                return
+            y = v.new(0, src.size, src.stride, 1, v.shape(v.out(0)) or src.shape)  # the last: channels return
+            v.tie(src, y)
+            v.set_const(y, np.full(src.units, NAN))
+            return
         if x is None or x.axis != 1:
             raise Refuse(reason)
         oshape = v.shape(v.out(0))
@@ -407,6 +465,8 @@ class Shape(Rule):
             v.block(x, f"{v.where} reads the channel count")
             return
         for consumer in out.outputs:
+            if consumer.op == "Reshape" and _group_norm_all(consumer, v) is x:
+                continue  # restores x's shape after a GroupNorm over all channels: x is pinned, its count stays
             read = _dims_read(consumer, dims)
             if read is None or x.axis in read:
                 v.block(x, f"{v.where} reads the channel count")

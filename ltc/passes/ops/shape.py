@@ -194,8 +194,9 @@ def _back_to(reshape: gs.Node, x: gs.Tensor) -> bool:
     if len(reshape.inputs) < 2:
         return False
     t = reshape.inputs[1]
-    if t.inputs and t.inputs[0].op == "Shape" and t.inputs[0].inputs[0] is x and not t.inputs[0].attrs:
-        return True
+    if t.inputs and t.inputs[0].op == "Shape" and t.inputs[0].inputs[0] is x:
+        start, end = int(t.inputs[0].attrs.get("start", 0)), t.inputs[0].attrs.get("end")
+        return start == 0 and (end is None or x.shape is not None and int(end) >= len(x.shape))
     target, shape = const_value(t), x.shape
     return target is not None and shape is not None and all(isinstance(d, int) for d in shape) \
         and target.tolist() == list(shape)

@@ -548,3 +548,25 @@ def test_decomposed_group_norm_with_several_groups_stays_frozen_and_exact():
     r = compress(model)
     assert r.verification.passed
     assert_equivalent(model, r.model, x)
+
+
+@pytest.mark.parametrize("n", [2, "N"])
+def test_flatten2_with_a_shape_read_target_lets_dead_channels_go(n):
+    """``x.flatten(2)`` as the legacy exporter writes it with a dynamic batch: Reshape(x, Concat(Shape(x)[0:2],
+    [-1])). The target reads x's own channel count at run time, so removal stays exact and the dead
+    channels go (EfficientFormer's move from conv stages to token stages); the Shape is not a blocker."""
+    rng = np.random.default_rng(3)
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["ar"]),
+             node("Shape", ["ar"], ["s"]), node("Slice", ["s", "st", "en", "ax"], ["nc"]),
+             node("Concat", ["nc", "m1"], ["tgt"], axis=0), node("Reshape", ["ar", "tgt"], ["f"]),
+             node("Transpose", ["f"], ["t"], perm=[0, 2, 1]), node("MatMul", ["t", "wl"], ["y"])]
+    inits = {"w0": conv_weight(8, 4, dead=DEAD), "st": np.array([0], np.int64), "en": np.array([2], np.int64),
+             "ax": np.array([0], np.int64), "m1": np.array([-1], np.int64),
+             "wl": rng.standard_normal((8, 5)).astype(np.float32)}
+    x = {"x": [n, 4, 6, 6]}
+    model = make_model(nodes, x, ["y"], inits)
+    r = compress(model)
+    assert r.verification.passed
+    assert_equivalent(model, r.model, {"x": [2, 4, 6, 6]})
+    assert weight_shapes(r.model, "Conv")[0][0] == 5  # the 3 dead filters are gone
+    assert sorted(tuple(t.dims) for t in r.model.graph.initializer if t.name.startswith("wl"))[0] == (5, 5)

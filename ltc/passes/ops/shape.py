@@ -149,6 +149,39 @@ def _batch_from_shape(t: gs.Tensor) -> gs.Tensor | None:
     return shape_node.inputs[0] if ok else None
 
 
+def _shape_prefix(t: gs.Tensor, x: gs.Tensor) -> int | None:
+    """k when ``t`` is ``Shape(x)[0:k]`` (a Slice of the whole shape vector from its start), else None."""
+    node = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+    if node is None or node.op != "Slice" or len(node.inputs) < 3:
+        return None
+    src = node.inputs[0]
+    shape_node = src.inputs[0] if isinstance(src, gs.Variable) and len(src.inputs) == 1 else None
+    if shape_node is None or shape_node.op != "Shape" or shape_node.inputs[0] is not x \
+            or int(shape_node.attrs.get("start", 0)) != 0:
+        return None
+    starts, ends = const_value(node.inputs[1]), const_value(node.inputs[2])
+    axes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+    steps = const_value(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else None
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1 or int(starts.reshape(-1)[0]) != 0:
+        return None
+    if (axes is not None and int(axes.reshape(-1)[0]) != 0) or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+        return None
+    k = int(ends.reshape(-1)[0])
+    return k if 0 < k < 8 else None
+
+
+def _reshape_prefix_only(slice_out: gs.Tensor, x: gs.Tensor) -> bool:
+    """``slice_out`` (``Shape(x)[0:2]``) is read only as the start of Concat targets of Reshapes of ``x``
+    itself: the channel count it carries is x's own at run time, whatever removal does to x."""
+    for concat in slice_out.outputs:
+        if concat.op != "Concat" or not concat.inputs or concat.inputs[0] is not slice_out:
+            return False
+        for reshape in concat.outputs[0].outputs:
+            if reshape.op != "Reshape" or reshape.inputs[0] is not x or reshape.inputs[1] is not concat.outputs[0]:
+                return False
+    return bool(slice_out.outputs)
+
+
 def _same_batch(a: list, b: list) -> bool:
     return a is not None and b is not None and a[0] is not None and a[0] == b[0]
 
@@ -226,10 +259,18 @@ class ReshapeLike(Rule):
             raise Refuse(reason)
         oshape = v.shape(v.out(0))
         entries = self._entries(v, x) if v.op == "Reshape" else None
-        if oshape is None and entries is not None:  # shape inference did not follow a computed target
-            oshape = [x.shape[j] if e == 0 else (e if isinstance(e, int) and e > 0 else None)
-                      for j, (e, *_) in enumerate(entries)]
-            oshape[0] = x.shape[0]
+        if entries is not None:  # shape inference may not follow a computed target: the target says
+            derived = [x.shape[j] if e == 0 else x.size if e == "channels" else (e if isinstance(e, int) and e > 0 else None)
+                       for j, (e, *_) in enumerate(entries)]
+            derived[0] = x.shape[0]
+            total, known = static([x.size, *x.shape[2:]]), static([d for d in derived[1:] if d is not None])
+            if [e for e, *_ in entries].count(-1) == 1 and total and known and total % known == 0:
+                derived[[e for e, *_ in entries].index(-1)] = total // known  # the one -1 of the target
+            if oshape is None or len(oshape) != len(derived):
+                oshape = derived
+            else:
+                oshape = [d if j and not isinstance(o, int) and isinstance(d, int) else o
+                          for j, (o, d) in enumerate(zip(oshape, derived, strict=True))]
         if oshape is None or len(oshape) < 2:
             raise Refuse(reason)
         oshape = list(oshape)
@@ -249,7 +290,7 @@ class ReshapeLike(Rule):
         y = v.new(0, x.units * stride, stride, 1, oshape)
         if entries is not None:
             e1 = entries[1]
-            copies = e1[0] == 0 and not int(v.attrs.get("allowzero", 0))
+            copies = (e1[0] == 0 and not int(v.attrs.get("allowzero", 0))) or e1[0] == "channels"
             if e1[0] != -1 and not (copies and x.units == y.units and x.stride == y.stride):
                 if not isinstance(e1[0], int) or e1[1] is None:
                     raise Refuse(f"{v.where}: target shape is computed, not constant")
@@ -296,6 +337,9 @@ class ReshapeLike(Rule):
             pv = const_value(piece)
             if pv is not None:
                 out += [(int(e), producer, i, j) for j, e in enumerate(pv.reshape(-1))]
+                continue
+            if not out and _shape_prefix(piece, v.node.inputs[0]) == 2:  # x.flatten(2): [N, C] read off x
+                out += [("batch", None, None, None), ("channels", None, None, None)]
                 continue
             src = _batch_from_shape(piece)
             if src is None or not (src is v.node.inputs[0] or _same_batch(v.shape(src), x.shape)) or out:
@@ -468,6 +512,9 @@ class Shape(Rule):
         for consumer in out.outputs:
             if consumer.op == "Reshape" and _group_norm_all(consumer, v) is x:
                 continue  # restores x's shape after a GroupNorm over all channels: x is pinned, its count stays
+            if consumer.op == "Slice" and _shape_prefix(consumer.outputs[0], v.node.inputs[0]) == 2 \
+                    and _reshape_prefix_only(consumer.outputs[0], v.node.inputs[0]):
+                continue  # x.flatten(2): the Reshape of x reads x's own channel count (its rule checks the rest)
             read = _dims_read(consumer, dims)
             if read is None or x.axis in read:
                 v.block(x, f"{v.where} reads the channel count")

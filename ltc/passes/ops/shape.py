@@ -263,9 +263,12 @@ class ReshapeLike(Rule):
             derived = [x.shape[j] if e == 0 else x.size if e == "channels" else (e if isinstance(e, int) and e > 0 else None)
                        for j, (e, *_) in enumerate(entries)]
             derived[0] = x.shape[0]
-            total, known = static([x.size, *x.shape[2:]]), static([d for d in derived[1:] if d is not None])
-            if [e for e, *_ in entries].count(-1) == 1 and total and known and total % known == 0:
-                derived[[e for e, *_ in entries].index(-1)] = total // known  # the one -1 of the target
+            minus = [j for j, (e, *_) in enumerate(entries) if e == -1]
+            others = [d for j, d in enumerate(derived[1:], 1) if j not in minus]
+            total = static([x.size, *x.shape[2:]])
+            known = static(others) if all(isinstance(d, int) and d > 0 for d in others) else None
+            if len(minus) == 1 and total and known and total % known == 0:  # every other dim is known
+                derived[minus[0]] = total // known  # the one -1 of the target
             if oshape is None or len(oshape) != len(derived):
                 oshape = derived
             else:

@@ -92,20 +92,12 @@ class ShuffleToGather(Pass):
     def _match(g, i, r1, shapes, readers, outputs, targets=None):
         if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
             return None
-        a = r1.output[0]
-        if a in outputs or len(readers.get(a, [])) != 1:
+        t = _sole_reader(g, r1, "Transpose", readers, outputs)
+        r2 = _sole_reader(g, t, "Reshape", readers, outputs) if t is not None else None
+        if r2 is None:
             return None
-        it = readers[a][0]
-        t = g.node[it]
-        if t.op_type != "Transpose" or t.input[0] != a:
-            return None
-        b = t.output[0]
-        if b in outputs or len(readers.get(b, [])) != 1:
-            return None
-        i2 = readers[b][0]
-        r2 = g.node[i2]
-        if r2.op_type != "Reshape" or r2.input[0] != b:
-            return None
+        a, b = r1.output[0], t.output[0]
+        it, i2 = readers[a][0], readers[b][0]
         x = r1.input[0]
         dx = shapes.get(x)
         if dx is None or len(dx) < 2 or not isinstance(dx[1], int) or dx[1] <= 0:
@@ -170,3 +162,12 @@ def _target_only(nodes: list[onnx.NodeProto], tensors: list[str], dropped: set[i
         stack.extend(x for x in nodes[i].input if x in producer)
     return drop
 
+
+def _sole_reader(g, node, op: str, readers: dict, outputs: set):
+    """The one node that reads ``node``'s output, when it is an ``op`` reading it as input 0 and the
+    output is no graph output; else None."""
+    a = node.output[0]
+    if a in outputs or len(readers.get(a, [])) != 1:
+        return None
+    reader = g.node[readers[a][0]]
+    return reader if reader.op_type == op and reader.input[0] == a else None

@@ -180,11 +180,9 @@ def cocluster(m: np.ndarray, groups: int, iters: int = 20) -> tuple[np.ndarray, 
     out_group[np.argsort(lead, kind="stable")] = np.arange(n_out) // (n_out // groups)
     best, kept = None, -1.0
     for _ in range(iters):
-        to_in = np.stack([m[out_group == g].sum(axis=0) for g in range(groups)], axis=1)  # [I, G]
-        in_group = _balanced_assign(to_in, groups)
-        to_out = np.stack([m[:, in_group == g].sum(axis=1) for g in range(groups)], axis=1)  # [O, G]
-        out_group = _balanced_assign(to_out, groups)
-        now = float(m[out_group[:, None] == in_group[None, :]].sum())
+        in_group = _balanced_assign(_toward(m.T, out_group, groups), groups)
+        out_group = _balanced_assign(_toward(m, in_group, groups), groups)
+        now = _kept(m, out_group, in_group)
         if now <= kept + 1e-12 * max(total, 1.0):
             break
         best, kept = (out_group.copy(), in_group.copy()), now
@@ -216,7 +214,7 @@ def choose_groups(n_out: int, n_in: int, kernel: int, density: float, groups: in
     density = min(max(density, 1e-9), 1.0)
     candidates = []  # (distance in log ratio, -speed-up, G)
     for g in range(2, min(n_out, n_in) + 1):
-        if n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align:
+        if not _divides_aligned(n_out, n_in, g, align):
             continue
         s = predicted_speedup(g, min(n_out, n_in) // g, kernel)
         if s > 1.0:
@@ -243,6 +241,7 @@ def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0,
     new = {k: v.clone() for k, v in mask.items()}
     layers: dict[str, dict] = {}
     todo: dict[str, _Layer] = {}
+    convs = False  # a Conv to regroup: worth asking the channel analysis for links
     for layer, (module, kind) in prunable_layers(model).items():
         name = f"{layer}.weight"
         if kind == "output" or getattr(module, "groups", 1) != 1:
@@ -257,24 +256,23 @@ def regroup(model: nn.Module, mask: Mask, groups: int = 0, group_width: int = 0,
             continue
         mag = (w.abs() * m).reshape(n_out, n_in, -1).sum(-1).double().numpy()
         todo[name] = _Layer(name, mag, g, kernel)
-    convs = {f"{n}.weight" for n, (m, _) in prunable_layers(model).items() if isinstance(m, nn.Conv2d)}
-    links = channel_links(model) if chain and convs & todo.keys() else {}
+        convs |= isinstance(module, nn.Conv2d)
+    links = channel_links(model) if chain and convs else {}
     for la in todo.values():
         if la.name in links:
             la.x_ids, la.y_ids, la.macs = links[la.name]
-    fixed = {k: v for k, v in todo.items() if v.x_ids is None}
     chained = chained_groups([v for v in todo.values() if v.x_ids is not None], groups, group_width, align)
     for la in todo.values():
         if la.name in chained:
             out_group, in_group, g, chain_id = chained[la.name]
-        elif la.name in fixed:
+        elif la.x_ids is None:  # not linked: clustered alone
             (out_group, in_group, _), g, chain_id = cocluster(la.mag, la.g), la.g, None
         else:  # the chain gave its G up (its neighbours run another G): dense
             layers[la.name] = {"groups": 1}
             continue
         new[la.name] = block_mask(out_group, in_group, mask[la.name])
         total = float(la.mag.sum())
-        kept = float(la.mag[out_group[:, None] == in_group[None, :]].sum()) / total if total else 1.0
+        kept = _kept(la.mag, out_group, in_group) / total if total else 1.0
         layers[la.name] = {"groups": g, "out_perm": np.argsort(out_group, kind="stable").tolist(),
                            "in_perm": np.argsort(in_group, kind="stable").tolist(), "kept_magnitude": round(kept, 4)}
         if chain_id is not None:
@@ -380,16 +378,20 @@ def chained_groups(layers: list[_Layer], groups: int = 0, group_width: int = 0,
     return out
 
 
+def _divides_aligned(n_out: int, n_in: int, g: int, align: int = 1) -> bool:
+    """``g`` groups divide both widths into groups a multiple of ``align`` wide."""
+    return not (n_out % g or n_in % g or (n_out // g) % align or (n_in // g) % align)
+
+
 def _fits(la: _Layer, g: int, groups: int, group_width: int, align: int) -> bool:
+    """Whether ``la`` can take G=``g`` from its neighbours: it divides both widths and, unless the user
+    fixed G, keeps aligned groups the cost table predicts faster than dense (as :func:`choose_groups`)."""
     n_out, n_in = la.mag.shape
-    if n_out % g or n_in % g:
-        return False
     if groups or group_width:
-        return True
+        return _divides_aligned(n_out, n_in, g)
     from ltc.passes.cost import predicted_speedup
 
-    return (n_out // g) % align == 0 and (n_in // g) % align == 0 and \
-        predicted_speedup(g, min(n_out, n_in) // g, la.kernel) > 1.0
+    return _divides_aligned(n_out, n_in, g, align) and predicted_speedup(g, min(n_out, n_in) // g, la.kernel) > 1.0
 
 
 def _chains(layers: list[_Layer]) -> list[list[_Layer]]:
@@ -441,7 +443,7 @@ def _colabel(chain: list[_Layer], iters: int = 20) -> np.ndarray | None:
         return None
 
     def kept() -> float:
-        return sum(float(la.mag[labels[la.y_ids][:, None] == labels[la.x_ids][None, :]].sum()) for la in chain)
+        return sum(_kept(la.mag, labels[la.y_ids], labels[la.x_ids]) for la in chain)
 
     best, best_kept = labels.copy(), kept()
     for _ in range(iters):
@@ -459,6 +461,11 @@ def _colabel(chain: list[_Layer], iters: int = 20) -> np.ndarray | None:
             break
         best, best_kept = labels.copy(), now
     return best
+
+
+def _kept(mag: np.ndarray, out_group: np.ndarray, in_group: np.ndarray) -> float:
+    """The magnitude ``mag`` [O, I] keeps inside the diagonal blocks of these groups."""
+    return float(mag[out_group[:, None] == in_group[None, :]].sum())
 
 
 def _toward(mag: np.ndarray, other: np.ndarray, g: int) -> np.ndarray:

@@ -15,7 +15,6 @@ from onnx import numpy_helper
 
 from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError
-from ltc.hardware import UNEQUAL_GROUPS
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes
 from ltc.passes.base import Pass, PassResult
@@ -27,6 +26,7 @@ from ltc.passes.remove import (
     LayerChannels,
     RemovalPlan,
     apply_removal,
+    check_unequal_groups,
     dead_filters,
     layer_channels,
     plan_removal,
@@ -75,8 +75,7 @@ class RemoveDeadChannels(Pass):
     def __init__(self, allow_lossy: bool = False, round_to: int = 1, unequal_groups: str = "auto"):
         if round_to < 1:
             raise LtcError(f"round_to must be >= 1, got {round_to}")
-        if unequal_groups not in UNEQUAL_GROUPS:
-            raise LtcError(f"unequal_groups must be one of {', '.join(UNEQUAL_GROUPS)}, got {unequal_groups!r}")
+        check_unequal_groups(unequal_groups)
         self.allow_lossy = allow_lossy
         self.round_to = round_to
         self.unequal_groups = unequal_groups

@@ -273,6 +273,13 @@ class Depthwise(Record):
             edits.attrs.append((self.node, "group", n))
 
 
+def _equal_groups(n_in: np.ndarray, n_out: np.ndarray) -> bool:
+    """Per-group kept counts that one ``Conv(group=G)`` can hold: every group that keeps an output keeps
+    the same numbers of inputs and outputs, and no group keeps inputs alone."""
+    alive = n_out > 0
+    return len(set(n_in[alive].tolist())) == 1 and len(set(n_out[alive].tolist())) == 1 and not (n_in[~alive] > 0).any()
+
+
 @dataclass
 class GroupedConv(Record):
     """Weight of a grouped Conv: rows follow ``out`` and columns follow ``inp`` within each group.
@@ -354,17 +361,16 @@ class GroupedConv(Record):
         extra_in = np.array([g * kin.shape[1] for g in starved], dtype=np.int64)  # the group's first input
         n_in = n_in.copy()
         n_in[starved] = 1
-        alive = n_out > 0
-        equal = not alive.any() or (len(set(n_in[alive].tolist())) == 1 and len(set(n_out[alive].tolist())) == 1
-                                    and not (n_in[~alive] > 0).any())
-        if unequal_groups == "never" or not alive.any():
+        if unequal_groups == "never" or not (n_out > 0).any():
+            keep_equal = True
+        elif unequal_groups == "auto" and not _equal_groups(n_in, n_out):
+            balanced, unequal = self._costs(n_in, n_out)
+            keep_equal = unequal >= balanced
+        else:
+            keep_equal = False
+        if keep_equal:
             extra_in, extra_out = self.balance(kept_in, kept_out)
             return [(self.inp.name, extra_in), (self.out.name, extra_out)]
-        if unequal_groups == "auto" and not equal:
-            balanced, unequal = self._costs(n_in, n_out)
-            if unequal >= balanced:
-                extra_in, extra_out = self.balance(kept_in, kept_out)
-                return [(self.inp.name, extra_in), (self.out.name, extra_out)]
         return [(self.inp.name, extra_in), (self.out.name, np.zeros(0, dtype=np.int64))]
 
     @property
@@ -380,7 +386,7 @@ class GroupedConv(Record):
         per_in, rows = self.inp.units // self.groups, self.out.units // self.groups
         gi, go = ii // per_in, io // rows
         ni, no = np.bincount(gi, minlength=self.groups), np.bincount(go, minlength=self.groups)
-        if len(set(no[no > 0].tolist())) == 1 and len(set(ni[no > 0].tolist())) == 1 and not (ni[no == 0] > 0).any():
+        if _equal_groups(ni, no):
             blocks = [w[io[go == g]][:, ii[gi == g] - g * per_in] for g in dict.fromkeys(go.tolist())]
             edits.set(self.node, 1, np.concatenate(blocks, axis=0))
             if len(blocks) != self.groups:

@@ -48,13 +48,17 @@ UNFOLDABLE = "non-zero constant cannot be folded into"  # a known constant its r
 READ_LIVE = "read by"  # a reader sees a value that is not a known constant (a live partner)
 
 
+def check_unequal_groups(mode: str) -> None:
+    if mode not in UNEQUAL_GROUPS:
+        raise LtcError(f"unequal_groups must be one of {', '.join(UNEQUAL_GROUPS)}, got {mode!r}")
+
+
 def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
                  unequal_groups: str = "auto") -> RemovalPlan:
     """Mark classes removable where there is evidence and every reader ignores them or sees a foldable
     constant. ``unequal_groups``: whether a grouped Conv may lose different numbers of channels per
     group (it is then split): "always", "never", or "auto" (where the cost table predicts it faster)."""
-    if unequal_groups not in UNEQUAL_GROUPS:
-        raise LtcError(f"unequal_groups must be one of {', '.join(UNEQUAL_GROUPS)}, got {unequal_groups!r}")
+    check_unequal_groups(unequal_groups)
     n = cg.n_classes
     evidence = cg.evidence()
     removable = ~cg.frozen & ~cg.pinned & evidence

@@ -28,6 +28,8 @@ def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dic
     m = match_masks(model, ms, strict)
     groups = {m.matched[name]: g for name, g in ms.groups.items() if name in m.matched}
     info = {"source": f"{ms.source} ({mask})", "matched": len(m.matched), "unmatched": m.unmatched}
+    if m.shared:
+        info["shared"] = m.shared
     return m.masks, info, groups
 
 

@@ -216,12 +216,17 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 @click.option("--fold-batchnorm", is_flag=True, help="fold BN into conv (BN masks then match nothing)")
 @click.option("--max-memory", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True, metavar="GIB",
               help="refuse a ticket whose model would need more memory to build and export (estimated first)")
-def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm, max_memory) -> None:
+@click.option("--model", "model_spec", default=None, metavar="SPEC",
+              help="rebuild the model from this name instead of the ticket's (needed for path/to/file.py:function "
+                   "models: ltc imports and runs a file only when you name it here)")
+def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm, max_memory,
+               model_spec) -> None:
     """Export a ticket's masked model to ONNX, initializers named as the ticket's parameters."""
     from ltc.exporters.ticket_export import export_ticket
 
     out = export_ticket(ticket, output, weights=weights, exporter=exporter, opset=opset,
-                        dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm, max_memory=max_memory)
+                        dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm, max_memory=max_memory,
+                        model_spec=model_spec)
     click.echo(f"wrote {out}; next: ltc compress {out} --mask {ticket} -o compressed.onnx")
 
 

@@ -37,6 +37,7 @@ class MaskMatch:
     masks: dict[str, np.ndarray]  # initializer name -> bool mask
     matched: dict[str, str]  # mask name -> initializer name
     unmatched: list[str]  # mask names that match nothing in this model
+    shared: dict[str, str] = field(default_factory=dict)  # mask name -> initializer stored once for several
 
 
 def read_masks(path: str | os.PathLike) -> MaskSet:
@@ -181,6 +182,12 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
                 taken.add(left[0])
                 del cands[name]
                 progress = True
+    shared: dict[str, str] = {}
+    for name in [n for n, found in cands.items() if not found]:
+        target = _deduplicated(name, masks, {n: inits[n] for n in taken}, arrays)
+        if target is not None:  # the exporter stored this weight once, under the name another mask matched
+            del cands[name]
+            shared[name] = target
     for name, found in cands.items():
         left = [n for n in found if n not in taken]
         if len(left) > 1:
@@ -197,7 +204,30 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
     if unmatched and strict:
         raise LtcError(f"{len(unmatched)} mask(s) match nothing in the model: {', '.join(unmatched[:8])} "
                        "(drop --strict-mask to ignore them)")
-    return MaskMatch({t: masks.masks[n] for n, t in matched.items()}, matched, unmatched)
+    combined = {t: masks.masks[n] for n, t in matched.items()}
+    for name, t in shared.items():  # one tensor for both: a weight is dead where either mask says so
+        combined[t] = combined[t] & masks.masks[name]
+    return MaskMatch(combined, matched, unmatched, shared)
+
+
+def _deduplicated(name: str, masks: MaskSet, inits: dict, arrays: dict[str, np.ndarray]) -> str | None:
+    """The one initializer of ``inits`` (those other masks matched) holding exactly the ticket's masked
+    weight ``name``, which has no initializer of its own: the legacy exporter stores parameters with
+    equal values once (two BN shifts fed by one gradient start and stay equal). None when there is no
+    such single initializer."""
+    w, m = masks.weights.get(name), masks.masks[name]
+    if w is None or w.shape != m.shape:
+        return None
+    want = np.where(m, w, 0)
+    hits = []
+    for n, t in inits.items():
+        if tuple(t.dims) != m.shape:
+            continue
+        if n not in arrays:
+            arrays[n] = numpy_helper.to_array(t)
+        if arrays[n].dtype == want.dtype and np.array_equal(arrays[n], want):
+            hits.append(n)
+    return hits[0] if len(hits) == 1 else None
 
 
 def _disambiguate(name: str, m: np.ndarray, cands: list[str], inits: dict, masks: MaskSet,

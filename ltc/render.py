@@ -97,6 +97,10 @@ def print_compress(doc: dict, console: Console | None = None) -> None:
     if doc["mask"].get("unmatched"):
         console.print(f"note: {len(doc['mask']['unmatched'])} mask(s) matched nothing in the graph "
                       f"(e.g. BN folded by the exporter): {', '.join(doc['mask']['unmatched'][:6])}")
+    if doc["mask"].get("shared"):
+        pairs = [f"{a} -> {b}" for a, b in list(doc["mask"]["shared"].items())[:4]]
+        console.print(f"note: {len(doc['mask']['shared'])} mask(s) share an initializer that the exporter stored once "
+                      f"for equal weights (both masks apply): {', '.join(pairs)}")
     console.print(f"round-to {doc['options']['round_to']} ({doc['options']['provider']}); "
                   f"time {doc['seconds_total']:.2f} s")
 

@@ -49,6 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.zoo import import_zoos  # noqa: E402 - the repository root first
+
 HERE = Path(__file__).parent
 
 # (library, name, input side): small inputs keep a 2-core CPU run in the tens of minutes
@@ -67,29 +70,6 @@ ARCHS = [
 EXPORTERS = ("legacy", "legacy-nofold", "dynamo")
 MASKS = ("zero", "shift")
 OPTIONS = {"unequal_groups": "auto", "latency": False, "round_to": 1}  # --unequal-groups, --latency, --round-to
-
-
-def import_zoos():
-    """torchvision and timm, with op registrations that need torchvision's CUDA library skipped."""
-    import torch.library
-
-    real = torch.library.register_fake
-
-    def tolerant(name, *args, **kwargs):
-        def deco(fn):
-            try:
-                return real(name, *args, **kwargs)(fn)
-            except RuntimeError:  # torchvision::nms and friends: the compiled op did not load
-                return fn
-        return deco
-
-    torch.library.register_fake = tolerant
-    try:
-        import timm
-        import torchvision
-    finally:
-        torch.library.register_fake = real
-    return torchvision, timm
 
 
 def build(lib: str, name: str, side: int) -> nn.Module:

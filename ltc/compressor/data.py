@@ -14,7 +14,7 @@ import os
 import pickle
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,35 @@ class Splits:
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    # The training loop reads data only through these three (see :class:`DatasetSplits`).
+    def n_train(self) -> int:
+        return len(self.train_x)
+
+    def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.train_x[idx], self.train_y[idx]
+
+    def train_batches(self, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless seeded batches: a permutation per epoch, ``batch`` examples per step, this rank's slice."""
+        order, pos = torch.randperm(self.n_train(), generator=gen), 0
+        while True:
+            if pos + batch > len(order):
+                order, pos = torch.randperm(self.n_train(), generator=gen), 0
+            idx = order[pos:pos + batch][rank::world]
+            pos += batch
+            yield self.train_batch(idx)
+
+    def eval_batches(self, split: str, batch: int = 1000, limit: int | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of ``split`` (train, val or test) in order, the first ``limit`` examples."""
+        x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+        n = len(x) if limit is None else min(limit, len(x))
+        for i in range(0, n, batch):
+            yield x[i:min(i + batch, n)], y[i:min(i + batch, n)]
+
+    def n_eval(self, split: str) -> int:
+        return len(getattr(self, f"{split}_x"))
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, val_size: int,
@@ -300,10 +329,17 @@ DATASETS: dict[str, Callable[..., Splits]] = {
 
 
 def load_dataset(name: str, val_size: int | None = None, data_dir: str | os.PathLike | None = None,
-                 seed: int = 0) -> Splits:
+                 seed: int = 0, channels: int = 0, image_size: int = 0) -> Splits:
+    """A registered dataset or ``imagefolder:PATH``; images converted to ``channels`` and resized to
+    ``image_size`` when those are given (see :func:`ltc.compressor.userdata.adapt_images`)."""
+    from ltc.compressor.userdata import adapt_images, load_imagefolder
+
+    if isinstance(name, str) and name.startswith("imagefolder:"):
+        return load_imagefolder(name.partition(":")[2], val_size, seed, image_size, channels)
     if name not in DATASETS:
-        raise LtcError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](val_size=val_size, data_dir=str(data_dir) if data_dir else None, seed=seed)
+        raise LtcError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or imagefolder:PATH")
+    data = DATASETS[name](val_size=val_size, data_dir=str(data_dir) if data_dir else None, seed=seed)
+    return adapt_images(data, channels, image_size)
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

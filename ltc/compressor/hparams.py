@@ -27,6 +27,8 @@ from ltc.options import FiniteFloat, IntList
 MODEL_NAMES = ("lenet300", "lenet5", "conv2", "conv4", "conv6", "vgg11", "vgg16", "vgg19", "resnet20",
                "resnet56", "resnet18")
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "synthetic")
+MODEL_PREFIXES = ("torchvision", "timm", "custom")  # custom: ltc.search on a user's nn.Module
+DATASET_PREFIXES = ("imagefolder", "custom")
 CONTROLS = ("reinit", "random")
 STRUCTURE_NAMES = ("unstructured", "refill", "refill+", "regroup")  # ltc.compressor.structure.STRUCTURES
 
@@ -146,6 +148,42 @@ class Names:
         return _KeepText(self.what + "s", self.problem)
 
 
+@dataclass(frozen=True)
+class Spec:
+    """A registered name, or ``PREFIX:rest`` for one of ``prefixes`` (``torchvision:resnet18``,
+    ``imagefolder:PATH``); with ``files``, also ``path/to/file.py:function``. Kept as the text given."""
+
+    names: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    what: str
+    files: bool = False
+
+    def problem(self, v) -> str | None:
+        if not isinstance(v, str):
+            return f"{self.what} must be a string, got {v!r}"
+        if v in self.names:
+            return None
+        head, sep, rest = v.partition(":")
+        if sep and head in self.prefixes and rest.strip():
+            return None
+        if self.files:
+            path, sep, fn = v.rpartition(":")
+            if sep and path.endswith(".py") and fn.isidentifier():
+                return None
+        forms = ", ".join(f"{p}:NAME" for p in self.prefixes if p != "custom")
+        files = ", path/to/file.py:function" if self.files else ""
+        return f"unknown {self.what} {v!r}; choose one of {', '.join(self.names)}, or {forms}{files}"
+
+    def metavar(self) -> str:
+        forms = [f"{p}:NAME" if p != "imagefolder" else "imagefolder:PATH" for p in self.prefixes if p != "custom"]
+        return "[" + "|".join([*self.names, *forms, *(["FILE.py:FUNCTION"] if self.files else [])]) + "]"
+
+    def click_type(self, base: type) -> click.ParamType:
+        kind = _KeepText(self.what, self.problem)
+        kind.get_metavar = lambda *_args, **_kw: self.metavar()
+        return kind
+
+
 def _help(text: str, check=None, **kw):
     return field(metadata={"help": text, "check": check}, **kw)
 
@@ -158,10 +196,18 @@ FRACTION = Range(min=0, max=1, max_open=True)  # [0, 1)
 
 @dataclass(frozen=True)
 class TrainHparams:
-    model: str = _help("model name (lenet300, lenet5, conv2/4/6, vgg11/16/19, resnet20/56, resnet18)",
-                       OneOf(MODEL_NAMES, "model"), default="lenet300")
-    dataset: str = _help("dataset name (digits, fashion-mnist, mnist, cifar10, synthetic)",
-                         OneOf(DATASET_NAMES, "dataset"), default="digits")
+    model: str = _help("model: lenet300, lenet5, conv2/4/6, vgg11/16/19, resnet20/56, resnet18; "
+                       "torchvision:NAME or timm:NAME (random init, when that package is installed); or "
+                       "path/to/file.py:function, a factory of your own (this imports and runs that file: "
+                       "give only code you trust)", Spec(MODEL_NAMES, MODEL_PREFIXES, "model", files=True),
+                       default="lenet300")
+    dataset: str = _help("dataset: digits, fashion-mnist, mnist, cifar10, synthetic, or imagefolder:PATH (one "
+                         "sub-folder of images per class)", Spec(DATASET_NAMES, DATASET_PREFIXES, "dataset"),
+                         default="digits")
+    channels: int = _help("convert images to N channels (1 grey <-> 3 RGB; 0: as stored, image folders 3), e.g. "
+                          "3 for ImageNet architectures on grey data", Range(min=0, max=3), default=0)
+    image_size: int = _help("resize images to N x N (0: as stored, image folders 32)", Range(min=0, max=1024),
+                            default=0)
     val_size: int | None = _help("validation examples held out of train (default: per dataset; paper 5000)",
                                  AT_LEAST_0, default=None)
     optimizer: str = _help("sgd or adam", OneOf(("sgd", "adam"), "optimizer"), default="adam")
@@ -219,6 +265,10 @@ class PruneHparams:
                              AT_LEAST_0, default=0)
     group_align: int = _help("regroup: group widths a multiple of this (ORT CPU: 16 AVX-512, 8 AVX2)",
                              AT_LEAST_1, default=8)
+    include: str = _help("prune only Conv/Linear layers whose module name matches one of these comma-separated "
+                         "patterns (fnmatch: layer1.*,fc; default: all)", default="")
+    exclude: str = _help("do not prune layers whose module name matches one of these comma-separated patterns "
+                         "(e.g. conv1 for the stem)", default="")
 
     def validate(self) -> None:
         _validate_fields(self)
@@ -284,7 +334,7 @@ def _validate_fields(hp) -> None:
             raise LtcError(f"{flag} must be {finite}{check.describe()}, got {v!r}")
         if isinstance(check, OneOf) and v not in check.names:
             raise LtcError(f"{flag}: {check.message(v)}")
-        if isinstance(check, (Ints, Names)):
+        if isinstance(check, (Ints, Names, Spec)):
             problem = check.problem(v)
             if problem:
                 raise LtcError(f"{flag}: {problem}")

@@ -458,10 +458,12 @@ def check_arch(name, in_shape, classes, dropout=0.0) -> tuple[str, tuple[int, in
     """Types and ranges of a model's build arguments, which may come from a stranger's ticket:
     a registered name, ``in_shape`` of three positive integers (channels, height, width), a positive
     integer class count and a dropout in [0, 1). Returns them normalised; a one-line error otherwise."""
+    from ltc.compressor import sources
     from ltc.errors import LtcError
 
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise LtcError(f"unknown model {name!r}; choose one of {', '.join(REGISTRY)}")
+    if not isinstance(name, str) or (name not in REGISTRY and sources.kind(name) == "registry"):
+        raise LtcError(f"unknown model {_short(name)}; choose one of {', '.join(REGISTRY)}, torchvision:NAME, "
+                       "timm:NAME or path/to/file.py:function")
     if not isinstance(in_shape, (list, tuple)) or len(in_shape) != 3 or not all(_is_int(d) for d in in_shape):
         raise LtcError(f"in_shape must be 3 integers (channels, height, width), got {_short(in_shape)}")
     if any(d < 1 for d in in_shape):
@@ -478,13 +480,19 @@ def _short(v) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def build_model(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0) -> WidthModel:
-    """Build a registered model for inputs of ``in_shape`` (C, H, W); unknown names list the choices."""
+def _builder(name: str) -> Callable[..., nn.Module]:
+    from ltc.compressor import sources
+
+    return REGISTRY[name] if name in REGISTRY else sources.builder(name)
+
+
+def build_model(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0) -> nn.Module:
+    """Build a registered model (or a torchvision:, timm: or file.py: one, see :mod:`ltc.compressor.sources`) for inputs of ``in_shape`` (C, H, W); unknown names list the choices."""
     from ltc.errors import LtcError
 
     name, in_shape, classes, dropout = check_arch(name, in_shape, classes, dropout)
     try:
-        return REGISTRY[name](tuple(in_shape), classes, dropout)
+        return _builder(name)(tuple(in_shape), classes, dropout)
     except ValueError as exc:
         raise LtcError(f"model {name!r} cannot take inputs of shape {tuple(in_shape)}: {exc}") from None
 
@@ -507,7 +515,7 @@ def memory_estimate(name: str, in_shape: tuple[int, ...], classes: int, dropout:
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
-            model = REGISTRY[name](in_shape, classes, dropout)
+            model = _builder(name)(in_shape, classes, dropout)
     except (ValueError, RuntimeError, OverflowError) as exc:
         raise LtcError(f"model {name!r} cannot be built for inputs of shape {in_shape} with {classes} classes: "
                        f"{first_line(exc)}") from None

@@ -15,12 +15,81 @@ from torch import nn
 Mask = dict[str, torch.Tensor]
 
 
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def prunable_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """Conv/Linear modules by name with their kind: conv, fc, or output (the last Linear)."""
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    """Conv/Linear modules by name with their kind: conv, fc, or output. The selection that
+    :func:`select_layers` stored on the model, else every Conv1d/2d/3d and Linear with the last Linear
+    (in module order) as the output layer."""
+    chosen = getattr(model, "_ltc_layers", None)
+    if chosen is not None:
+        modules = dict(model.named_modules())
+        return {n: (modules[n], kind) for n, kind in chosen.items()}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (*CONVS, nn.Linear))}
     last_fc = [n for n, m in layers.items() if isinstance(m, nn.Linear)][-1:]
-    return {n: (m, "output" if n in last_fc else ("conv" if isinstance(m, nn.Conv2d) else "fc"))
+    return {n: (m, "output" if n in last_fc else ("conv" if isinstance(m, CONVS) else "fc"))
             for n, m in layers.items()}
+
+
+def _patterns(text: str) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def select_layers(model: nn.Module, include: str = "", exclude: str = "", example: torch.Tensor | None = None
+                  ) -> dict[str, str]:
+    """Which Conv/Linear layers to prune, by module name (``include``/``exclude``: comma-separated fnmatch
+    patterns), and their kinds. The output layer is the one whose output is the model's output on
+    ``example`` (found by forward hooks), else the last Linear to run, else the last in module order; it
+    is pruned at its own rate. Returns ``{module name: kind}``; :func:`prunable_layers` reads it once it
+    is stored as ``model._ltc_layers``."""
+    import fnmatch
+
+    from ltc.errors import LtcError
+
+    candidates = {n: m for n, m in model.named_modules() if isinstance(m, (*CONVS, nn.Linear))}
+    inc, exc = _patterns(include), _patterns(exclude)
+    for pats, flag in ((inc, "include"), (exc, "exclude")):
+        for pat in pats:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in candidates):
+                raise LtcError(f"--{flag} {pat!r} matches no Conv/Linear layer; the layers are "
+                               f"{', '.join(list(candidates)[:8])}{'...' if len(candidates) > 8 else ''}")
+    chosen = [n for n in candidates if (not inc or any(fnmatch.fnmatchcase(n, p) for p in inc))
+              and not any(fnmatch.fnmatchcase(n, p) for p in exc)]
+    if not chosen:
+        raise LtcError("no Conv/Linear layer is left to prune; loosen --include/--exclude")
+    output = None
+    order: list[str] = []
+    if example is not None:
+        produced: list[tuple[str, object]] = []  # the outputs themselves: ids of freed tensors are reused
+
+        def seen(name: str):
+            def hook(_m, _i, out) -> None:  # returns None: a value would replace the module's output
+                order.append(name)
+                produced.append((name, out))
+            return hook
+
+        hooks = [m.register_forward_hook(seen(n)) for n, m in candidates.items()]
+        try:
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                out = model(example)
+                model.train(was)
+        except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
+            from ltc.errors import first_line
+
+            raise LtcError(f"the model cannot take an input of shape {list(example.shape)}: {type(exc).__name__}: "
+                           f"{first_line(exc)}") from None
+        finally:
+            for h in hooks:
+                h.remove()
+        output = next((n for n, o in produced if o is out), None)
+    if output is None:
+        ran = [n for n in order if isinstance(candidates[n], nn.Linear)] or \
+            [n for n in candidates if isinstance(candidates[n], nn.Linear)]
+        output = ran[-1] if ran else None
+    return {n: "output" if n == output else ("conv" if isinstance(candidates[n], CONVS) else "fc") for n in chosen}
 
 
 def _following_bn(model: nn.Module) -> dict[str, str]:
@@ -28,7 +97,8 @@ def _following_bn(model: nn.Module) -> dict[str, str]:
     names = list(dict(model.named_modules()).items())
     out = {}
     for (n, m), (n2, m2) in zip(names, names[1:], strict=False):
-        if isinstance(m, nn.Conv2d) and isinstance(m2, nn.BatchNorm2d) and m2.num_features == m.out_channels:
+        if isinstance(m, CONVS) and isinstance(m2, nn.modules.batchnorm._BatchNorm) \
+                and m2.num_features == m.out_channels:
             out[n] = n2
     return out
 

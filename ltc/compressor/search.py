@@ -33,6 +33,7 @@ from ltc.compressor.pruning import (
     full_mask,
     layer_densities,
     random_like,
+    select_layers,
 )
 from ltc.compressor.structure import random_regroup, refill, regroup
 from ltc.compressor.training import distributed, total_iterations, train
@@ -74,6 +75,8 @@ def check_out_dir(path: Path, flag: str) -> None:
 def check_not_in_data(folder: Path, dataset: str, data_dir: str | os.PathLike | None, flag: str) -> None:
     """ltc never writes into its inputs: the run folder may not lie inside the dataset folder."""
     data = data_dir or DEFAULT_DIRS.get(dataset)
+    if dataset.startswith("imagefolder:"):
+        data = dataset.partition(":")[2]
     if not data or not Path(data).is_dir():
         return
     data_root, target = Path(data).resolve(), Path(folder).resolve()
@@ -212,8 +215,18 @@ def read_dense(path: Path, model: torch.nn.Module) -> dict:
     return d
 
 
+def _slug(name: str) -> str:
+    """A model or dataset name as a folder-name part: ``torchvision:resnet18`` -> ``torchvision-resnet18``,
+    ``imagefolder:/data/pets`` -> ``imagefolder-pets``, ``nets/my.py:build`` -> ``my-build``."""
+    if ":" in name:
+        head, _, rest = name.rpartition(":") if name.rpartition(":")[0].endswith(".py") else name.partition(":")
+        name = f"{Path(head).stem}-{Path(rest).name or rest}" if head.endswith(".py") else \
+            f"{head}-{Path(rest.rstrip('/')).name or 'root'}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:48]
+
+
 def run_folder(root: Path, thp: TrainHparams, php: PruneHparams) -> Path:
-    return root / f"{thp.model}-{thp.dataset}-{run_hash(thp, php)}"
+    return root / f"{_slug(thp.model)}-{_slug(thp.dataset)}-{run_hash(thp, php)}"
 
 
 def _hparams_doc(thp: TrainHparams, php: PruneHparams) -> dict:
@@ -243,12 +256,13 @@ def prepare(thp: TrainHparams, data_dir: str | os.PathLike | None) -> Splits:
     _, world = distributed()
     if thp.batch_size % world:
         raise LtcError(f"--batch-size {thp.batch_size} must be divisible by the {world} ranks")
-    data = load_dataset(thp.dataset, thp.val_size, data_dir, seed=0)
+    data = load_dataset(thp.dataset, thp.val_size, data_dir, seed=0, channels=thp.channels,
+                        image_size=thp.image_size)
     memory_estimate(thp.model, data.in_shape, data.classes, thp.dropout)
     return data
 
 
-def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> dict[int, tuple[int, dict]]:
+def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, setup: Setup) -> dict[int, tuple[int, dict]]:
     """Check every file a resumed run reads; per trial, its last completed round and that round's ticket."""
     resume: dict[int, tuple[int, dict]] = {}
     if not run_dir.is_dir():
@@ -257,7 +271,7 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> 
         raise LtcError(f"{run_dir}: a folder with files but no hparams.json is not an ltc run folder; ltc would "
                        "write over its files: give an empty or new --run-dir")
     structure = php.mask_layout()
-    model = _fresh(thp, data, 0)
+    model = setup.fresh(0)
     for trial in range(php.trials):
         tdir = run_dir / f"trial{trial}"
         if os.path.lexists(tdir) and (tdir.is_symlink() or not tdir.is_dir()):
@@ -282,13 +296,37 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, data: Splits) -> 
 # The search
 
 
-def _arch(thp: TrainHparams, data: Splits) -> dict:
-    return {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
+@dataclasses.dataclass
+class Setup:
+    """What a search runs on: ``build()`` makes a fresh model (called under ``torch.manual_seed(seed)``),
+    the data (:class:`Splits` or :class:`~ltc.compressor.userdata.DatasetSplits`), the ticket's
+    architecture entry, the loss (default cross-entropy) and the layers to prune (set by :func:`select`)."""
+
+    build: Callable[[], torch.nn.Module]
+    data: Splits
+    arch: dict
+    loss: Callable | None = None
+    layers: dict[str, str] | None = None
+
+    def fresh(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        model = self.build()
+        if self.layers is not None:
+            model._ltc_layers = self.layers  # read by pruning.prunable_layers
+        if getattr(model, "input_shape", None) is None:
+            model.input_shape = tuple(self.data.in_shape)  # the structure probes' input
+        return model
+
+    def select(self, php: PruneHparams) -> None:
+        """Choose the layers to prune (``--include``/``--exclude``, the output layer by a forward pass)."""
+        probe = self.fresh(0)
+        x, _ = self.data.train_batch(torch.arange(min(2, self.data.n_train())))
+        self.layers = select_layers(probe, php.include, php.exclude, x)
 
 
-def _fresh(thp: TrainHparams, data: Splits, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(thp.model, data.in_shape, data.classes, thp.dropout)
+def registry_setup(thp: TrainHparams, data: Splits) -> Setup:
+    arch = {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
+    return Setup(lambda: build_model(thp.model, data.in_shape, data.classes, thp.dropout), data, arch)
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -307,11 +345,17 @@ def ticket_search(thp: TrainHparams, php: PruneHparams, out: Path, *, data_dir: 
     check_out_dir(run_dir, flag)
     check_not_in_data(run_dir, thp.dataset, data_dir, flag)
     data = prepare(thp, data_dir)
-    total = total_iterations(thp, len(data.train_x))
+    return run_search(thp, php, registry_setup(thp, data), run_dir, progress=progress)
+
+
+def run_search(thp: TrainHparams, php: PruneHparams, setup: Setup, run_dir: Path, *, progress: bool = False) -> dict:
+    """The search on a prepared :class:`Setup` in ``run_dir`` (checked by the caller)."""
+    setup.select(php)
+    total = total_iterations(thp, setup.data.n_train())
     if php.reset == "rewind" and php.rewind_iteration > total:
         raise LtcError(f"--rewind-iteration {php.rewind_iteration} is past the end of training ({total} iterations); "
                        "choose a smaller --rewind-iteration or train longer")
-    resume = _scan(run_dir, thp, php, data)
+    resume = _scan(run_dir, thp, php, setup)
     rank, _ = distributed()
     created = Created()
     try:
@@ -321,7 +365,7 @@ def ticket_search(thp: TrainHparams, php: PruneHparams, out: Path, *, data_dir: 
                 created.file(run_dir / "hparams.json")
                 write_json_atomic(run_dir / "hparams.json", _hparams_doc(thp, php))
         for trial in range(php.trials):
-            _run_trial(thp, php, data, run_dir / f"trial{trial}", thp.seed + trial, progress, created,
+            _run_trial(thp, php, setup, run_dir / f"trial{trial}", thp.seed + trial, progress, created,
                        resume.get(trial))
         summary = summarize(run_dir)
         if rank == 0:
@@ -337,7 +381,7 @@ def ticket_search(thp: TrainHparams, php: PruneHparams, out: Path, *, data_dir: 
     return summary
 
 
-def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Path, seed: int,
+def _run_trial(thp: TrainHparams, php: PruneHparams, setup: Setup, trial_dir: Path, seed: int,
                progress: bool, created: Created, resume: tuple[int, dict] | None = None) -> None:
     rank, world = distributed()
     if rank == 0:
@@ -345,13 +389,14 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
     thp_t = dataclasses.replace(thp, seed=seed)
     structure = php.mask_layout()
     detail: dict = {}  # the structure's per-layer detail of the current round
-    model = _fresh(thp, data, seed)
+    data = setup.data
+    model = setup.fresh(seed)
     theta0 = _state(model)
     mask = full_mask(model, structure)
     start = theta0
     prev_final: dict[str, torch.Tensor] | None = None
     log = trial_dir / "train.jsonl"
-    arch = _arch(thp, data)
+    arch = setup.arch
     history: list[dict] = []  # every round so far: each ticket carries the path that led to it
     first = 0
     if resume is not None:  # rounds 0..last completed earlier (checked by _scan): resume after them
@@ -367,17 +412,17 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
         record_path = trial_dir / f"round{r}.json"
         ticket_path = trial_dir / f"ticket_round{r}.pt"
         if r > 0:
-            pruned_from = _fresh(thp, data, seed)
+            pruned_from = setup.fresh(seed)
             pruned_from.load_state_dict(prev_final)
             mask = STRATEGIES[php.strategy](pruned_from, mask, php.rates())
             mask, detail = apply_structure(php, pruned_from, mask)
             _check_same_on_ranks(mask, world)
         record = {"round": r, "density": density(mask), "layer_density": layer_densities(mask), "results": {}}
         rewind = php.rewind_iteration if (r == 0 and php.reset == "rewind") else None
-        model = _fresh(thp, data, seed)
+        model = setup.fresh(seed)
         model.load_state_dict(start)
         res = train(model, data, thp_t, mask, log_path=log, rewind_iteration=rewind, progress=progress,
-                    label=f"trial {seed} round {r} ticket")
+                    label=f"trial {seed} round {r} ticket", loss_fn=setup.loss)
         record["results"]["ticket"] = res.summary()
         if r == 0:
             if php.reset == "rewind":
@@ -395,7 +440,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, data: Splits, trial_dir: Pa
                 save_torch(dense_doc, trial_dir / "dense.pt")
         else:
             for control in php.control_list():
-                record["results"][control] = _control(control, thp, thp_t, data, mask, start, structure, seed,
+                record["results"][control] = _control(control, setup, thp_t, mask, start, structure, seed,
                                                       r, log, progress, detail if php.kind() == "group" else None)
         prev_final = res.final_state
         history.append(record)
@@ -447,21 +492,21 @@ def _structure_doc(php: PruneHparams, r: int, detail: dict) -> dict:
     return doc
 
 
-def _control(control: str, thp: TrainHparams, thp_t: TrainHparams, data: Splits, mask: Mask,
+def _control(control: str, setup: Setup, thp_t: TrainHparams, mask: Mask,
              start: dict, structure: str, seed: int, r: int, log: Path, progress: bool,
              groups: dict | None = None) -> dict:
     if control == "reinit":  # same mask, a new random initialisation
-        model = _fresh(thp, data, 10_000 + 100 * seed + r)
+        model = setup.fresh(10_000 + 100 * seed + r)
         control_mask = mask
     else:  # random pruning with the same per-layer sparsity, from the same start
         gen = torch.Generator().manual_seed(20_000 + 100 * seed + r)
-        model = _fresh(thp, data, seed)
+        model = setup.fresh(seed)
         model.load_state_dict(start)
         control_mask = (random_regroup(mask, groups, gen) if groups is not None
                         else random_like(model, mask, structure, gen))
     apply_mask(model, control_mask)
-    res = train(model, data, thp_t, control_mask, log_path=log, progress=progress,
-                label=f"trial {seed} round {r} {control}")
+    res = train(model, setup.data, thp_t, control_mask, log_path=log, progress=progress,
+                label=f"trial {seed} round {r} {control}", loss_fn=setup.loss)
     return res.summary()
 
 

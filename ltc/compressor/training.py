@@ -75,25 +75,45 @@ def _lr_factor(hp: TrainHparams, it: int, total: int) -> float:
     return f
 
 
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(out, y)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy)."""
-    if len(x) == 0:
-        return float("nan"), float("nan")
+def evaluate(model: nn.Module, batches, loss_fn: Loss | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) over ``batches`` of (inputs, labels); accuracy is NaN when the outputs are not
+    class scores ([N, K] against integer labels [N])."""
+    loss_fn = loss_fn or cross_entropy
     model.eval()
-    loss, correct = 0.0, 0
-    for i in range(0, len(x), batch):
-        out = model(x[i:i + batch])
-        loss += nn.functional.cross_entropy(out, y[i:i + batch], reduction="sum").item()
-        correct += int((out.argmax(1) == y[i:i + batch]).sum())
-    model.train()
-    return loss / len(x), correct / len(x)
+    loss, correct, n, classify = 0.0, 0, 0, True
+    try:
+        for x, y in batches:
+            out = model(x)
+            loss += float(loss_fn(out, y)) * len(x)
+            if classify and out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
+                correct += int((out.argmax(1) == y).sum())
+            else:
+                classify = False
+            n += len(x)
+    finally:
+        model.train()
+    if n == 0:
+        return float("nan"), float("nan")
+    return loss / n, correct / n if classify else float("nan")
 
 
 def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = None, *,
           log_path: Path | None = None, rewind_iteration: int | None = None, progress: bool = False,
-          label: str = "train", on_eval: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``model`` in place; masked entries are zero before training and after every step."""
+          label: str = "train", on_eval: Callable[[dict], None] | None = None,
+          loss_fn: Loss | None = None) -> TrainResult:
+    """Train ``model`` in place; masked entries are zero before training and after every step.
+    ``data`` is a :class:`~ltc.compressor.data.Splits` or anything with its ``n_train``,
+    ``train_batches`` and ``eval_batches`` (:class:`~ltc.compressor.userdata.DatasetSplits`);
+    ``loss_fn(outputs, labels)`` defaults to cross-entropy."""
+    loss_fn = loss_fn or cross_entropy
     rank, world = distributed()
     torch.manual_seed(hp.seed)
     if mask is not None:
@@ -108,7 +128,7 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
         opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
     named = dict(model.named_parameters())
     masked = [(named[n], m.to(named[n].dtype)) for n, m in (mask or {}).items()]
-    total = total_iterations(hp, len(data.train_x))
+    total = total_iterations(hp, data.n_train())
     gen = torch.Generator().manual_seed(hp.seed)  # identical on every rank: the same global batches
     augment = hp.augment or data.augment
     if hp.batch_size % world:
@@ -120,15 +140,14 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     rewind_state = None
     log = open_log(log_path) if (log_path is not None and rank == 0) else None
     bar = _progress(progress and rank == 0, label, total)
-    order = torch.randperm(len(data.train_x), generator=gen)
-    pos = 0
+    batches = data.train_batches(gen, hp.batch_size, rank, world)
     model.train()
     try:
         for it in range(total + 1):
             if rewind_iteration is not None and it == rewind_iteration:
                 rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if it % hp.eval_every == 0 or it == total:
-                row = _eval_row(model, data, it)
+                row = _eval_row(model, data, it, loss_fn)
                 history.append(row)
                 if row["val_loss"] < best[0] or math.isnan(best[0]):
                     best = (row["val_loss"], it, row["test_acc"])
@@ -141,17 +160,13 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
                     break  # early-stopped: the minimum is patience evaluations behind
             if it == total:
                 break
-            if pos + hp.batch_size > len(order):
-                order, pos = torch.randperm(len(data.train_x), generator=gen), 0
-            idx = order[pos:pos + hp.batch_size][rank::world]
-            pos += hp.batch_size
-            x, y = data.train_x[idx], data.train_y[idx]
+            x, y = next(batches)
             if augment:
                 x = augment_batch(x, gen)
             for g in opt.param_groups:
                 g["lr"] = hp.lr * _lr_factor(hp, it, total)
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(net(x), y)
+            loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
             with torch.no_grad():
@@ -167,7 +182,7 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     final = history[-1]
     if math.isnan(best[0]):  # no validation set: early stop = end
         best = (float("nan"), total, final["test_acc"])
-    _, train_acc = evaluate(model, data.train_x[:10000], data.train_y[:10000])
+    _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), loss_fn)
     return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
                        {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
 
@@ -190,9 +205,9 @@ def open_log(path: Path):
     return os.fdopen(fd, "a")
 
 
-def _eval_row(model: nn.Module, data: Splits, it: int) -> dict:
-    val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
-    test_loss, test_acc = evaluate(model, data.test_x, data.test_y)
+def _eval_row(model: nn.Module, data: Splits, it: int, loss_fn: Loss) -> dict:
+    val_loss, val_acc = evaluate(model, data.eval_batches("val"), loss_fn)
+    test_loss, test_acc = evaluate(model, data.eval_batches("test"), loss_fn)
     return {"iteration": it, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
 
 

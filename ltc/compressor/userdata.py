@@ -1,0 +1,306 @@
+"""A user's data for the ticket search: torch Datasets, DataLoaders or (inputs, labels) arrays, and image
+folders (one sub-folder per class).
+
+:class:`DatasetSplits` offers what the training loop reads (:class:`ltc.compressor.data.Splits` offers the
+same over in-memory tensors): seeded training batches sliced per rank, and evaluation batches in order.
+Examples are (input, label) pairs; inputs are taken as they come (no normalisation: that is the user's
+transform's job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ltc.errors import LtcError, first_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+MAX_IMAGES = 1_000_000
+MAX_IMAGE_PIXELS = 50_000_000  # per image: a decompression bomb is refused before it is decoded
+
+
+def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch.utils.data import default_collate
+
+    return tuple(default_collate(samples))[:2]
+
+
+class DatasetSplits:
+    """Train/val/test from torch Datasets (map-style for training) or DataLoaders (their dataset,
+    ``collate_fn`` and ``num_workers`` are used; their sampler is not: ltc draws its own seeded order)."""
+
+    augment = False
+
+    def __init__(self, name: str, train, val, test=None, classes: int | None = None) -> None:
+        self.name = name
+        self.sources = {"train": train, "val": val, "test": test if test is not None else val}
+        self.test_is_val = test is None
+        self.train = _map_style(train, "train")
+        self.collate = getattr(train, "collate_fn", None) or _collate
+        self.workers = int(getattr(train, "num_workers", 0) or 0)
+        first = self._sample(0)
+        self._in_shape = tuple(first[0].shape)
+        self.classes = classes
+
+    def _sample(self, i: int):
+        try:
+            s = self.train[i]
+        except Exception as exc:  # noqa: BLE001 - the user's dataset may raise anything
+            raise LtcError(f"train[{i}] raised {type(exc).__name__}: {first_line(exc)}; fix the dataset") from None
+        if not isinstance(s, (tuple, list)) or len(s) < 2 or not hasattr(s[0], "shape"):
+            raise LtcError(f"train[{i}] is a {type(s).__name__}; ltc.search needs (input, label) pairs with a "
+                           "tensor or array input")
+        return s
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self._in_shape
+
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.collate([self._sample(int(i)) for i in idx])
+
+    def n_eval(self, split: str) -> int:
+        src = self.sources[split]
+        ds = getattr(src, "dataset", src)
+        try:
+            return len(ds)
+        except TypeError:
+            return 0
+
+    def train_batches(self, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless seeded batches: a permutation per epoch, ``batch`` examples per step, this rank's slice."""
+        from torch.utils.data import DataLoader
+
+        order_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+
+        def index_lists() -> Iterator[list[int]]:
+            n = len(self.train)
+            order, pos = torch.randperm(n, generator=order_gen), 0
+            while True:
+                if pos + batch > len(order):
+                    order, pos = torch.randperm(n, generator=order_gen), 0
+                yield order[pos:pos + batch][rank::world].tolist()
+                pos += batch
+
+        while True:  # one DataLoader over an endless sampler: workers keep their state between steps
+            loader = DataLoader(self.train, batch_sampler=index_lists(), collate_fn=self.collate,
+                                num_workers=self.workers)
+            for x, y, *_ in loader:
+                yield x, y
+
+    def eval_batches(self, split: str, batch: int = 256, limit: int | None = None
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        src = self.sources[split]
+        loader = src if isinstance(src, DataLoader) else DataLoader(src, batch_size=batch, shuffle=False,
+                                                                     collate_fn=self.collate)
+        seen = 0
+        for x, y, *_ in loader:
+            if limit is not None and seen + len(x) > limit:
+                x, y = x[:limit - seen], y[:limit - seen]
+            if len(x) == 0:
+                return
+            yield x, y
+            seen += len(x)
+            if limit is not None and seen >= limit:
+                return
+
+
+def _map_style(src, split: str):
+    from torch.utils.data import DataLoader, IterableDataset
+
+    ds = src.dataset if isinstance(src, DataLoader) else src
+    if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
+        raise LtcError(f"{split}: a {type(ds).__name__} cannot be indexed; the training data must be a map-style "
+                       "Dataset (len and [i]) or a DataLoader over one, so that ltc can draw seeded batches")
+    if len(ds) == 0:
+        raise LtcError(f"{split}: the dataset is empty")
+    return ds
+
+
+def _as_tensor(a, what: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu()
+    try:
+        return torch.from_numpy(np.ascontiguousarray(a))
+    except (TypeError, ValueError) as exc:
+        raise LtcError(f"{what}: not an array ({first_line(exc)})") from None
+
+
+def user_splits(train, val, test=None, name: str = "custom"):
+    """The search's data from what a user passes: (inputs, labels) pairs of arrays or tensors become
+    in-memory :class:`~ltc.compressor.data.Splits`; Datasets and DataLoaders a :class:`DatasetSplits`."""
+    from ltc.compressor.data import Splits
+
+    if val is None:
+        raise LtcError("val is required: early stopping and the reported accuracy read the validation set")
+    parts = [train, val, test]
+    if all(p is None or (isinstance(p, (tuple, list)) and len(p) == 2) for p in parts):
+        arrays = {}
+        for split, p in zip(("train", "val", "test"), (train, val, test if test is not None else val), strict=True):
+            x, y = _as_tensor(p[0], f"{split} inputs"), _as_tensor(p[1], f"{split} labels")
+            if len(x) != len(y):
+                raise LtcError(f"{split}: {len(x)} inputs but {len(y)} labels")
+            if x.is_floating_point():
+                x = x.to(torch.float32)
+            arrays[split] = (x, y.to(torch.int64) if not y.is_floating_point() else y)
+        if len(arrays["train"][0]) == 0:
+            raise LtcError("train: no examples")
+        classes = int(max(int(arrays[s][1].max()) for s in arrays if len(arrays[s][1])) + 1) \
+            if not arrays["train"][1].is_floating_point() else 0
+        return Splits(name, *arrays["train"], *arrays["val"], *arrays["test"], classes)
+    return DatasetSplits(name, train, val, test)
+
+
+def fingerprint(data) -> str:
+    """A short hash of what identifies a user's data for a run folder: split sizes, input shape, and the
+    bytes of the first and last training examples."""
+    h = hashlib.sha256()
+    h.update(repr((data.n_train(), data.n_eval("val"), data.n_eval("test"), tuple(data.in_shape))).encode())
+    n = data.n_train()
+    for i in sorted({0, n - 1}):
+        for t in data.train_batch(torch.tensor([i])):
+            if isinstance(t, torch.Tensor):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:8]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image folders: ROOT/<class>/<image>, or ROOT/train/<class>/... with ROOT/test (or val) beside it
+
+
+def _class_folders(root: Path) -> list[Path]:
+    try:
+        subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    except OSError as exc:
+        raise LtcError(f"{root}: cannot read the image folder ({exc.strerror or exc})") from None
+    return subs
+
+
+def _images(folder: Path, root: Path) -> list[Path]:
+    """Image files under ``folder`` (any depth), sorted; links leading outside ``root`` are skipped."""
+    out = []
+    for dirpath, _dirs, files in os.walk(folder):
+        for f in sorted(files):
+            p = Path(dirpath) / f
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            real = p.resolve()
+            if real != root and root not in real.parents:
+                continue  # ltc reads only inside the folder it was given
+            out.append(p)
+            if len(out) > MAX_IMAGES:
+                raise LtcError(f"{folder}: more than {MAX_IMAGES:,} images; ltc loads an image folder into memory, "
+                               "use the Python API with a Dataset for larger data")
+    return sorted(out)
+
+
+def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise LtcError(f"{path}: {im.width}x{im.height} pixels is over the {MAX_IMAGE_PIXELS:,} ltc decodes; "
+                               "is it an image of the dataset?")
+            im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except LtcError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged image file raises many kinds of error
+        raise LtcError(f"{path}: cannot decode the image ({type(exc).__name__}: {first_line(exc)}); remove it or "
+                       "fix it") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _read_split(root: Path, folder: Path, classes: list[str] | None, size: int, channels: int
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    subs = _class_folders(folder)
+    names = [p.name for p in subs]
+    if classes is None:
+        classes = names
+    elif names != classes:
+        raise LtcError(f"{folder}: class folders {names[:5]} differ from the training split's {classes[:5]}; each "
+                       "split needs the same class sub-folders")
+    xs, ys = [], []
+    for label, sub in enumerate(subs):
+        for p in _images(sub, root):
+            xs.append(_load_image(p, size, channels))
+            ys.append(label)
+    if not xs:
+        raise LtcError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders; expected "
+                       f"{folder}/<class>/<image>")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+def load_imagefolder(path: str, val_size: int | None = None, seed: int = 0, image_size: int = 0,
+                     channels: int = 0):
+    """An image folder as :class:`~ltc.compressor.data.Splits`, images resized to ``image_size`` (default
+    32) and converted to ``channels`` (1 grey, 3 RGB; default 3). ``PATH/train`` and ``PATH/test`` (or
+    ``val``) are used when present; otherwise a fixed fifth of the images is the test split."""
+    from ltc.compressor.data import _split
+
+    root = Path(path)
+    if not root.is_dir():
+        raise LtcError(f"{root}: {'is not a folder' if root.exists() else 'no such folder'}; --dataset "
+                       "imagefolder:PATH needs a folder with one sub-folder of images per class")
+    root = root.resolve()
+    size, channels = image_size or 32, channels or 3
+    if channels not in (1, 3):
+        raise LtcError(f"--channels {channels}: an image folder is read as 1 (grey) or 3 (RGB) channels")
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        x, y, classes = _read_split(root, root / "train", None, size, channels)
+        tx, ty, _ = _read_split(root, test_dir, classes, size, channels)
+    else:
+        x, y, classes = _read_split(root, root, None, size, channels)
+        perm = np.random.default_rng(1234).permutation(len(x))
+        n_test = max(1, len(x) // 5)
+        if len(x) - n_test < 2:
+            raise LtcError(f"{root}: {len(x)} images are too few to hold out a test split; add images")
+        tx, ty, x, y = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+    val = max(1, len(x) // 10) if val_size is None else val_size
+    return _split(f"imagefolder:{root.name}", x / 255.0, y, tx / 255.0, ty, val, len(classes), seed=seed)
+
+
+def adapt_images(data, channels: int = 0, image_size: int = 0):
+    """Registry data brought to a model's input: grey repeated to 3 channels (or RGB averaged to 1), and
+    images resized (bilinear) to ``image_size``. 0 leaves that as it is."""
+    import dataclasses
+
+    def conv(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise LtcError(f"--channels/--image-size apply to images [N, C, H, W]; {data.name} holds {list(x.shape)}")
+        if channels and x.shape[1] != channels:
+            if x.shape[1] == 1:
+                x = x.repeat(1, channels, 1, 1)
+            elif channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            else:
+                raise LtcError(f"--channels {channels}: {data.name} has {x.shape[1]} channels; ltc converts 1 to N "
+                               "channels or N to 1")
+        if image_size and tuple(x.shape[2:]) != (image_size, image_size):
+            out = [torch.nn.functional.interpolate(x[i:i + 4096], size=(image_size, image_size), mode="bilinear",
+                                                   align_corners=False) for i in range(0, len(x), 4096)]
+            x = torch.cat(out) if out else x.new_zeros((0, x.shape[1], image_size, image_size))
+        return x.contiguous()
+
+    if not channels and not image_size:
+        return data
+    est = 4 * (data.n_train() + len(data.val_x) + len(data.test_x)) * (channels or data.in_shape[0]) \
+        * (image_size or data.in_shape[1]) * (image_size or data.in_shape[2])
+    if est > 8 * 2**30:
+        raise LtcError(f"{data.name} at --channels {channels or data.in_shape[0]} --image-size "
+                       f"{image_size or data.in_shape[1]} needs {est / 2**30:.1f} GiB in memory; choose a smaller "
+                       "--image-size")
+    return dataclasses.replace(data, train_x=conv(data.train_x), val_x=conv(data.val_x), test_x=conv(data.test_x))

@@ -573,6 +573,13 @@ def markdown(report: dict) -> str:
         for name, ops in run.get("profile", {}).items():
             lines += ["", f"Top operators, {name}: " + ", ".join(
                 f"{op['op']} {100 * op['share']:.0f}%" for op in ops[:6])]
+        if run.get("per_layer"):
+            from ltc.benchmarks.report import markdown_table, per_layer_section
+
+            title, tables, _ = per_layer_section(report, run, "")
+            lines += ["", f"### {title}"]
+            for caption, headers, rows in tables:
+                lines += ["", f"**{caption}**", "", markdown_table(headers, rows).rstrip("\n")]
     for s in report["skipped"]:
         lines += ["", f"skipped {s['provider']} batch {s['batch']}: {s['reason']}"]
     return "\n".join(lines) + "\n"

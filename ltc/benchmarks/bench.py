@@ -330,25 +330,19 @@ def profile_session(path: str, provider: str, batch: int, opts: BenchOptions):
         return read_profile(trace, timed, OptimizedGraph.load(optimized) if optimized.exists() else None)
 
 
-def _profiles(names: list[str], paths: dict[str, str], provider: str, batch: int, opts: BenchOptions,
-              structures: dict, maps: dict) -> dict:
-    """``profile`` (top operators) and ``per_layer`` entries of a run: profiled sessions, interleaved
-    round by round like the timed ones (one round when only ``profile`` is asked)."""
+def _profile_entries(names: list[str], opts: BenchOptions, profiles: dict[str, list], structures: dict,
+                     maps: dict) -> dict:
+    """The ``profile`` (top operators) and ``per_layer`` entries of a run from its profiled sessions."""
     from ltc.benchmarks.per_layer import Attribution, op_totals, per_layer_report
 
-    kernels: dict[str, list] = {n: [] for n in names}
-    attributions = {n: Attribution() for n in names}
-    for _r, name in interleave_order(names, opts.rounds if opts.per_layer else 1):
-        profile = profile_session(paths[name], provider, batch, opts)
-        kernels[name] += profile.kernels
-        if opts.per_layer:
-            attributions[name].add(profile, structures[name], maps.get(name))
-        del profile
-        gc.collect()
     out = {}
     if opts.profile:
-        out["profile"] = {n: op_totals(kernels[n]) for n in names}
+        out["profile"] = {n: op_totals([run for p in profiles[n] for run in p.kernels]) for n in names}
     if opts.per_layer:
+        attributions = {n: Attribution() for n in names}
+        for n in names:
+            for p in profiles[n]:
+                attributions[n].add(p, structures[n], maps.get(n))
         out["per_layer"] = per_layer_report(names, structures, maps, attributions)
     return out
 
@@ -417,7 +411,7 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
                 structures[name] = model_layers(m, None if renamed else s["layer_macs"])
             del m
         maps = {n: match_layers(structures[names[0]], structures[n]) for n in names[1:]} if opts.per_layer else {}
-        check_mapped({n: models[n]["path"] for n in names}, names, maps)
+        check_mapped({n: models[n]["path"] for n in names}, names[0], maps)
         runs, skipped = _measure(names, models, opts, progress, profile_paths, structures, maps)
     return {"ltc_report": "bench", "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "environment": environment(opts), "options": _options_dict(opts), "models": models, "runs": runs,
@@ -434,8 +428,9 @@ def _measure(names: list[str], models: dict, opts: BenchOptions, progress, profi
             per_round: dict[str, list[list[float]]] = {n: [] for n in names}
             session_s: dict[str, list[float]] = {n: [] for n in names}
             rss: dict[str, int] = {n: 0 for n in names}
+            profiles: dict[str, list] = {n: [] for n in names}
             reason = None
-            for _r, name in interleave_order(names, opts.rounds):
+            for r, name in interleave_order(names, opts.rounds):
                 before = _rss_bytes()
                 try:
                     runner = _runner(models[name]["path"], provider, batch, opts)
@@ -451,6 +446,10 @@ def _measure(names: list[str], models: dict, opts: BenchOptions, progress, profi
                 actual = runner.providers
                 del runner
                 gc.collect()
+                if provider != "trt" and (opts.per_layer or (opts.profile and r == 0)):
+                    # right after the timed session, so that both see the same machine (A A' B B' A A' ...)
+                    profiles[name].append(profile_session(profile_paths[name], provider, batch, opts))
+                    gc.collect()
                 if progress:
                     progress()
             if reason:
@@ -473,8 +472,8 @@ def _measure(names: list[str], models: dict, opts: BenchOptions, progress, profi
                         [statistics.median(r) for r in per_round[name]], seed=opts.seed)
                     entry["vs_first"]["speedup"] = 1 / entry["vs_first"]["ratio"]
                 run["models"][name] = entry
-            if (opts.profile or opts.per_layer) and provider != "trt":
-                run.update(_profiles(names, profile_paths, provider, batch, opts, structures, maps))
+            if provider != "trt":
+                run.update(_profile_entries(names, opts, profiles, structures, maps))
             runs.append(run)
     return runs, skipped
 

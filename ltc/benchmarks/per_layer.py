@@ -288,11 +288,11 @@ def per_layer_report(names: list[str], structures: dict[str, ModelLayers], maps:
     return {"baseline": base, "models": models, "layers": rows}
 
 
-def check_mapped(paths: dict[str, str], names: list[str], maps: dict[str, dict[str, str | None]]) -> None:
+def check_mapped(paths: dict[str, str], first: str, maps: dict[str, dict[str, str | None]]) -> None:
     """A later model none of whose layers maps to the first is not a compressed copy of it."""
-    for name in names[1:]:
-        if maps[name] and all(v is None for v in maps[name].values()):
-            raise LtcError(f"{paths[name]}: none of its {len(maps[name])} layers maps to a layer of {paths[names[0]]} "
+    for name, mapping in maps.items():
+        if mapping and all(v is None for v in mapping.values()):
+            raise LtcError(f"{paths[name]}: none of its {len(mapping)} layers maps to a layer of {paths[first]} "
                            "(by node or weight name); --per-layer compares models with the first, the model they "
                            "were compressed from: pass the dense model first, or bench them without --per-layer")
 
@@ -318,7 +318,7 @@ def per_layer_rows(per_layer: dict, name: str | None = None) -> tuple[list[str],
     headers = [h.replace("(first)", f"({base})") if "first" in h else (f"{h} ({name})" if h in ("ms", "MACs") else h)
                for h in headers]
     rows = []
-    for r in per_layer["layers"]:
+    for r in sorted(per_layer["layers"], key=lambda r: -r["median_ms"][base]):
         row = [r["layer"], r["op"], f"{r['median_ms'][base]:.3f}"]
         if name:
             vs = r["vs_first"][name]

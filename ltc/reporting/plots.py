@@ -70,7 +70,7 @@ def per_layer_figure(per_layer: dict, top: int = 30):
 
     base = per_layer["baseline"]
     names = [base] + [n for n in per_layer["models"] if n != base]
-    rows = per_layer["layers"][:top]
+    rows = sorted(per_layer["layers"], key=lambda r: -r["median_ms"][base])[:top]
     labels = [r["layer"] for r in rows] + ["other", "outside kernels"]
     times = {n: [r["median_ms"][n] for r in rows] + [per_layer["models"][n]["other_ms"],
                                                       per_layer["models"][n]["outside_kernels_ms"]] for n in names}

@@ -90,8 +90,10 @@ class ProviderUnavailable(Exception):
 class OrtRunner:
     """One ONNX Runtime session for one model, provider and batch; checks it got the provider asked."""
 
-    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions, profile_dir: str | None = None):
-        """``profile_dir``: turn ONNX Runtime's profiler on, its trace and the optimised graph written there."""
+    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions, profile_dir: str | None = None,
+                 write_graph: bool = False):
+        """``profile_dir``: turn ONNX Runtime's profiler on, its trace written there, and with
+        ``write_graph`` the optimised graph ONNX Runtime runs."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[provider]
@@ -110,7 +112,7 @@ class OrtRunner:
         if profile_dir is not None:
             so.enable_profiling = True
             so.profile_file_prefix = os.path.join(profile_dir, "ltc-profile")
-            if provider != "tensorrt":  # (a graph with TensorRT-compiled nodes cannot be written)
+            if write_graph and provider != "tensorrt":  # (a graph with TensorRT-compiled nodes cannot be written)
                 so.optimized_model_filepath = os.path.join(profile_dir, OPTIMIZED_MODEL)
                 so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                             OPTIMIZED_MODEL + ".data")
@@ -311,16 +313,16 @@ def _time_runs(runner, opts: BenchOptions, path: str, batch: int) -> list[float]
     return times
 
 
-def profile_session(path: str, provider: str, batch: int, opts: BenchOptions):
+def profile_session(path: str, provider: str, batch: int, opts: BenchOptions, write_graph: bool = False):
     """One session like the timed ones with ONNX Runtime's profiler on: warm-up, then the timed runs
-    (``iterations`` or ``time_budget``); their kernels, and the graph ONNX Runtime ran (for the names of
-    the nodes it made)."""
+    (``iterations`` or ``time_budget``); their kernels, and with ``write_graph`` the graph ONNX Runtime
+    ran (for the names of the nodes it made; the same in every session of a model)."""
     import tempfile
 
     from ltc.benchmarks.per_layer import OptimizedGraph, read_profile
 
     with tempfile.TemporaryDirectory() as tmp:
-        runner = OrtRunner(path, provider, batch, opts, profile_dir=tmp)
+        runner = OrtRunner(path, provider, batch, opts, profile_dir=tmp, write_graph=write_graph)
         try:
             timed = len(_time_runs(runner, opts, path, batch))
             trace = runner.sess.end_profiling()
@@ -341,8 +343,8 @@ def _profile_entries(names: list[str], opts: BenchOptions, profiles: dict[str, l
     if opts.per_layer:
         attributions = {n: Attribution() for n in names}
         for n in names:
-            for p in profiles[n]:
-                attributions[n].add(p, structures[n], maps.get(n))
+            for p in profiles[n]:  # the first session of each model wrote ORT's graph
+                attributions[n].add(p, structures[n], maps.get(n), profiles[n][0].optimized)
         out["per_layer"] = per_layer_report(names, structures, maps, attributions)
     return out
 
@@ -448,7 +450,8 @@ def _measure(names: list[str], models: dict, opts: BenchOptions, progress, profi
                 gc.collect()
                 if provider != "trt" and (opts.per_layer or (opts.profile and r == 0)):
                     # right after the timed session, so that both see the same machine (A A' B B' A A' ...)
-                    profiles[name].append(profile_session(profile_paths[name], provider, batch, opts))
+                    profiles[name].append(profile_session(profile_paths[name], provider, batch, opts,
+                                                          write_graph=opts.per_layer and not profiles[name]))
                     gc.collect()
                 if progress:
                     progress()

@@ -223,15 +223,17 @@ class Attribution:
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)  # layer -> {ORT node: op}
     other_kernels: dict[str, str] = field(default_factory=dict)
 
-    def add(self, profile: Profile, ml: ModelLayers, to_first: dict[str, str | None] | None) -> None:
-        """Charge every timed run of ``profile`` (a session of the model ``ml`` describes)."""
+    def add(self, profile: Profile, ml: ModelLayers, to_first: dict[str, str | None] | None,
+            optimized: OptimizedGraph | None) -> None:
+        """Charge every timed run of ``profile`` (a session of the model ``ml`` describes; ``optimized``:
+        the graph ORT ran it as)."""
         rows: dict[str, str | None] = {}
         for (_, dur), run in zip(profile.runs, profile.kernels, strict=True):
             per_layer: dict[str, float] = {}
             other = total = 0.0
             for name, op, us in run:
                 if name not in rows:
-                    origin = ort_origin(name, ml, profile.optimized)
+                    origin = ort_origin(name, ml, optimized)
                     layer = ml.owner.get(origin) if origin is not None else None
                     rows[name] = layer if to_first is None or layer is None else to_first.get(layer)
                 layer = rows[name]

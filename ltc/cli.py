@@ -247,17 +247,21 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 @click.option("--fp16", is_flag=True, help="fp16 where supported (TensorRT EP and native TensorRT)")
 @click.option("--io-binding", is_flag=True, help="GPU: keep inputs/outputs on the device (copies not timed)")
 @click.option("--profile", is_flag=True, help="per-operator profile (ONNX Runtime profiling)")
+@click.option("--per-layer", is_flag=True,
+              help="per-layer latency (ONNX Runtime profiling) of every model, charged to the first model's weight "
+                   "layers, with each layer's MACs: which layers did not speed up as much as their MAC cut")
 @click.option("--engine-cache", default=".ltc-trt-cache", show_default=True, type=click.Path(dir_okay=True, file_okay=False),
               help="TensorRT engine cache folder")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON (schema v1)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="write the report as JSON (schema v2)")
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="write the report as Markdown")
 def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, time_budget, opt_level, fp16,
-              io_binding, profile, engine_cache, json_out, md_out) -> None:
+              io_binding, profile, per_layer, engine_cache, json_out, md_out) -> None:
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
     from ltc.benchmarks.bench import BenchOptions, bench_files, markdown
 
-    opts = BenchOptions(tuple(batches), tuple(providers), threads, warmup, iterations, rounds, time_budget,
-                        opt_level, fp16, io_binding, profile, engine_cache)
+    opts = BenchOptions(batches=tuple(batches), providers=tuple(providers), threads=threads, warmup=warmup,
+                        iterations=iterations, rounds=rounds, time_budget=time_budget, opt_level=opt_level, fp16=fp16,
+                        io_binding=io_binding, profile=profile, per_layer=per_layer, engine_cache=engine_cache)
     report = bench_files(list(models), opts, json_out=json_out, md_out=md_out)
     click.echo(markdown(report))
 

@@ -116,7 +116,7 @@ def test_cli_bench_writes_json_and_markdown(models, tmp_path):
                                   "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "b.json").read_text())
-    assert doc["schema_version"] == 1 and (tmp_path / "b.md").read_text().startswith("# ltc bench")
+    assert doc["schema_version"] == B.SCHEMA_VERSION and (tmp_path / "b.md").read_text().startswith("# ltc bench")
     bad = CliRunner().invoke(main, ["bench", str(tmp_path / "missing.onnx")])
     assert bad.exit_code == 1 and bad.output.startswith("error:") and len(bad.output.strip().splitlines()) == 1
     assert np.isfinite(doc["runs"][0]["models"]["w8"]["vs_first"]["ratio"])

@@ -36,10 +36,11 @@ def test_moved_modules_keep_their_old_paths():
 
 
 def test_report_from_bench_json_imports_no_torch(tmp_path):
-    """`ltc report --bench b.json` (JSON -> HTML with plots) needs neither torch nor onnx."""
+    """`ltc report --bench b.json` (JSON -> HTML with plots, the per-layer table and chart too) needs
+    neither torch nor onnx."""
     from tests.test_report import _bench
 
-    bench = _bench(tmp_path)
+    bench = _bench(tmp_path, per_layer=True)
     code = ("import sys\nfrom click.testing import CliRunner\nfrom ltc.cli import main\n"
             f"r = CliRunner().invoke(main, ['report', '--bench', {str(bench)!r}, '-o', {str(tmp_path / 'r.html')!r}])\n"
             "assert r.exit_code == 0, r.output\n"

@@ -33,7 +33,25 @@ def _summary(tmp: Path) -> Path:
     return run
 
 
-def _bench(tmp: Path) -> Path:
+def _per_layer(times: dict[str, list[float]], macs: dict[str, list[int]]) -> dict:
+    """A per-layer entry (bench schema 2) for layers conv0, conv1, ... with these times and MACs, in
+    that order (``ltc bench`` writes them sorted; the report sorts them again)."""
+    base, other = list(times)
+    layers = []
+    for i in range(len(times[base])):
+        t = {n: times[n][i] for n in times}
+        m = {n: macs[n][i] for n in macs}
+        ts, ms = 1 - t[other] / t[base], 1 - m[other] / m[base]
+        layers.append({"layer": f"conv{i}", "op": "Conv", "median_ms": t, "macs": m,
+                       "kernels": {n: {f"conv{i}": "Conv"} for n in times},
+                       "vs_first": {other: {"time_saved": ts, "macs_saved": ms, "time_vs_macs_saved": ts / ms if ms else None}}})
+    return {"baseline": base, "layers": layers,
+            "models": {n: {"profiled_runs": 10, "run_median_ms": sum(times[n]) + 0.05, "other_ms": 0.01,
+                           "outside_kernels_ms": 0.04, "other_kernels": {"ReorderInput": "ReorderInput"},
+                           "unmapped_layers": []} for n in times}}
+
+
+def _bench(tmp: Path, per_layer: bool = False) -> Path:
     def model(ms):
         lat = {k: ms for k in ("min_ms", "mean_ms", "median_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms")}
         return {"latency": {**lat, "n": 10, "std_ms": 0.0, "throughput_per_s": 1000 / ms},
@@ -55,6 +73,12 @@ def _bench(tmp: Path) -> Path:
                                                                           "ci_high": 0.3, "speedup": 4.0,
                                                                           "level": 0.95, "rounds": 3}}}}],
            "skipped": [{"provider": "cuda", "batch": 1, "reason": "no GPU"}]}
+    if per_layer:  # a version 2 file: dense and compressed compared layer by layer
+        doc["schema_version"] = 2
+        run = doc["runs"][0]
+        run["models"] = {n: run["models"][n] for n in ("round0", "round2-compressed")}
+        run["per_layer"] = _per_layer({"round0": [0.9, 0.3, 0.8], "round2-compressed": [0.2, 0.28, 0.5]},
+                                      {"round0": [100, 40, 100], "round2-compressed": [25, 20, 50]})
     path = tmp / "bench.json"
     path.write_text(json.dumps(doc))
     return path
@@ -91,23 +115,57 @@ def test_report_html_and_markdown(tmp_path):
         assert f"(r-{name}.png)" in md and (tmp_path / "md" / f"r-{name}.png").stat().st_size > 1000
 
 
+def _chromium_images(tmp_path: Path, page: Path) -> list[str]:
+    """The <img> tags of ``page`` as headless Chromium left them after the load handler ran (each
+    marked data-loaded="1" when its PNG decoded); a screenshot of the page must show something."""
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert 'data-ready="1"' in dom  # the page's load handler ran
+    shot = tmp_path / "shot.png"
+    subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1100,1600", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20000
+    return re.findall(r"<img[^>]*>", dom)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_headless_chromium_shows_every_plot(tmp_path):
     run, bench = _summary(tmp_path), _bench(tmp_path)
     out = tmp_path / "r.html"
     assert CliRunner().invoke(main, ["report", "--run", str(run), "--bench", str(bench), "-o", str(out)]).exit_code == 0
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", out.as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    assert 'data-ready="1"' in dom  # the page's load handler ran
-    imgs = re.findall(r"<img[^>]*>", dom)
+    imgs = _chromium_images(tmp_path, out)
     assert len(imgs) == 4
     assert all('data-loaded="1"' in i for i in imgs)  # every PNG decoded (naturalWidth > 0)
-    shot = tmp_path / "shot.png"
-    subprocess.run([*cmd[:-2], f"--screenshot={shot}", "--window-size=1100,1600", out.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.stat().st_size > 20000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_shows_the_per_layer_chart(tmp_path):
+    bench = _bench(tmp_path, per_layer=True)
+    out = tmp_path / "r.html"
+    assert CliRunner().invoke(main, ["report", "--bench", str(bench), "-o", str(out)]).exit_code == 0
+    imgs = _chromium_images(tmp_path, out)
+    assert [re.search(r"alt=\"([^\"]*)\"", i).group(1) for i in imgs] == ["latency", "per_layer_0_0"]
+    assert all('data-loaded="1"' in i for i in imgs)
+
+
+def test_per_layer_table_and_chart_sorted_by_the_first_models_time(tmp_path):
+    bench = _bench(tmp_path, per_layer=True)
+    r = CliRunner().invoke(main, ["report", "--bench", str(bench), "-o", str(tmp_path / "r.html"),
+                                  "--markdown", str(tmp_path / "r.md")])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "r.md").read_text()
+    assert "(r-per_layer_0_0.png)" in md and (tmp_path / "r-per_layer_0_0.png").stat().st_size > 1000
+    table = md[md.index("| layer | op |"):].splitlines()
+    assert table[0].startswith("| layer | op | ms (round0) | ms (round2-compressed) | time saved |")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:] if line.startswith("| conv")]
+    assert [row[0] for row in rows] == ["conv0", "conv2", "conv1"]  # by round0's time: 0.9, 0.8, 0.3
+    # conv1: 7% of the time saved for 50% of the MACs: time saved / MACs saved = 0.13
+    assert rows[2][2:] == ["0.300", "0.280", "7%", "40", "20", "50%", "0.13"]
+    assert "other (kernels no layer owns)" in md and "outside kernels" in md
+    page = (tmp_path / "r.html").read_text()
+    assert "alt='per_layer_0_0'" in page and "<td>conv1</td>" in page
 
 
 def test_compress_reports_name_the_kind_of_the_models_they_wrote(tmp_path):

@@ -30,7 +30,7 @@ from ltc.hardware import (
 )
 from ltc.hardware import OPT_LEVELS, cpu_flags
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs may carry per_layer (version 1 files still validate and render)
 
 
 @dataclass
@@ -46,6 +46,7 @@ class BenchOptions:
     fp16: bool = False
     io_binding: bool = False
     profile: bool = False
+    per_layer: bool = False  # per-layer latency of every model, charged to the first model's layers
     engine_cache: str = ".ltc-trt-cache"
     seed: int = 0
 
@@ -89,7 +90,10 @@ class ProviderUnavailable(Exception):
 class OrtRunner:
     """One ONNX Runtime session for one model, provider and batch; checks it got the provider asked."""
 
-    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions):
+    def __init__(self, path: str, provider: str, batch: int, opts: BenchOptions, profile_dir: str | None = None,
+                 write_graph: bool = False):
+        """``profile_dir``: turn ONNX Runtime's profiler on, its trace written there, and with
+        ``write_graph`` the optimised graph ONNX Runtime runs."""
         import onnxruntime as ort
 
         wanted = PROVIDERS[provider]
@@ -105,6 +109,13 @@ class OrtRunner:
         if opts.threads:
             so.intra_op_num_threads = opts.threads
         so.log_severity_level = 4
+        if profile_dir is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(profile_dir, "ltc-profile")
+            if write_graph and provider != "tensorrt":  # (a graph with TensorRT-compiled nodes cannot be written)
+                so.optimized_model_filepath = os.path.join(profile_dir, OPTIMIZED_MODEL)
+                so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                            OPTIMIZED_MODEL + ".data")
         self.provider_options = provider_options(provider, opts)
         providers = [(wanted, self.provider_options)] + ([("CPUExecutionProvider", {})] if provider != "cpu" else [])
         t0 = time.perf_counter()
@@ -142,6 +153,9 @@ class OrtRunner:
 
     def close(self) -> None:
         del self.sess
+
+
+OPTIMIZED_MODEL = "optimized.onnx"
 
 
 def provider_options(provider: str, opts: BenchOptions) -> dict:
@@ -299,38 +313,40 @@ def _time_runs(runner, opts: BenchOptions, path: str, batch: int) -> list[float]
     return times
 
 
-def profile_ops(path: str, provider: str, batch: int, opts: BenchOptions, top: int = 10) -> list[dict]:
-    """ONNX Runtime's per-node profile, summed per operator type: the top operators by time."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.enable_profiling = True
-    so.log_severity_level = 4
-    if opts.threads:
-        so.intra_op_num_threads = opts.threads
+def profile_session(path: str, provider: str, batch: int, opts: BenchOptions, write_graph: bool = False):
+    """One session like the timed ones with ONNX Runtime's profiler on: warm-up, then the timed runs
+    (``iterations`` or ``time_budget``); their kernels, and with ``write_graph`` the graph ONNX Runtime
+    ran (for the names of the nodes it made; the same in every session of a model)."""
     import tempfile
 
+    from ltc.benchmarks.per_layer import OptimizedGraph, read_profile
+
     with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = os.path.join(tmp, "ltc-profile")
-        sess = ort.InferenceSession(path, so, providers=[PROVIDERS[provider]])
-        feeds = make_feeds([(i.name, i.shape, i.type) for i in sess.get_inputs()], batch, opts.seed)
-        for _ in range(max(opts.warmup, 1) + max(opts.iterations // 2, 3)):
-            sess.run(None, feeds)
-        trace = json.loads(Path(sess.end_profiling()).read_text())
-        del sess
-    totals: dict[str, dict] = {}
-    for ev in trace:
-        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
-            continue
-        op = ev.get("args", {}).get("op_name", "?")
-        t = totals.setdefault(op, {"op": op, "total_us": 0.0, "calls": 0})
-        t["total_us"] += ev.get("dur", 0)
-        t["calls"] += 1
-    all_us = sum(t["total_us"] for t in totals.values()) or 1.0
-    rows = sorted(totals.values(), key=lambda t: -t["total_us"])[:top]
-    for r in rows:
-        r["share"] = r["total_us"] / all_us
-    return rows
+        runner = OrtRunner(path, provider, batch, opts, profile_dir=tmp, write_graph=write_graph)
+        try:
+            timed = len(_time_runs(runner, opts, path, batch))
+            trace = runner.sess.end_profiling()
+        finally:
+            runner.close()
+        optimized = Path(tmp) / OPTIMIZED_MODEL
+        return read_profile(trace, timed, OptimizedGraph.load(optimized) if optimized.exists() else None)
+
+
+def _profile_entries(names: list[str], opts: BenchOptions, profiles: dict[str, list], structures: dict,
+                     maps: dict) -> dict:
+    """The ``profile`` (top operators) and ``per_layer`` entries of a run from its profiled sessions."""
+    from ltc.benchmarks.per_layer import Attribution, op_totals, per_layer_report
+
+    out = {}
+    if opts.profile:
+        out["profile"] = {n: op_totals([run for p in profiles[n] for run in p.kernels]) for n in names}
+    if opts.per_layer:
+        attributions = {n: Attribution() for n in names}
+        for n in names:
+            for p in profiles[n]:  # the first session of each model wrote ORT's graph
+                attributions[n].add(p, structures[n], maps.get(n), profiles[n][0].optimized)
+        out["per_layer"] = per_layer_report(names, structures, maps, attributions)
+    return out
 
 
 def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = None, md_out: str | None = None,
@@ -352,8 +368,13 @@ def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = 
 
 
 def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
-    """Benchmark ``paths`` on every provider and batch; returns the report (schema version 1)."""
-    from ltc.onnx_io import read_model
+    """Benchmark ``paths`` on every provider and batch; returns the report (:data:`SCHEMA_VERSION`).
+    ``opts.per_layer``: also the per-layer latency of every model, charged to the first model's layers
+    (see :mod:`ltc.benchmarks.per_layer`)."""
+    import tempfile
+
+    from ltc.benchmarks.per_layer import check_mapped, match_layers, model_layers, name_nodes
+    from ltc.onnx_io import read_model, save_model
     from ltc.passes.stats import model_stats
 
     if not paths:
@@ -371,14 +392,37 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
         raise LtcError(f"--time-budget must be a finite number of seconds >= 0, got {opts.time_budget!r}")
     if opts.rounds < 2 and len(paths) > 1:
         raise LtcError("--rounds must be >= 2 to compare models (the confidence interval is over rounds)")
+    if opts.per_layer and all(p == "trt" for p in opts.providers):
+        raise LtcError("--per-layer needs ONNX Runtime's profiler, which native TensorRT (--provider trt) does not "
+                       "have; add --provider cpu, cuda or tensorrt")
     names = _names(paths)
     models = {}
-    for name, path in zip(names, paths, strict=True):
-        m, source = read_model(path)
-        s = model_stats(m)
-        models[name] = {"path": str(path), "file_bytes": source.bytes, "parameters": s["parameters"],
-                        "macs_per_sample": s["macs"]}
-        del m
+    structures, profile_paths = {}, {}
+    with tempfile.TemporaryDirectory(prefix="ltc-bench-") as tmp:
+        for name, path in zip(names, paths, strict=True):
+            m, source = read_model(path)
+            s = model_stats(m)
+            models[name] = {"path": str(path), "file_bytes": source.bytes, "parameters": s["parameters"],
+                            "macs_per_sample": s["macs"]}
+            profile_paths[name] = str(path)
+            if opts.per_layer:
+                renamed = name_nodes(m)
+                if renamed:  # ORT profiles an unnamed node as <op>_<index>: profile a named copy
+                    profile_paths[name] = str(Path(tmp) / f"model{len(structures)}.onnx")
+                    save_model(m, profile_paths[name])
+                structures[name] = model_layers(m, None if renamed else s["layer_macs"])
+            del m
+        maps = {n: match_layers(structures[names[0]], structures[n]) for n in names[1:]} if opts.per_layer else {}
+        check_mapped({n: models[n]["path"] for n in names}, names[0], maps)
+        runs, skipped = _measure(names, models, opts, progress, profile_paths, structures, maps)
+    return {"ltc_report": "bench", "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": environment(opts), "options": _options_dict(opts), "models": models, "runs": runs,
+            "skipped": skipped}
+
+
+def _measure(names: list[str], models: dict, opts: BenchOptions, progress, profile_paths: dict[str, str],
+             structures: dict, maps: dict) -> tuple[list[dict], list[dict]]:
+    """The timed rounds of every provider and batch (and the profiled ones): the runs and the skips."""
     runs = []
     skipped = []
     for provider in opts.providers:
@@ -386,8 +430,9 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
             per_round: dict[str, list[list[float]]] = {n: [] for n in names}
             session_s: dict[str, list[float]] = {n: [] for n in names}
             rss: dict[str, int] = {n: 0 for n in names}
+            profiles: dict[str, list] = {n: [] for n in names}
             reason = None
-            for _r, name in interleave_order(names, opts.rounds):
+            for r, name in interleave_order(names, opts.rounds):
                 before = _rss_bytes()
                 try:
                     runner = _runner(models[name]["path"], provider, batch, opts)
@@ -403,6 +448,11 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
                 actual = runner.providers
                 del runner
                 gc.collect()
+                if provider != "trt" and (opts.per_layer or (opts.profile and r == 0)):
+                    # right after the timed session, so that both see the same machine (A A' B B' A A' ...)
+                    profiles[name].append(profile_session(profile_paths[name], provider, batch, opts,
+                                                          write_graph=opts.per_layer and not profiles[name]))
+                    gc.collect()
                 if progress:
                     progress()
             if reason:
@@ -425,12 +475,10 @@ def bench(paths: list[str], opts: BenchOptions, progress=None) -> dict:
                         [statistics.median(r) for r in per_round[name]], seed=opts.seed)
                     entry["vs_first"]["speedup"] = 1 / entry["vs_first"]["ratio"]
                 run["models"][name] = entry
-            if opts.profile and provider != "trt":
-                run["profile"] = {n: profile_ops(models[n]["path"], provider, batch, opts) for n in names}
+            if provider != "trt":
+                run.update(_profile_entries(names, opts, profiles, structures, maps))
             runs.append(run)
-    return {"ltc_report": "bench", "schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "environment": environment(opts), "options": _options_dict(opts), "models": models, "runs": runs,
-            "skipped": skipped}
+    return runs, skipped
 
 
 def _names(paths: list[str]) -> list[str]:
@@ -527,6 +575,13 @@ def markdown(report: dict) -> str:
         for name, ops in run.get("profile", {}).items():
             lines += ["", f"Top operators, {name}: " + ", ".join(
                 f"{op['op']} {100 * op['share']:.0f}%" for op in ops[:6])]
+        if run.get("per_layer"):
+            from ltc.benchmarks.report import markdown_table, per_layer_section
+
+            title, tables, _ = per_layer_section(report, run, "")
+            lines += ["", f"### {title}"]
+            for caption, headers, rows in tables:
+                lines += ["", f"**{caption}**", "", markdown_table(headers, rows).rstrip("\n")]
     for s in report["skipped"]:
         lines += ["", f"skipped {s['provider']} batch {s['batch']}: {s['reason']}"]
     return "\n".join(lines) + "\n"

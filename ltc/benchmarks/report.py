@@ -60,7 +60,26 @@ def load_report_json(path: str | Path, kind: str) -> dict:
             if unknown:
                 raise LtcError(f"{path}: not a valid bench JSON (runs name model(s) {unknown} that 'models' does "
                                f"not list); pass a file written by {writer}")
+            problem = _per_layer_problem(run)
+            if problem:
+                raise LtcError(f"{path}: not a valid bench JSON (per_layer: {problem}); pass a file written by {writer}")
     return doc
+
+
+def _per_layer_problem(run: dict) -> str | None:
+    """What ties a run's per-layer entry to its models wrongly (the schema checks each field alone)."""
+    pl = run.get("per_layer")
+    if pl is None:
+        return None
+    names = set(run["models"])
+    if set(pl["models"]) != names or pl["baseline"] not in names:
+        return f"models {sorted(pl['models'])} and baseline {pl['baseline']!r} are not the run's models {sorted(names)}"
+    for row in pl["layers"]:
+        for key, want in (("median_ms", names), ("macs", names), ("kernels", names),
+                          ("vs_first", names - {pl["baseline"]})):
+            if set(row[key]) != want:
+                return f"layer {row['layer']!r}: {key} names {sorted(row[key])}, not {sorted(want)}"
+    return None
 
 
 def _png(fig) -> bytes:
@@ -195,13 +214,31 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
             ax.legend(fontsize=8)
             fig.tight_layout()
             plots["pareto"] = _png(fig)
+    from ltc.reporting.plots import per_layer_figure
+
+    for key, (_bench, run_) in per_layer_runs(benches).items():
+        plots[key] = _png(per_layer_figure(run_["per_layer"]))
     return plots
+
+
+def per_layer_runs(benches: list[dict]) -> dict[str, tuple[dict, dict]]:
+    """Plot key -> (bench, run) of every run that has per-layer data."""
+    return {f"per_layer_{i}_{j}": (b, r) for i, b in enumerate(benches) for j, r in enumerate(b["runs"])
+            if r.get("per_layer")}
 
 
 CAPTIONS = {"accuracy": "Test accuracy at early stop vs weights remaining (winning ticket and controls)",
             "early_stop": "Early-stop iteration vs weights remaining",
             "latency": "Latency vs parameters remaining (dense, unstructured, channel, group tickets)",
             "pareto": "Accuracy vs latency, with the Pareto front"}
+
+
+def _captions(benches: list[dict]) -> dict[str, str]:
+    captions = dict(CAPTIONS)
+    for key, (_b, r) in per_layer_runs(benches).items():
+        captions[key] = (f"Per-layer median time, {r['provider_name']} batch {r['batch']}: every model side by side, "
+                         f"sorted by {r['per_layer']['baseline']}'s time")
+    return captions
 
 
 def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | None = None,
@@ -225,7 +262,7 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
         warnings.simplefilter("ignore")
         plots = _plots(run, benches, points)
     return {"run": run, "benches": benches, "compresses": compresses, "points": points,
-            "pareto": pareto(points), "plots": plots}
+            "pareto": pareto(points), "plots": plots, "captions": _captions(benches)}
 
 
 def _md_cell(value) -> str:
@@ -233,13 +270,16 @@ def _md_cell(value) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    md = "| " + " | ".join(_md_cell(c) for c in headers) + " |\n|" + "---|" * len(headers) + "\n"
+    return md + "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
+
+
 def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:
     h = "<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in headers) + "</tr></thead><tbody>"
     h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     h += "</tbody></table>"
-    md = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
-    md += "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
-    return h, md
+    return h, markdown_table(headers, rows)
 
 
 def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list]]], list[str]]]:
@@ -275,6 +315,8 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
             tables.append((f"skipped: {s['provider']} batch {s['batch']}", ["reason"], [[s["reason"]]]))
         out.append((f"Latency ({env['cpu']}; onnxruntime {env['onnxruntime']}; GPU "
                     f"{(env.get('gpu') or {}).get('name', 'none')})", tables, ["latency", "pareto"]))
+    for key, (b, r) in per_layer_runs(rep["benches"]).items():
+        out.append(per_layer_section(b, r, key))
     if rep["pareto"]:
         out.append(("Pareto front: accuracy vs latency", [("Models no other model beats on both",
                     ["model", "kind", "provider", "batch", "median ms", "accuracy"],
@@ -293,6 +335,21 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
     return out
 
 
+def per_layer_section(bench: dict, run: dict, plot_key: str) -> tuple[str, list, list[str]]:
+    """A run's per-layer tables: the first model against each other model (or alone)."""
+    from ltc.benchmarks.per_layer import per_layer_rows
+
+    pl = run["per_layer"]
+    others = [n for n in pl["models"] if n != pl["baseline"]] or [None]
+    tables = []
+    for name in others:
+        headers, rows = per_layer_rows(pl, name)
+        tables.append((f"{pl['baseline']} vs {name}" if name else pl["baseline"], headers, rows))
+    return (f"Per-layer latency: {run['provider_name']}, batch {run['batch']} (opt level "
+            f"{bench['options']['opt_level']}; medians over {pl['models'][pl['baseline']]['profiled_runs']} profiled "
+            "runs; a layer's row holds the nodes fused with it or following it)", tables, [plot_key])
+
+
 def render_html(rep: dict) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ltc report</title><style>",
              "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
@@ -307,7 +364,7 @@ def render_html(rep: dict) -> str:
                 shown.add(key)
                 data = base64.b64encode(rep["plots"][key]).decode()
                 parts.append(f"<figure><img class='plot' alt='{key}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{html.escape(CAPTIONS[key])}</figcaption></figure>")
+                             f"<figcaption>{html.escape(rep['captions'][key])}</figcaption></figure>")
         for caption, headers, rows in tables:
             if caption:
                 parts.append(f"<h3>{html.escape(caption)}</h3>")
@@ -329,7 +386,7 @@ def render_markdown(rep: dict, image_prefix: str = "") -> tuple[str, dict[str, b
             name = f"{image_prefix}{key}.png"
             if key in rep["plots"] and name not in images:
                 images[name] = rep["plots"][key]
-                lines += [f"![{CAPTIONS[key]}]({name})", ""]
+                lines += [f"![{rep['captions'][key]}]({name})", ""]
         for caption, headers, rows in tables:
             if caption:
                 lines += [f"**{caption}**", ""]

@@ -57,3 +57,37 @@ def variant_figure(summary: dict, key: str, ylabel: str, scale: float = 1.0):
 # (summary key, y label, scale, plot name) of the two per-round plots the run folder and the report show
 VARIANT_PLOTS = (("test_accuracy", "test accuracy at early stop (%)", 100, "accuracy"),
                  ("early_stop_iteration", "early-stop iteration", 1, "early_stop"))
+
+
+def per_layer_figure(per_layer: dict, top: int = 30):
+    """Horizontal bars of each layer's median time, every model side by side, the first model's
+    slowest layer at the top; then the "other" and "outside kernels" rows. ``top`` layers at most."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    base = per_layer["baseline"]
+    names = [base] + [n for n in per_layer["models"] if n != base]
+    rows = sorted(per_layer["layers"], key=lambda r: -r["median_ms"][base])[:top]
+    labels = [r["layer"] for r in rows] + ["other", "outside kernels"]
+    times = {n: [r["median_ms"][n] for r in rows] + [per_layer["models"][n]["other_ms"],
+                                                      per_layer["models"][n]["outside_kernels_ms"]] for n in names}
+    height = 0.8 / len(names)
+    y = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.22 * len(labels) * max(1.0, len(names) / 2)))
+    colors = ["black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red"]
+    for k, n in enumerate(names):
+        ax.barh(y + (k - (len(names) - 1) / 2) * height, times[n], height, color=colors[k % len(colors)],
+                alpha=0.55 if k == 0 else 0.9, label=n)
+    ax.set_yticks(y, [s if len(s) <= 48 else "..." + s[-45:] for s in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time per run (ms)")
+    more = len(per_layer["layers"]) - len(rows)
+    ax.set_title(f"per layer, sorted by {base}'s time" + (f" (top {top}; {more} more in the table)" if more > 0 else ""),
+                 fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

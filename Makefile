@@ -9,6 +9,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# torchvision for the tests of --model torchvision:NAME; --no-deps: it may not pull another torch
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt torchvision
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,10 +24,9 @@ import torch
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.zoo import import_zoos  # noqa: E402
-
 import ltc  # noqa: E402
 from ltc.compressor.data import load_dataset  # noqa: E402
+from tests.zoo import import_zoos  # noqa: E402
 
 
 def main() -> None:

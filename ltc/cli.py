@@ -193,13 +193,14 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 
     from ltc.compressor.hparams import PruneHparams, TrainHparams, from_kwargs
     from ltc.compressor.search import summary_markdown, ticket_search
-    from ltc.compressor.training import distributed, init_distributed
+    from ltc.compressor.training import distributed, finish_distributed, init_distributed
 
-    init_distributed()
+    joined = init_distributed()
     thp = from_kwargs(TrainHparams, kwargs)
     php = from_kwargs(PruneHparams, kwargs)
     summary = ticket_search(thp, php, Path(out), data_dir=data_dir, run_dir=Path(run_dir) if run_dir else None,
                             progress=progress)
+    finish_distributed(joined)  # on success only: a rank that failed must not wait for the others
     if distributed()[0] == 0:
         click.echo(summary_markdown(summary))
         click.echo(f"run folder: {summary['run_dir']}")

@@ -491,3 +491,191 @@ def test_masks_of_weights_the_exporter_stored_once(equal, tmp_path):
         np.testing.assert_array_equal(m.masks["bn_a.bias"], ma & mb)
     else:
         assert m.shared == {} and m.masks["bn_b.bias"].tolist() == mb.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run identity: a run folder is resumed only by the same model, data and loss
+
+
+class Act(nn.Module):
+    def __init__(self, act: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 8), act(), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _folder(tmp_path, model, train, val, **kw) -> str:
+    return ltc.search(model, train, val, out=tmp_path, rounds=1, controls="none", iterations=2, eval_every=1,
+                      batch_size=8, **kw)["run_dir"]
+
+
+def test_other_model_data_or_loss_never_resume_each_other(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x, vx = torch.randn(40, 4, generator=g), torch.randn(20, 4, generator=g)
+    y, vy = (x[:, 0] > 0).long(), (vx[:, 0] > 0).long()
+    base = _folder(tmp_path, Act(), (x, y), (vx, vy))
+    assert _folder(tmp_path, Act(), (x, y), (vx, vy)) == base  # the same: resumed
+    others = [_folder(tmp_path, Act(nn.Tanh), (x, y), (vx, vy)),  # same shapes, another activation
+              _folder(tmp_path, Act(), (x, y), (vx, 1 - vy)),  # other validation labels
+              _folder(tmp_path, Act(), (x, torch.roll(y, 1)), (vx, vy)),  # other training labels
+              _folder(tmp_path, Act(), (x, y), (vx, vy), loss=lambda o, t: nn.functional.cross_entropy(o, t, label_smoothing=0.1))]
+    assert len({base, *others}) == 5
+
+
+def test_an_edited_factory_file_does_not_resume_the_old_run(tmp_path):
+    src = tmp_path / "mynet.py"
+    src.write_text(FACTORY)
+    args = ["ticket", "--model", f"{src}:build", "--out", str(tmp_path / "runs"), *TICKET_ARGS]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    src.write_text(FACTORY.replace("nn.ReLU()", "nn.GELU()"))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "another model" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_templates_whose_parameters_no_reset_reaches_are_refused(tmp_path):
+    class Pos(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pos = nn.Parameter(torch.randn(4))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x + self.pos)
+
+    x, y = torch.randn(30, 4), torch.randint(0, 2, (30,))
+    with pytest.raises(LtcError, match="pos are not re-initialised.*pass a function"):
+        ltc.search(Pos(), (x, y), (x, y), out=tmp_path, iterations=2)
+    ltc.search(lambda: Pos(), (x, y), (x, y), out=tmp_path, rounds=1, controls="none", iterations=2, eval_every=1)
+
+    class Attn(nn.Module):  # MultiheadAttention resets in_proj_weight in _reset_parameters
+        def __init__(self):
+            super().__init__()
+            self.attn, self.fc = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x)[0].mean(1))
+
+    xs = torch.randn(30, 3, 4)
+    ltc.search(Attn(), (xs, y), (xs, y), out=tmp_path, rounds=1, controls="none", iterations=2, eval_every=1)
+
+
+def test_image_folder_with_train_but_no_test_is_refused(tmp_path):
+    for name in ("a", "b"):
+        for i in range(3):
+            _png(tmp_path / "train" / name / f"{i}.png", 0)
+    with pytest.raises(LtcError, match="not both train/ and test/"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_image_folder_memory_is_estimated_before_decoding(tmp_path, monkeypatch):
+    import ltc.compressor.userdata as ud
+
+    for i in range(4):
+        _png(tmp_path / "a" / f"{i}.png", 0)
+        _png(tmp_path / "b" / f"{i}.png", 9)
+    monkeypatch.setattr(ud, "MAX_FOLDER_BYTES", 8 * 3 * 64 * 64 * 9 - 1)
+    monkeypatch.setattr(ud, "_load_image", lambda *a: pytest.fail("decoded before the estimate"))
+    with pytest.raises(LtcError, match="GiB.*smaller --image-size"):
+        load_dataset(f"imagefolder:{tmp_path}", image_size=64)
+
+
+def test_samples_with_more_than_input_and_label(tmp_path):
+    class Triples(torch.utils.data.Dataset):
+        def __init__(self, n):
+            self.x, self.y = blobs(n, n)
+
+        def __len__(self):
+            return len(self.y)
+
+        def __getitem__(self, i):
+            return self.x[i], self.y[i], i  # (input, label, index): the extra item is ignored
+
+    loader = torch.utils.data.DataLoader(Triples(60), batch_size=10)
+    summary = ltc.search(Net(), loader, Triples(20), out=tmp_path, rounds=1, controls="none", **FAST)
+    assert summary["rounds"][1]["density"] < 1
+
+
+def test_regression_loss_and_conv1d_layers(tmp_path):
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv1d(2, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding=1)
+            self.out = nn.Linear(8, 1)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.c2(torch.relu(self.c1(x)))).mean(2)).squeeze(1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 2, 16, generator=g)
+    y = x.mean((1, 2))
+    summary = ltc.search(Seq(), (x[:60], y[:60]), (x[60:], y[60:]), out=tmp_path, rounds=1, controls="none",
+                         structure="refill", loss=nn.functional.mse_loss, **FAST)
+    rec = summary["rounds"][1]["variants"]["ticket"]
+    assert np.isnan(rec["test_accuracy"]["mean"])  # not class scores: no accuracy
+    ticket = Path(summary["run_dir"]) / "trial0" / "ticket_round1.pt"
+    assert not load_ticket(ticket)["masks"]["c1.weight"].flatten(1).any(1).all()  # refill dropped channels
+    compressed_matches_masked(Seq(), ticket, tmp_path, (2, 16))
+
+
+def test_export_traces_the_example_input(tmp_path):
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(10, 4), nn.Linear(4, 2)
+
+        def forward(self, t):
+            return self.fc(self.emb(t).mean(1))
+
+    t = torch.randint(0, 10, (30, 5))
+    y = torch.randint(0, 2, (30,))
+    summary = ltc.search(lambda: Tokens(), (t, y), (t, y), out=tmp_path, rounds=1, controls="none", iterations=2,
+                         eval_every=1)
+    ticket = Path(summary["run_dir"]) / "trial0" / "ticket_round1.pt"
+    out = ltc.export(Tokens(), ticket, t[:2], tmp_path / "tok.onnx")
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(out)).run(None, {"input": t[:3].numpy()})[0]
+    want = masked_reference(Tokens(), load_ticket(ticket))(t[:3]).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+BROKEN_FORWARD = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        assert x.shape[-1] == 28, "this net wants 28x28 images"
+        return self.fc(x.flatten(1))
+
+
+def build(classes):
+    return Net(classes)
+'''
+
+
+def test_a_users_model_that_raises_is_bad_input(tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text(BROKEN_FORWARD)
+    r = CliRunner().invoke(main, ["ticket", "--model", f"{src}:build", "--out", str(tmp_path / "o"), *TICKET_ARGS])
+    assert r.exit_code == 1 and "AssertionError: this net wants 28x28 images" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_dense_training_of_a_factory_model_names_its_folder_inside_out(tmp_path):
+    src = tmp_path / "nets" / "mynet.py"
+    src.parent.mkdir()
+    src.write_text(FACTORY)
+    out = tmp_path / "runs"
+    r = CliRunner().invoke(main, ["train", "--model", f"{src}:build", "--dataset", "synthetic", "--iterations", "4",
+                                  "--eval-every", "2", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    [run] = out.iterdir()  # one folder, directly in --out, whatever the factory's path
+    assert run.name.startswith("train-mynet-build-synthetic-") and (run / "ticket.pt").is_file()

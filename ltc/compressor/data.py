@@ -56,15 +56,13 @@ class Splits:
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train_x[idx], self.train_y[idx]
 
+    def examples(self, split: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"{split}_x")[idx], getattr(self, f"{split}_y")[idx]
+
     def train_batches(self, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless seeded batches: a permutation per epoch, ``batch`` examples per step, this rank's slice."""
-        order, pos = torch.randperm(self.n_train(), generator=gen), 0
-        while True:
-            if pos + batch > len(order):
-                order, pos = torch.randperm(self.n_train(), generator=gen), 0
-            idx = order[pos:pos + batch][rank::world]
-            pos += batch
+        for idx in epoch_batches(self.n_train(), gen, batch, rank, world):
             yield self.train_batch(idx)
 
     def eval_batches(self, split: str, batch: int = 1000, limit: int | None = None
@@ -77,6 +75,17 @@ class Splits:
 
     def n_eval(self, split: str) -> int:
         return len(getattr(self, f"{split}_x"))
+
+
+def epoch_batches(n: int, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    """Endless indices: a seeded permutation of ``n`` per epoch, ``batch`` per step (a partial last step
+    starts the next epoch), and this rank's slice of each global batch."""
+    order, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + batch > len(order):
+            order, pos = torch.randperm(n, generator=gen), 0
+        yield order[pos:pos + batch][rank::world]
+        pos += batch
 
 
 def _split(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, val_size: int,

@@ -85,8 +85,8 @@ def select_layers(model: nn.Module, include: str = "", exclude: str = "", exampl
             for h in hooks:
                 h.remove()
         output = next((n for n, o in produced if o is out), None)
-    if output is None:
-        ran = [n for n in order if isinstance(candidates[n], nn.Linear)] or \
+    if output is None:  # the last Linear to run, else the last layer to run (a conv classifier), else defined
+        ran = [n for n in order if isinstance(candidates[n], nn.Linear)] or order or \
             [n for n in candidates if isinstance(candidates[n], nn.Linear)]
         output = ran[-1] if ran else None
     return {n: "output" if n == output else ("conv" if isinstance(candidates[n], CONVS) else "fc") for n in chosen}

@@ -215,7 +215,7 @@ def read_dense(path: Path, model: torch.nn.Module) -> dict:
     return d
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A model or dataset name as a folder-name part: ``torchvision:resnet18`` -> ``torchvision-resnet18``,
     ``imagefolder:/data/pets`` -> ``imagefolder-pets``, ``nets/my.py:build`` -> ``my-build``."""
     if ":" in name:
@@ -226,15 +226,20 @@ def _slug(name: str) -> str:
 
 
 def run_folder(root: Path, thp: TrainHparams, php: PruneHparams) -> Path:
-    return root / f"{_slug(thp.model)}-{_slug(thp.dataset)}-{run_hash(thp, php)}"
+    return root / f"{slug(thp.model)}-{slug(thp.dataset)}-{run_hash(thp, php)}"
 
 
-def _hparams_doc(thp: TrainHparams, php: PruneHparams) -> dict:
-    return {"canonical": canonical(thp, php), **to_dict(thp, php)}
+def _hparams_doc(thp: TrainHparams, php: PruneHparams, identity: dict | None = None) -> dict:
+    doc = {"canonical": canonical(thp, php), **to_dict(thp, php)}
+    if identity:
+        doc["identity"] = identity
+    return doc
 
 
-def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> bool:
-    """Refuse to resume a folder made with other hyperparameters; True when hparams.json exists."""
+def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams, identity: dict | None = None) -> bool:
+    """Refuse to resume a folder made with other hyperparameters, or (``identity``: hashes of the model's
+    code and initialisation, the data, the loss) with another model or data under the same names;
+    True when hparams.json exists."""
     path = run_dir / "hparams.json"
     if not os.path.lexists(path):
         return False
@@ -246,6 +251,12 @@ def _check_hparams(run_dir: Path, thp: TrainHparams, php: PruneHparams) -> bool:
     if theirs.get("canonical") != mine:
         raise LtcError(f"{run_dir} holds a run with other hyperparameters ({theirs.get('canonical') or 'defaults'}"
                        f" vs {mine or 'defaults'}); choose another --run-dir or --out")
+    recorded = theirs.get("identity") or {}
+    changed = sorted(k for k, v in (identity or {}).items() if recorded.get(k, v) != v)
+    if changed:
+        raise LtcError(f"{run_dir} holds a run of another {' and '.join(changed)} under the same names (its "
+                       f"{', '.join(changed)} hash differs: the code, the initialisation or the data changed); choose "
+                       "another --out or --run-dir, or delete that folder to start over")
     return True
 
 
@@ -267,7 +278,7 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, setup: Setup) -> 
     resume: dict[int, tuple[int, dict]] = {}
     if not run_dir.is_dir():
         return resume
-    if not _check_hparams(run_dir, thp, php) and any(run_dir.iterdir()):
+    if not _check_hparams(run_dir, thp, php, setup.identity) and any(run_dir.iterdir()):
         raise LtcError(f"{run_dir}: a folder with files but no hparams.json is not an ltc run folder; ltc would "
                        "write over its files: give an empty or new --run-dir")
     structure = php.mask_layout()
@@ -307,6 +318,8 @@ class Setup:
     arch: dict
     loss: Callable | None = None
     layers: dict[str, str] | None = None
+    identity: dict[str, str] | None = None  # hashes checked when a run folder is resumed
+    users_code: bool = False  # the model (or loss) is the user's: its exceptions are bad input, exit 1
 
     def fresh(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -325,8 +338,20 @@ class Setup:
 
 
 def registry_setup(thp: TrainHparams, data: Splits) -> Setup:
+    """A CLI search: a registered, torchvision, timm or factory-file model on a registered dataset or an
+    image folder. A factory file's bytes and the data's fingerprint are the run's identity."""
+    from ltc.compressor import sources
+    from ltc.compressor.userdata import fingerprint
+
     arch = {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
-    return Setup(lambda: build_model(thp.model, data.in_shape, data.classes, thp.dropout), data, arch)
+    kind = sources.kind(thp.model)
+    identity = {}
+    if kind == "file":
+        identity["model"] = sources.file_hash(thp.model)
+    if thp.dataset.startswith("imagefolder:"):
+        identity["data"] = fingerprint(data)
+    return Setup(lambda: build_model(thp.model, data.in_shape, data.classes, thp.dropout), data, arch,
+                 identity=identity or None, users_code=kind != "registry")
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -356,14 +381,16 @@ def run_search(thp: TrainHparams, php: PruneHparams, setup: Setup, run_dir: Path
         raise LtcError(f"--rewind-iteration {php.rewind_iteration} is past the end of training ({total} iterations); "
                        "choose a smaller --rewind-iteration or train longer")
     resume = _scan(run_dir, thp, php, setup)
-    rank, _ = distributed()
+    rank, world = distributed()
+    if world > 1:  # every rank has read the folder before rank 0 writes into it (a half-written
+        torch.distributed.barrier()  # hparams.json would make a slower rank refuse the folder)
     created = Created()
     try:
         if rank == 0:
             created.mkdir(run_dir)
             if not os.path.lexists(run_dir / "hparams.json"):
                 created.file(run_dir / "hparams.json")
-                write_json_atomic(run_dir / "hparams.json", _hparams_doc(thp, php))
+                write_json_atomic(run_dir / "hparams.json", _hparams_doc(thp, php, setup.identity))
         for trial in range(php.trials):
             _run_trial(thp, php, setup, run_dir / f"trial{trial}", thp.seed + trial, progress, created,
                        resume.get(trial))
@@ -422,7 +449,7 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, setup: Setup, trial_dir: Pa
         model = setup.fresh(seed)
         model.load_state_dict(start)
         res = train(model, data, thp_t, mask, log_path=log, rewind_iteration=rewind, progress=progress,
-                    label=f"trial {seed} round {r} ticket", loss_fn=setup.loss)
+                    label=f"trial {seed} round {r} ticket", loss_fn=setup.loss, users_code=setup.users_code)
         record["results"]["ticket"] = res.summary()
         if r == 0:
             if php.reset == "rewind":
@@ -506,7 +533,7 @@ def _control(control: str, setup: Setup, thp_t: TrainHparams, mask: Mask,
                         else random_like(model, mask, structure, gen))
     apply_mask(model, control_mask)
     res = train(model, setup.data, thp_t, control_mask, log_path=log, progress=progress,
-                label=f"trial {seed} round {r} {control}", loss_fn=setup.loss)
+                label=f"trial {seed} round {r} {control}", loss_fn=setup.loss, users_code=setup.users_code)
     return res.summary()
 
 

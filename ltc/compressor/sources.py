@@ -100,6 +100,19 @@ def load_factory(spec: str) -> Callable:
     return fn
 
 
+def file_hash(spec: str) -> str:
+    """The factory file's content hash and the function's name: a run folder is resumed only with the
+    same code."""
+    import hashlib
+
+    path_text, _, fn_name = spec.rpartition(":")
+    try:
+        data = Path(path_text).read_bytes()
+    except OSError as exc:
+        raise LtcError(f"--model {spec}: cannot read {path_text} ({exc.strerror or exc})") from None
+    return hashlib.sha256(data + b"\0" + fn_name.encode()).hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=32)  # a factory file is imported once per process
 def builder(name: str) -> Callable[[tuple, int, float], nn.Module]:
     """``(in_shape, classes, dropout) -> fresh model`` for a model name of any kind but registry/custom."""

@@ -8,6 +8,7 @@ global batch's gradient; only rank 0 logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from torch import nn
 from ltc.compressor.data import Splits, augment_batch
 from ltc.compressor.hparams import TrainHparams
 from ltc.compressor.pruning import Mask, apply_mask
+from ltc.errors import LtcError, first_line
 
 
 @dataclass
@@ -48,12 +50,24 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> None:
+def init_distributed() -> bool:
     """Join the process group when started by torchrun. The training loop keeps tensors on the CPU,
     so the backend is gloo even where CUDA is visible (nccl needs CUDA tensors: with it, two ranks on a
-    GPU machine failed at the first all-reduce; seen on an H100 machine, experiments/gpu_check)."""
+    GPU machine failed at the first all-reduce; seen on an H100 machine, experiments/gpu_check).
+    True when this call joined it (then :func:`finish_distributed` leaves it)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
+        return True
+    return False
+
+
+def finish_distributed(joined: bool) -> None:
+    """Leave the process group that :func:`init_distributed` joined, after every rank is done: a rank
+    that exits while another still uses the group aborts ("terminate called without an active
+    exception")."""
+    if joined and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def total_iterations(hp: TrainHparams, n_train: int) -> int:
@@ -86,13 +100,13 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def evaluate(model: nn.Module, batches, loss_fn: Loss | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) over ``batches`` of (inputs, labels); accuracy is NaN when the outputs are not
     class scores ([N, K] against integer labels [N])."""
-    loss_fn = loss_fn or cross_entropy
     model.eval()
     loss, correct, n, classify = 0.0, 0, 0, True
     try:
         for x, y in batches:
             out = model(x)
-            loss += float(loss_fn(out, y)) * len(x)
+            loss += float(nn.functional.cross_entropy(out, y, reduction="sum")) if loss_fn is None \
+                else float(loss_fn(out, y)) * len(x)
             if classify and out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
                 correct += int((out.argmax(1) == y).sum())
             else:
@@ -108,11 +122,13 @@ def evaluate(model: nn.Module, batches, loss_fn: Loss | None = None) -> tuple[fl
 def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = None, *,
           log_path: Path | None = None, rewind_iteration: int | None = None, progress: bool = False,
           label: str = "train", on_eval: Callable[[dict], None] | None = None,
-          loss_fn: Loss | None = None) -> TrainResult:
+          loss_fn: Loss | None = None, users_code: bool = False) -> TrainResult:
     """Train ``model`` in place; masked entries are zero before training and after every step.
     ``data`` is a :class:`~ltc.compressor.data.Splits` or anything with its ``n_train``,
     ``train_batches`` and ``eval_batches`` (:class:`~ltc.compressor.userdata.DatasetSplits`);
-    ``loss_fn(outputs, labels)`` defaults to cross-entropy."""
+    ``loss_fn(outputs, labels)`` defaults to cross-entropy. With ``users_code`` (a user's model or loss)
+    an exception in the forward pass or the loss is a bad input (:class:`~ltc.errors.LtcError`)."""
+    user_loss = loss_fn
     loss_fn = loss_fn or cross_entropy
     rank, world = distributed()
     torch.manual_seed(hp.seed)
@@ -132,8 +148,6 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     gen = torch.Generator().manual_seed(hp.seed)  # identical on every rank: the same global batches
     augment = hp.augment or data.augment
     if hp.batch_size % world:
-        from ltc.errors import LtcError
-
         raise LtcError(f"--batch-size {hp.batch_size} must be divisible by the {world} ranks")
     history: list[dict] = []
     best = (float("inf"), 0, float("nan"))
@@ -147,7 +161,8 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
             if rewind_iteration is not None and it == rewind_iteration:
                 rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if it % hp.eval_every == 0 or it == total:
-                row = _eval_row(model, data, it, loss_fn)
+                with _users(users_code, label, it):
+                    row = _eval_row(model, data, it, user_loss)
                 history.append(row)
                 if row["val_loss"] < best[0] or math.isnan(best[0]):
                     best = (row["val_loss"], it, row["test_acc"])
@@ -166,8 +181,9 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
             for g in opt.param_groups:
                 g["lr"] = hp.lr * _lr_factor(hp, it, total)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
+            with _users(users_code, label, it):
+                loss = loss_fn(net(x), y)
+                loss.backward()
             opt.step()
             with torch.no_grad():
                 for p, m in masked:
@@ -182,16 +198,26 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     final = history[-1]
     if math.isnan(best[0]):  # no validation set: early stop = end
         best = (float("nan"), total, final["test_acc"])
-    _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), loss_fn)
+    _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), user_loss)
     return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
                        {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
+
+
+@contextlib.contextmanager
+def _users(users_code: bool, label: str, it: int):
+    """An exception from a user's model, data or loss is a bad input (exit 1), not an ltc fault."""
+    try:
+        yield
+    except Exception as exc:
+        if not users_code or isinstance(exc, LtcError):
+            raise
+        raise LtcError(f"{label}, iteration {it}: the model, the data or the loss raised {type(exc).__name__}: "
+                       f"{first_line(exc)}; fix it and run again (completed rounds are kept)") from None
 
 
 def open_log(path: Path):
     """Open a JSONL log for appending, never through a symbolic link and never a FIFO or device."""
     import stat
-
-    from ltc.errors import LtcError
 
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
@@ -205,7 +231,7 @@ def open_log(path: Path):
     return os.fdopen(fd, "a")
 
 
-def _eval_row(model: nn.Module, data: Splits, it: int, loss_fn: Loss) -> dict:
+def _eval_row(model: nn.Module, data: Splits, it: int, loss_fn: Loss | None) -> dict:
     val_loss, val_acc = evaluate(model, data.eval_batches("val"), loss_fn)
     test_loss, test_acc = evaluate(model, data.eval_batches("test"), loss_fn)
     return {"iteration": it, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}

@@ -65,7 +65,22 @@ class DatasetSplits:
         return len(self.train)
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.collate([self._sample(int(i)) for i in idx])
+        return self.examples("train", idx)
+
+    def examples(self, split: str, idx: torch.Tensor) -> tuple:
+        """(inputs, labels) of examples ``idx`` of ``split``; () for a split that cannot be indexed."""
+        if split == "train":
+            samples = [self._sample(int(i)) for i in idx]
+        else:
+            src = self.sources[split]
+            ds = getattr(src, "dataset", src)
+            if not hasattr(ds, "__getitem__"):
+                return ()
+            samples = [ds[int(i)] for i in idx]
+        batch = tuple(self.collate(samples))
+        if len(batch) < 2:
+            raise LtcError(f"{split}: a batch collates to {len(batch)} item(s); ltc.search needs (input, label)")
+        return batch[:2]
 
     def n_eval(self, split: str) -> int:
         src = self.sources[split]
@@ -80,21 +95,16 @@ class DatasetSplits:
         """Endless seeded batches: a permutation per epoch, ``batch`` examples per step, this rank's slice."""
         from torch.utils.data import DataLoader
 
-        order_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        from ltc.compressor.data import epoch_batches
 
-        def index_lists() -> Iterator[list[int]]:
-            n = len(self.train)
-            order, pos = torch.randperm(n, generator=order_gen), 0
-            while True:
-                if pos + batch > len(order):
-                    order, pos = torch.randperm(n, generator=order_gen), 0
-                yield order[pos:pos + batch][rank::world].tolist()
-                pos += batch
+        order_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        index_lists = (idx.tolist() for idx in epoch_batches(len(self.train), order_gen, batch, rank, world))
 
         while True:  # one DataLoader over an endless sampler: workers keep their state between steps
-            loader = DataLoader(self.train, batch_sampler=index_lists(), collate_fn=self.collate,
+            loader = DataLoader(self.train, batch_sampler=index_lists, collate_fn=self.collate,
                                 num_workers=self.workers)
-            for x, y, *_ in loader:
+            for batch_ in loader:
+                x, y, *_ = batch_
                 yield x, y
 
     def eval_batches(self, split: str, batch: int = 256, limit: int | None = None
@@ -162,17 +172,38 @@ def user_splits(train, val, test=None, name: str = "custom"):
     return DatasetSplits(name, train, val, test)
 
 
+FINGERPRINT_EXAMPLES = 64
+
+
 def fingerprint(data) -> str:
-    """A short hash of what identifies a user's data for a run folder: split sizes, input shape, and the
-    bytes of the first and last training examples."""
+    """A short hash of what identifies a user's data for a run folder: split sizes, the input shape, every
+    label of in-memory data, and (inputs and labels of) up to 64 evenly spaced examples of each split,
+    read under fixed seeds (so a random transform gives the same hash every time and on every rank)."""
+    import random
+
     h = hashlib.sha256()
     h.update(repr((data.n_train(), data.n_eval("val"), data.n_eval("test"), tuple(data.in_shape))).encode())
-    n = data.n_train()
-    for i in sorted({0, n - 1}):
-        for t in data.train_batch(torch.tensor([i])):
-            if isinstance(t, torch.Tensor):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:8]
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    try:
+        for split in ("train", "val", "test"):
+            n = data.n_train() if split == "train" else data.n_eval(split)
+            if n == 0:
+                continue
+            idx = torch.unique(torch.linspace(0, n - 1, min(n, FINGERPRINT_EXAMPLES)).round().long())
+            for t in data.examples(split, idx):
+                if isinstance(t, torch.Tensor):
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            labels = getattr(data, f"{split}_y", None)
+            if isinstance(labels, torch.Tensor):
+                h.update(labels.numpy().tobytes())
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+    return h.hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,8 +254,7 @@ def _load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _read_split(root: Path, folder: Path, classes: list[str] | None, size: int, channels: int
-                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _list_split(root: Path, folder: Path, classes: list[str] | None) -> tuple[list[tuple[Path, int]], list[str]]:
     subs = _class_folders(folder)
     names = [p.name for p in subs]
     if classes is None:
@@ -232,22 +262,29 @@ def _read_split(root: Path, folder: Path, classes: list[str] | None, size: int, 
     elif names != classes:
         raise LtcError(f"{folder}: class folders {names[:5]} differ from the training split's {classes[:5]}; each "
                        "split needs the same class sub-folders")
-    xs, ys = [], []
-    for label, sub in enumerate(subs):
-        for p in _images(sub, root):
-            xs.append(_load_image(p, size, channels))
-            ys.append(label)
-    if not xs:
+    files = [(p, label) for label, sub in enumerate(subs) for p in _images(sub, root)]
+    if not files:
         raise LtcError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders; expected "
                        f"{folder}/<class>/<image>")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+    return files, classes
+
+
+def _load_split(files: list[tuple[Path, int]], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.empty((len(files), channels, size, size), dtype=np.uint8)
+    for i, (p, _) in enumerate(files):
+        x[i] = _load_image(p, size, channels)
+    return x, np.asarray([label for _, label in files], dtype=np.int64)
+
+
+MAX_FOLDER_BYTES = 8 * 2**30
 
 
 def load_imagefolder(path: str, val_size: int | None = None, seed: int = 0, image_size: int = 0,
                      channels: int = 0):
     """An image folder as :class:`~ltc.compressor.data.Splits`, images resized to ``image_size`` (default
-    32) and converted to ``channels`` (1 grey, 3 RGB; default 3). ``PATH/train`` and ``PATH/test`` (or
-    ``val``) are used when present; otherwise a fixed fifth of the images is the test split."""
+    32) and converted to ``channels`` (1 grey, 3 RGB; default 3). ``PATH/train`` beside ``PATH/test`` (or
+    ``val``) are the splits; otherwise PATH holds the class folders and a fixed fifth of the images is the
+    test split. The files are counted and the memory estimated before any image is decoded."""
     from ltc.compressor.data import _split
 
     root = Path(path)
@@ -258,19 +295,31 @@ def load_imagefolder(path: str, val_size: int | None = None, seed: int = 0, imag
     size, channels = image_size or 32, channels or 3
     if channels not in (1, 3):
         raise LtcError(f"--channels {channels}: an image folder is read as 1 (grey) or 3 (RGB) channels")
-    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        x, y, classes = _read_split(root, root / "train", None, size, channels)
-        tx, ty, _ = _read_split(root, test_dir, classes, size, channels)
+    split_dirs = [n for n in ("train", "test", "val") if (root / n).is_dir()]
+    if split_dirs:
+        if "train" not in split_dirs or len(split_dirs) < 2:
+            raise LtcError(f"{root}: has {'/, '.join(split_dirs)}/ but not both train/ and test/ (or val/); add the "
+                           "missing split, or put the class folders directly in the folder")
+        files, classes = _list_split(root, root / "train", None)
+        test_files, _ = _list_split(root, root / ("test" if "test" in split_dirs else "val"), classes)
     else:
-        x, y, classes = _read_split(root, root, None, size, channels)
-        perm = np.random.default_rng(1234).permutation(len(x))
-        n_test = max(1, len(x) // 5)
-        if len(x) - n_test < 2:
-            raise LtcError(f"{root}: {len(x)} images are too few to hold out a test split; add images")
-        tx, ty, x, y = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+        files, classes = _list_split(root, root, None)
+        perm = np.random.default_rng(1234).permutation(len(files))
+        n_test = max(1, len(files) // 5)
+        if len(files) - n_test < 2:
+            raise LtcError(f"{root}: {len(files)} images are too few to hold out a test split; add images")
+        test_files = [files[i] for i in perm[:n_test]]
+        files = [files[i] for i in perm[n_test:]]
+    n = len(files) + len(test_files)
+    need = n * channels * size * size * 9  # uint8 images, float32 while normalising, float32 splits
+    if n > MAX_IMAGES or need > MAX_FOLDER_BYTES:
+        raise LtcError(f"{root}: {n:,} images at {channels}x{size}x{size} need about {need / 2**30:.1f} GiB; ltc loads "
+                       "an image folder into memory: choose a smaller --image-size, or use ltc.search with a Dataset")
+    x, y = _load_split(files, size, channels)
+    tx, ty = _load_split(test_files, size, channels)
     val = max(1, len(x) // 10) if val_size is None else val_size
-    return _split(f"imagefolder:{root.name}", x / 255.0, y, tx / 255.0, ty, val, len(classes), seed=seed)
+    return _split(f"imagefolder:{root.name}", x.astype(np.float32) / 255, y, tx.astype(np.float32) / 255, ty, val,
+                  len(classes), seed=seed)
 
 
 def adapt_images(data, channels: int = 0, image_size: int = 0):

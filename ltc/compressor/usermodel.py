@@ -34,14 +34,24 @@ def _options(options: dict) -> tuple[dict, dict]:
 
 def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
     """A module is an architecture template: each fresh copy is re-initialised by its modules'
-    ``reset_parameters()`` under the seed the search sets (parameters of modules without one keep the
-    template's values)."""
+    ``reset_parameters()`` (or ``_reset_parameters()``, e.g. MultiheadAttention's) under the seed the
+    search sets. A parameter that no such method owns (a bare ``nn.Parameter`` such as a position
+    embedding) would keep the template's value in every trial and in the reinit control: refused, with
+    the factory form as the way out."""
     template = copy.deepcopy(model).cpu()
+    resets = [(m, getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None))
+              for m in template.modules()]
+    covered = {id(p) for m, reset in resets if callable(reset) for p in m.parameters()}
+    left = [n for n, p in template.named_parameters() if id(p) not in covered]
+    if left:
+        raise LtcError(f"parameters {', '.join(left[:4])}{'...' if len(left) > 4 else ''} are not re-initialised by "
+                       "any reset_parameters(), so every trial would share their values; pass a function that "
+                       "builds the model (ltc.search(lambda: MyNet(), ...)): it is called under each trial's seed")
 
     def build() -> nn.Module:
         m = copy.deepcopy(template)
         for module in m.modules():
-            reset = getattr(module, "reset_parameters", None)
+            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
             if callable(reset):
                 reset()
         return m
@@ -51,7 +61,12 @@ def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
 
 def _factory_builder(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        m = factory()
+        try:
+            m = factory()
+        except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
+            from ltc.errors import first_line
+
+            raise LtcError(f"the model factory raised {type(exc).__name__}: {first_line(exc)}") from None
         if not isinstance(m, nn.Module):
             raise LtcError(f"the model factory returned a {type(m).__name__}, not an nn.Module")
         return m
@@ -59,11 +74,16 @@ def _factory_builder(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module
     return build
 
 
-def architecture_id(model: nn.Module) -> str:
-    """Class name and a hash of the state's names and shapes: a run folder holds one architecture."""
+def architecture_id(model: nn.Module, loss: Callable | None = None) -> str:
+    """``custom:<Class>@<hash>``: the hash covers the module tree as printed (layers, activations,
+    strides), the state's names, shapes and θ0 values (the probe is built under seed 0, as trial 0's
+    model) and the loss's name; a run folder holds one such model."""
     h = hashlib.sha256(type(model).__qualname__.encode())
+    h.update(repr(model).encode())
+    h.update(getattr(loss, "__qualname__", repr(loss)).encode())
     for k, v in model.state_dict().items():
         h.update(f"{k}:{tuple(v.shape)}:{v.dtype};".encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return f"custom:{type(model).__name__}@{h.hexdigest()[:8]}"
 
 
@@ -82,11 +102,18 @@ def search(model: nn.Module | Callable[[], nn.Module], train, val, test=None, *,
     iterations=2000, optimizer="sgd", lr=0.1, ...``). The run folder is ``out/<model>-<data>-<hash>``
     (or ``run_dir``); calling again with the same arguments resumes it.
     """
+    from ltc.compressor.training import finish_distributed, init_distributed
+
+    joined = init_distributed()  # under torchrun: join the process group (gloo), as `ltc ticket` does
+    summary = _search(model, train, val, test, out, run_dir, loss, progress, options)
+    finish_distributed(joined)  # on success only: a rank that failed must not wait for the others
+    return summary
+
+
+def _search(model, train, val, test, out, run_dir, loss, progress, options) -> dict:
     from ltc.compressor.search import Setup, check_out_dir, run_folder, run_search
-    from ltc.compressor.training import init_distributed
     from ltc.compressor.userdata import fingerprint, user_splits
 
-    init_distributed()  # under torchrun: join the process group (gloo), as `ltc ticket` does
     train_opts, prune_opts = _options(options)
     if isinstance(model, nn.Module):
         build = _template_builder(model)
@@ -97,7 +124,7 @@ def search(model: nn.Module | Callable[[], nn.Module], train, val, test=None, *,
     data = user_splits(train, val, test)
     torch.manual_seed(0)
     probe = build()
-    thp = TrainHparams(model=architecture_id(probe), dataset=f"custom:{fingerprint(data)}", **train_opts)
+    thp = TrainHparams(model=architecture_id(probe, loss), dataset=f"custom:{fingerprint(data)}", **train_opts)
     php = PruneHparams(**prune_opts)
     thp.validate()
     php.validate()
@@ -107,4 +134,5 @@ def search(model: nn.Module | Callable[[], nn.Module], train, val, test=None, *,
     check_out_dir(folder, "run_dir" if run_dir else "out")
     arch = {"in_shape": list(data.in_shape), "classes": getattr(data, "classes", None) or 0,
             "dropout": thp.dropout, "class": f"{type(probe).__module__}.{type(probe).__qualname__}"}
-    return run_search(thp, php, Setup(build, data, arch, loss), folder, progress=progress)
+    setup = Setup(build, data, arch, loss, identity={"model": thp.model, "data": thp.dataset}, users_code=True)
+    return run_search(thp, php, setup, folder, progress=progress)

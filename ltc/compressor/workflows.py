@@ -10,18 +10,19 @@ from pathlib import Path
 
 import torch
 
+from ltc.compressor import sources
 from ltc.compressor.hparams import TrainHparams, run_hash, to_dict
 from ltc.compressor.models import build_model
 from ltc.compressor.pruning import full_mask
-from ltc.compressor.search import Created, check_not_in_data, check_out_dir, prepare
-from ltc.compressor.training import distributed, init_distributed, train
+from ltc.compressor.search import Created, check_not_in_data, check_out_dir, prepare, slug
+from ltc.compressor.training import distributed, finish_distributed, init_distributed, train
 from ltc.ticket import make_ticket, save_ticket
 
 
 def train_dense(thp: TrainHparams, out: str | Path, *, data_dir: str | None = None, progress: bool = False) -> dict:
-    init_distributed()
+    joined = init_distributed()
     thp.validate()
-    run_dir = Path(out) / f"train-{thp.model}-{thp.dataset}-{run_hash(thp)}"
+    run_dir = Path(out) / f"train-{slug(thp.model)}-{slug(thp.dataset)}-{run_hash(thp)}"
     check_out_dir(Path(out), "--out")
     check_out_dir(run_dir, "--out")
     check_not_in_data(run_dir, thp.dataset, data_dir, "--out")
@@ -37,7 +38,8 @@ def train_dense(thp: TrainHparams, out: str | Path, *, data_dir: str | None = No
         if rank == 0:
             created.mkdir(run_dir)
             created.file(log)
-        res = train(model, data, thp, None, log_path=log, progress=progress, label=f"{thp.model} on {thp.dataset}")
+        res = train(model, data, thp, None, log_path=log, progress=progress, label=f"{thp.model} on {thp.dataset}",
+                    users_code=sources.kind(thp.model) != "registry")
         if rank == 0:
             arch = {"in_shape": list(data.in_shape), "classes": data.classes, "dropout": thp.dropout}
             record = {"round": 0, "density": 1.0, "results": {"ticket": res.summary()}}
@@ -47,4 +49,5 @@ def train_dense(thp: TrainHparams, out: str | Path, *, data_dir: str | None = No
         if rank == 0:
             created.rollback()
         raise
+    finish_distributed(joined)
     return {**res.summary(), "ticket": str(ticket_path), "log": str(log)}

@@ -41,6 +41,15 @@ def ticket_arch(ticket: dict, path: str | os.PathLike = "ticket") -> tuple[str, 
         raise LtcError(f"{path}: ticket architecture: {exc}; the ticket is damaged or forged") from None
 
 
+def _refuse_ticket_file(name: str, model_spec: str | None, path) -> None:
+    """ltc imports a factory file only when the user names it, never because a ticket does."""
+    from ltc.compressor import sources
+
+    if model_spec is None and sources.kind(name) == "file":
+        raise LtcError(f"{path}: the ticket's model is {name!r}, a factory file; ltc imports a file only when you "
+                       f"name it: pass --model {name} (after checking that file)")
+
+
 def _gib(n: int) -> str:
     return f"{n / _GIB:,.2f} GiB" if n < 1000 * _GIB else f"{n / _GIB:.3g} GiB"
 
@@ -56,11 +65,8 @@ def check_memory(ticket: dict, path: str | os.PathLike, max_memory_gib: float = 
             or not math.isfinite(max_memory_gib) or max_memory_gib <= 0:
         raise LtcError(f"--max-memory must be a positive number of GiB, got {max_memory_gib!r}")
     name, in_shape, classes, dropout = ticket_arch(ticket, path)
-    from ltc.compressor import sources
 
-    if model_spec is None and sources.kind(name) == "file":
-        raise LtcError(f"{path}: the ticket's model is {name!r}, a factory file; ltc imports a file only when you "
-                       f"name it: pass --model {name} (after checking that file)")
+    _refuse_ticket_file(name, model_spec, path)
     name = model_spec or name
     limit = int(max_memory_gib * _GIB)
     try:
@@ -138,20 +144,17 @@ def model_from_ticket(ticket: dict, weights: str = "final", path: str | os.PathL
     one) with the ticket's ``final`` (or ``init``) weights, masks applied. A ticket whose model is a
     user's factory file is rebuilt only from a ``model_spec`` the user gives: ltc never imports a file
     named inside a ticket."""
-    from ltc.compressor import sources
     from ltc.compressor.models import build_model
 
     name, in_shape, classes, dropout = ticket_arch(ticket, path)
-    if model_spec is None and sources.kind(name) == "file":
-        raise LtcError(f"{path}: the ticket's model is {name!r}, a factory file; ltc imports a file only when you "
-                       f"name it: pass --model {name} (after checking that file)")
+    _refuse_ticket_file(name, model_spec, path)
     model = build_model(model_spec or name, in_shape, classes, dropout)
     return load_into(model, ticket, weights, path, model_spec or name)
 
 
 def write_export(model, out: Path, in_shape: tuple[int, ...], inputs: list[Path], *, exporter: str = "legacy",
                  opset: int | None = None, dynamic_batch: bool = True, keep_batchnorm: bool = True,
-                 users_model: bool = False) -> Path:
+                 users_model: bool = False, example=None) -> Path:
     """Export ``model`` to ``out`` through a private temporary folder beside it, then rename (with the
     external data file the dynamo exporter may write); on any failure nothing is left behind. ``out``
     and the files beside it may not be any of ``inputs``. When torch cannot export a ``users_model``
@@ -170,8 +173,8 @@ def write_export(model, out: Path, in_shape: tuple[int, ...], inputs: list[Path]
         tmp = tmpdir / out.name  # the exporter names external data after this: <output>.data
         try:
             export_onnx(model, tmp, in_shape, exporter=exporter, dynamic_batch=dynamic_batch, opset=opset,
-                        keep_batchnorm=keep_batchnorm)
-        except (RuntimeError, TypeError, ValueError) as exc:
+                        keep_batchnorm=keep_batchnorm, example=example)
+        except Exception as exc:
             if not users_model:
                 raise
             raise LtcError(f"{out}: torch could not export the model ({type(exc).__name__}: {first_line(exc)}); "
@@ -244,4 +247,5 @@ def export(model, ticket: str | os.PathLike | dict, example_input,
     model = load_into(copy.deepcopy(model).cpu(), t, weights, source or "ticket", type(model).__name__)
     inputs = [source] if source else []
     return write_export(model, Path(path), tuple(example_input.shape[1:]), inputs, exporter=exporter, opset=opset,
-                        dynamic_batch=dynamic_batch, keep_batchnorm=True, users_model=True)
+                        dynamic_batch=dynamic_batch, keep_batchnorm=True, users_model=True,
+                        example=example_input.detach().cpu())

@@ -39,18 +39,19 @@ def check_opset(exporter: str, opset: int | None) -> int:
 
 def export_onnx(model, path: str | os.PathLike, input_shape: tuple[int, ...], *, exporter: str = "legacy",
                 dynamic_batch: bool = True, opset: int | None = None, batch: int = 2,
-                keep_batchnorm: bool = False) -> Path:
+                keep_batchnorm: bool = False, example=None) -> Path:
     """Export ``model`` (eval mode) for inputs of ``(batch, *input_shape)``; returns the path.
 
     ``legacy`` is TorchScript-based (``dynamo=False``); with ``keep_batchnorm`` it keeps BN nodes
     (no constant folding). ``dynamo`` is torch.export-based; it folds BN into Conv. Models whose
     weights exceed 2 GB are written with external data, ``<path>.data``, by the dynamo exporter.
+    ``example`` (a tensor the model takes) is traced instead of a random float input.
     """
     import torch
 
     opset = check_opset(exporter, opset)
     model = model.eval()
-    x = torch.randn(batch, *input_shape)
+    x = example if example is not None else torch.randn(batch, *input_shape)
     path = Path(path)
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # the dynamo exporter logs one warning per missing torchvision op

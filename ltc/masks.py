@@ -219,29 +219,25 @@ def _deduplicated(name: str, masks: MaskSet, inits: dict, arrays: dict[str, np.n
     if w is None or w.shape != m.shape:
         return None
     want = np.where(m, w, 0)
-    hits = []
-    for n, t in inits.items():
-        if tuple(t.dims) != m.shape:
-            continue
-        if n not in arrays:
-            arrays[n] = numpy_helper.to_array(t)
-        if arrays[n].dtype == want.dtype and np.array_equal(arrays[n], want):
-            hits.append(n)
+    hits = [n for n, t in inits.items() if tuple(t.dims) == m.shape
+            and _array(n, inits, arrays).dtype == want.dtype and np.array_equal(_array(n, inits, arrays), want)]
     return hits[0] if len(hits) == 1 else None
+
+
+def _array(name: str, inits: dict, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Initializer ``name`` as an array, converted once per match (``arrays`` is the cache)."""
+    if name not in arrays:
+        arrays[name] = numpy_helper.to_array(inits[name])
+    return arrays[name]
 
 
 def _disambiguate(name: str, m: np.ndarray, cands: list[str], inits: dict, masks: MaskSet,
                   arrays: dict[str, np.ndarray]) -> list[str]:
     """Narrow same-shape candidates by values: the ticket's weights (up to BN folding) or zeros."""
 
-    def value(n: str) -> np.ndarray:
-        if n not in arrays:
-            arrays[n] = numpy_helper.to_array(inits[n])
-        return arrays[n]
-
     w = masks.weights.get(name)
     if w is not None and w.shape == m.shape:
-        hits = [n for n in cands if _proportional_rows(value(n), w)]
+        hits = [n for n in cands if _proportional_rows(_array(n, inits, arrays), w)]
         if hits:
             return hits
-    return [n for n in cands if not np.any(value(n)[~m])] or cands
+    return [n for n in cands if not np.any(_array(n, inits, arrays)[~m])] or cands

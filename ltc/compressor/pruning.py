@@ -70,18 +70,17 @@ def select_layers(model: nn.Module, include: str = "", exclude: str = "", exampl
             return hook
 
         hooks = [m.register_forward_hook(seen(n)) for n, m in candidates.items()]
+        was = model.training
         try:
             with torch.no_grad():
-                was = model.training
-                model.eval()
-                out = model(example)
-                model.train(was)
+                out = model.eval()(example)
         except Exception as exc:  # noqa: BLE001 - the user's model may raise anything
             from ltc.errors import first_line
 
             raise LtcError(f"the model cannot take an input of shape {list(example.shape)}: {type(exc).__name__}: "
                            f"{first_line(exc)}") from None
         finally:
+            model.train(was)
             for h in hooks:
                 h.remove()
         output = next((n for n, o in produced if o is out), None)

@@ -218,10 +218,14 @@ def read_dense(path: Path, model: torch.nn.Module) -> dict:
 def slug(name: str) -> str:
     """A model or dataset name as a folder-name part: ``torchvision:resnet18`` -> ``torchvision-resnet18``,
     ``imagefolder:/data/pets`` -> ``imagefolder-pets``, ``nets/my.py:build`` -> ``my-build``."""
-    if ":" in name:
-        head, _, rest = name.rpartition(":") if name.rpartition(":")[0].endswith(".py") else name.partition(":")
-        name = f"{Path(head).stem}-{Path(rest).name or rest}" if head.endswith(".py") else \
-            f"{head}-{Path(rest.rstrip('/')).name or 'root'}"
+    from ltc.compressor import sources
+
+    if sources.kind(name) == "file":
+        path, _, function = name.rpartition(":")
+        name = f"{Path(path).stem}-{function}"
+    elif ":" in name:
+        head, _, rest = name.partition(":")
+        name = f"{head}-{Path(rest.rstrip('/')).name or 'root'}"
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:48]
 
 

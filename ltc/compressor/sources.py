@@ -31,7 +31,9 @@ def kind(name: str) -> str:
     return "file" if sep and path.endswith(".py") else "registry"
 
 
-def _call(fn: Callable, what: str, **offered) -> nn.Module:
+def call_builder(fn: Callable, what: str, **offered) -> nn.Module:
+    """``fn`` called with the ``offered`` keyword arguments its signature takes; whatever it raises, or
+    a result that is not a module, is a one-line error naming ``what``."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -58,7 +60,7 @@ def _torchvision(name: str, in_shape, classes: int, dropout: float) -> nn.Module
                        "install the torchvision build that matches your torch") from None
     if name not in torchvision.models.list_models():
         raise LtcError(f"torchvision:{name}: no such torchvision model; see torchvision.models.list_models()")
-    return _call(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), f"torchvision:{name}",
+    return call_builder(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), f"torchvision:{name}",
                  num_classes=classes)
 
 
@@ -72,7 +74,7 @@ def _timm(name: str, in_shape, classes: int, dropout: float) -> nn.Module:
                        "torchvision and timm builds that match your torch") from None
     if not timm.is_model(name):
         raise LtcError(f"timm:{name}: no such timm model; see timm.list_models()")
-    return _call(lambda **kw: timm.create_model(name, pretrained=False, **kw), f"timm:{name}",
+    return call_builder(lambda **kw: timm.create_model(name, pretrained=False, **kw), f"timm:{name}",
                  num_classes=classes, in_chans=in_shape[0])
 
 
@@ -124,7 +126,7 @@ def builder(name: str) -> Callable[[tuple, int, float], nn.Module]:
         return lambda in_shape, classes, dropout: _timm(rest, in_shape, classes, dropout)
     if k == "file":
         fn = load_factory(name)
-        return lambda in_shape, classes, dropout: _call(
+        return lambda in_shape, classes, dropout: call_builder(
             fn, f"--model {name}", in_shape=tuple(in_shape), classes=classes, num_classes=classes,
             in_channels=in_shape[0], dropout=dropout)
     if k == "custom":

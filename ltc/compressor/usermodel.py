@@ -39,9 +39,7 @@ def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
     embedding) would keep the template's value in every trial and in the reinit control: refused, with
     the factory form as the way out."""
     template = copy.deepcopy(model).cpu()
-    resets = [(m, getattr(m, "reset_parameters", None) or getattr(m, "_reset_parameters", None))
-              for m in template.modules()]
-    covered = {id(p) for m, reset in resets if callable(reset) for p in m.parameters()}
+    covered = {id(p) for m in template.modules() if _reset_of(m) for p in m.parameters()}
     left = [n for n, p in template.named_parameters() if id(p) not in covered]
     if left:
         raise LtcError(f"parameters {', '.join(left[:4])}{'...' if len(left) > 4 else ''} are not re-initialised by "
@@ -51,27 +49,18 @@ def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         m = copy.deepcopy(template)
         for module in m.modules():
-            reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
-            if callable(reset):
+            reset = _reset_of(module)
+            if reset:
                 reset()
         return m
 
     return build
 
 
-def _factory_builder(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        try:
-            m = factory()
-        except Exception as exc:  # noqa: BLE001 - the user's factory may raise anything
-            from ltc.errors import first_line
-
-            raise LtcError(f"the model factory raised {type(exc).__name__}: {first_line(exc)}") from None
-        if not isinstance(m, nn.Module):
-            raise LtcError(f"the model factory returned a {type(m).__name__}, not an nn.Module")
-        return m
-
-    return build
+def _reset_of(module: nn.Module) -> Callable[[], None] | None:
+    """The module's own re-initialisation: ``reset_parameters``, else ``_reset_parameters``."""
+    reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+    return reset if callable(reset) else None
 
 
 def architecture_id(model: nn.Module, loss: Callable | None = None) -> str:
@@ -112,13 +101,15 @@ def search(model: nn.Module | Callable[[], nn.Module], train, val, test=None, *,
 
 def _search(model, train, val, test, out, run_dir, loss, progress, options) -> dict:
     from ltc.compressor.search import Setup, check_out_dir, run_folder, run_search
+    from ltc.compressor.sources import call_builder
     from ltc.compressor.userdata import fingerprint, user_splits
 
     train_opts, prune_opts = _options(options)
     if isinstance(model, nn.Module):
         build = _template_builder(model)
     elif callable(model):
-        build = _factory_builder(model)
+        def build() -> nn.Module:
+            return call_builder(model, "the model factory")
     else:
         raise LtcError(f"model must be an nn.Module or a function returning one, got {type(model).__name__}")
     data = user_splits(train, val, test)
@@ -134,5 +125,5 @@ def _search(model, train, val, test, out, run_dir, loss, progress, options) -> d
     check_out_dir(folder, "run_dir" if run_dir else "out")
     arch = {"in_shape": list(data.in_shape), "classes": getattr(data, "classes", None) or 0,
             "dropout": thp.dropout, "class": f"{type(probe).__module__}.{type(probe).__qualname__}"}
-    setup = Setup(build, data, arch, loss, identity={"model": thp.model, "data": thp.dataset}, users_code=True)
-    return run_search(thp, php, setup, folder, progress=progress)
+    # model and dataset name the model's and the data's hashes: the canonical hyperparameters cover them
+    return run_search(thp, php, Setup(build, data, arch, loss, users_code=True), folder, progress=progress)

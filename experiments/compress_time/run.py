@@ -10,6 +10,7 @@ on the ResNet-50 file, as subprocesses, interleaved; medians.
 
     .venv/bin/pip install onnxslim   # the reference peer (not an ltc dependency)
     .venv/bin/python experiments/compress_time/run.py
+    .venv/bin/python experiments/compress_time/run.py --stages mobilenetv2-224   # stage profile
 """
 
 from __future__ import annotations
@@ -97,7 +98,50 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+STAGES = [("ltc.api", "read_model"), ("ltc.passes.compress", "normalize"), ("ltc.passes.compress", "import_graph"),
+          ("ltc.passes.compress", "ChannelGraph"), ("ltc.passes.compress", "plan_removal"),
+          ("ltc.passes.compress", "apply_removal"), ("ltc.passes.compress", "export_graph"),
+          ("ltc.passes.compress", "load_check"), ("ltc.passes.compress", "verify"),
+          ("ltc.passes.compress", "check_output"), ("ltc.api", "save_model")]
+
+
+def stage_profile(name: str, repeats: int = 15) -> None:
+    """`--stages NAME`: each stage of one compress without verification, wrapped with a timer; medians."""
+    import importlib
+
+    times: dict[str, list[float]] = {}
+
+    def timer(module, fn_name):
+        fn = getattr(module, fn_name)
+
+        def wrapped(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                times.setdefault(fn_name, []).append(time.perf_counter() - t0)
+        setattr(module, fn_name, wrapped)
+
+    for module, fn_name in STAGES:
+        timer(importlib.import_module(module), fn_name)
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
+        model = build(name)
+        src = export_onnx(model, Path(tmp) / f"{name}.onnx", model.input_shape)
+        out = Path(tmp) / "out.onnx"
+        for _ in range(3):
+            compress_file(src, out, round_to=1, verify=False)
+        times.clear()
+        total = [timed(lambda: compress_file(src, out, round_to=1, verify=False)) for _ in range(repeats)]
+        base = [timed(lambda: onnx.save(onnx.load(str(src)), str(out))) for _ in range(repeats)]
+    for key, samples in times.items():
+        print(f"{key:16s} {statistics.median(samples) * 1e3:6.2f} ms")
+    print(f"total {statistics.median(total) * 1e3:.1f} ms, load+save {statistics.median(base) * 1e3:.1f} ms")
+
+
 def main() -> None:
+    if "--stages" in sys.argv:
+        stage_profile(sys.argv[sys.argv.index("--stages") + 1])
+        return
     repeats = 7
     results: dict = {"env": {"python": sys.version.split()[0], "onnx": onnx.__version__, "torch": torch.__version__}}
     ram = "/dev/shm" if Path("/dev/shm").is_dir() and "--disk" not in sys.argv else None

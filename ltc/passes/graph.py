@@ -8,6 +8,8 @@ fields graphsurgeon does not carry (doc strings, metadata).
 
 from __future__ import annotations
 
+import math
+
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, constant_to_onnx_tensor
@@ -16,14 +18,21 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from ltc.onnx_io import infer_shapes
 
 _PLAIN = (int, float, str, bytes)
+_SMALL = 64
 
 
 def _frozen_attrs(attrs: dict) -> tuple | None:
-    """``attrs`` as a comparable value, or None when an attribute is not a plain value (a tensor, a
-    subgraph, a reference): such nodes are always exported afresh."""
+    """``attrs`` as a comparable value, or None when an attribute is not a plain value (a subgraph, a
+    reference, a tensor of more than ``_SMALL`` values): such nodes are always exported afresh. A
+    small tensor attribute (a Constant's scalar ``value``) compares by its type, shape and bytes."""
     out = []
     for key, value in attrs.items():
-        if isinstance(value, list | tuple):
+        if isinstance(value, gs.Constant):
+            if math.prod(value.shape) > _SMALL:
+                return None
+            array = value.values
+            value = ("tensor", value.name, array.dtype.str, array.shape, array.tobytes())
+        elif isinstance(value, list | tuple):
             if not all(isinstance(v, _PLAIN) for v in value):
                 return None
             value = (type(value).__name__, *value)
@@ -106,8 +115,30 @@ def _node_proto(node: gs.Node, origin: dict) -> onnx.NodeProto:
         proto.output.extend(sig[4])
     if sig[5] is None or sig[5] != old[5]:
         del proto.attribute[:]
-        proto.attribute.extend(OnnxExporter.export_attributes(node.attrs))
+        proto.attribute.extend(_attributes(node.attrs))
     return proto
+
+
+def _attributes(attrs: dict) -> list[onnx.AttributeProto]:
+    """``attrs`` as AttributeProtos: ints, floats, strings and their lists directly (onnx.helper's
+    ``make_attribute`` pays abstract-class checks per value), anything else through graphsurgeon."""
+    out = []
+    for key, value in attrs.items():
+        a = onnx.AttributeProto(name=key)
+        if isinstance(value, bool | int):
+            a.type, a.i = onnx.AttributeProto.INT, int(value)
+        elif isinstance(value, float):
+            a.type, a.f = onnx.AttributeProto.FLOAT, value
+        elif isinstance(value, list | tuple) and value and all(type(v) is int for v in value):
+            a.type = onnx.AttributeProto.INTS
+            a.ints.extend(value)
+        elif isinstance(value, list | tuple) and value and all(type(v) is float for v in value):
+            a.type = onnx.AttributeProto.FLOATS
+            a.floats.extend(value)
+        else:
+            a = OnnxExporter.export_attributes({key: value})[0]
+        out.append(a)
+    return out
 
 
 def _tensor_proto(t: gs.Constant) -> onnx.TensorProto:

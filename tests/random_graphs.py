@@ -121,7 +121,7 @@ class RandomGraph:
         self._pending = None
         choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
                                   "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
-                                  "resize", "reduce", "prelu", "groupnorm", "shuffle"])
+                                  "resize", "reduce", "prelu", "groupnorm", "shuffle", "attention"])
         x = self.four_d()
         c = self.channels(x)
         if choice == "conv":
@@ -190,6 +190,8 @@ class RandomGraph:
             self.pool.append(self.op(op, [x], [n, c, h // 2, w // 2], kernel_shape=[2, 2], strides=[2, 2]))
         elif choice == "mlp":
             self.pool.append(self.mlp(x))
+        elif choice == "attention" and self.shapes[x][2] * self.shapes[x][3] <= 64:
+            self.pool.append(self.attention(x))
         elif choice == "unknown":
             self.pool.append(self.op("LRN", [x], self.shapes[x], size=3))
         elif choice == "shared":
@@ -251,6 +253,72 @@ class RandomGraph:
         o = self.op("Add", [self.op("MatMul", [g, w2], [n, h, w, c]), self.const(self.bias(c, np.zeros(0, int)))],
                     [n, h, w, c])
         back = self.op("Transpose", [o], [n, c, h, w], perm=[0, 3, 1, 2])
+        return self.op("Add", [x, back], [n, c, h, w])
+
+    def attention(self, x: str) -> str:
+        """Self-attention over x's positions as tokens, with a residual: q/k/v projections (one fused
+        Linear cut as [3, heads, d] and unbound by Split or Slice, or three Linears) cut into heads,
+        per-head scores and softmax, heads merged into an output projection. Heads die whole (q, k and
+        v rows), in the output projection's columns, in part, or not at all."""
+        n, c, h, w = self.shapes[x]
+        t_len, heads, d = h * w, int(self.rng.choice([1, 2, 4])), int(self.rng.choice([1, 2, 3]))
+        inner = heads * d
+        batch = int(self.rng.choice([0, -1]))
+        tokens = self.op("Transpose", [self.op("Reshape", [x, self.const(np.array([0, c, t_len], np.int64))],
+                                               [n, c, t_len])], [n, t_len, c], perm=[0, 2, 1])
+        fate = self.rng.choice(["live", "dead", "proj", "partial"], heads)
+        head_units = [np.arange(k * d, (k + 1) * d) for k in range(heads)]
+
+        def rows(parts: str) -> np.ndarray:
+            """Dead output features of a projection holding ``parts`` (q, k, v blocks, in order): dead
+            heads in every block, partial heads in q and k only (their softmax is uniform, not 0)."""
+            picked = [s * inner + u for s, part in enumerate(parts) for k, u in enumerate(head_units)
+                      if fate[k] == "dead" or (fate[k] == "partial" and part in "qk")]
+            return np.concatenate(picked) if picked else np.zeros(0, np.int64)
+
+        biases = []
+
+        def linear(t: str, width: int, dead: np.ndarray) -> str:
+            wname = self.weight((c, width), dead, None, row_axis=1, col_axis=0)
+            biases.append(self.bias(width, dead))
+            return self.op("Add", [self.op("MatMul", [t, wname], [n, t_len, width]), self.const(biases[-1])],
+                           [n, t_len, width])
+
+        if self.rng.random() < 0.5:  # fused q/k/v
+            qkv = linear(tokens, 3 * inner, rows("qkv"))
+            r5 = self.op("Reshape", [qkv, self.const(np.array([batch, t_len, 3, heads, d], np.int64))],
+                         [n, t_len, 3, heads, d])
+            p = self.op("Transpose", [r5], [3, n, heads, t_len, d], perm=[2, 0, 3, 1, 4])
+            if self.rng.random() < 0.5:
+                parts = self.op("Split", [p, self.const(np.array([1, 1, 1], np.int64))], [1, n, heads, t_len, d],
+                                outputs=3, axis=0)
+            else:
+                parts = [self.op("Slice", [p, self.const(np.array([i], np.int64)), self.const(np.array([i + 1], np.int64)),
+                                           self.const(np.array([0], np.int64))], [1, n, heads, t_len, d]) for i in range(3)]
+            q, k, v = (self.op("Squeeze", [part, self.const(np.array([0], np.int64))], [n, heads, t_len, d]) for part in parts)
+            kt = self.op("Transpose", [k], [n, heads, d, t_len], perm=[0, 1, 3, 2])
+        else:
+            target = self.const(np.array([batch, t_len, heads, d], np.int64))
+            proj = [self.op("Reshape", [linear(tokens, inner, rows(part)), target], [n, t_len, heads, d]) for part in "qkv"]
+            q = self.op("Transpose", [proj[0]], [n, heads, t_len, d], perm=[0, 2, 1, 3])
+            kt = self.op("Transpose", [proj[1]], [n, heads, d, t_len], perm=[0, 2, 3, 1])
+            v = self.op("Transpose", [proj[2]], [n, heads, t_len, d], perm=[0, 2, 1, 3])
+        scores = self.op("MatMul", [self.op("Mul", [q, self.const(np.float32(d ** -0.5))], [n, heads, t_len, d]), kt],
+                         [n, heads, t_len, t_len])
+        out = self.op("MatMul", [self.op("Softmax", [scores], [n, heads, t_len, t_len], axis=-1), v], [n, heads, t_len, d])
+        merged = self.op("Reshape", [self.op("Transpose", [out], [n, t_len, heads, d], perm=[0, 2, 1, 3]),
+                                     self.const(np.array([batch, t_len, inner], np.int64))], [n, t_len, inner])
+        proj_dead = np.concatenate([u for k, u in enumerate(head_units) if fate[k] == "proj"] or [np.zeros(0, np.int64)])
+        wp = self.weight((inner, c), proj_dead, None, row_axis=0, col_axis=1)
+        o = self.op("Add", [self.op("MatMul", [merged, wp], [n, t_len, c]), self.const(self.bias(c, np.zeros(0, int)))],
+                    [n, t_len, c])
+        back = self.op("Reshape", [self.op("Transpose", [o], [n, c, t_len], perm=[0, 2, 1]),
+                                   self.const(np.array([0, c, h, w], np.int64))], [n, c, h, w])
+        # provably removable: heads dead in the output projection, and heads dead in q, k and v whose
+        # biases are zero there too (with a bias left, each feature is a different constant)
+        bias = np.concatenate(biases).reshape(-1, inner)  # (q, k, v blocks)
+        gone = sum(f == "proj" or (f == "dead" and not bias[:, u].any()) for f, u in zip(fate, head_units, strict=True))
+        self.provable.append((wp, max(heads - gone, 1) * d, merged))
         return self.op("Add", [x, back], [n, c, h, w])
 
     def layernorm(self, t: str, c: int) -> str:

@@ -155,6 +155,48 @@ def _gather_spatial():  # on a spatial axis: channels pass through
     return [node("Gather", ["a", "gi"], ["b"], axis=3)], {"gi": np.array([4, 0, 1], np.int64)}, "b", 8
 
 
+HEADS, PER_HEAD, TOKENS = 4, 2, 36  # attention on conv 'a' read as 36 tokens of 8 features
+
+
+def _attention(fused: bool = True, unbind: str = "Split", batch: int = 0):
+    """Self-attention over conv 'a''s 36 positions as tokens: ``[N, 8, 6, 6] -> [N, 36, 8]``, q/k/v
+    projections cut into 4 heads of 2, ``softmax(q k^T * s) v`` per head, heads merged, an output
+    projection, back to ``[N, 8, 6, 6]``. ``fused``: one q/k/v Linear cut as ``[3, heads, 2]``, then
+    Transpose and ``unbind`` ("Split", the legacy exporter; "Slice", dynamo's) along the q/k/v axis;
+    else three Linears. ``batch``: the reshape targets' batch entry (0 copies it, -1 infers it)."""
+    c = HEADS * PER_HEAD
+    nodes = [node("Reshape", ["a", "s_tokens"], ["a3"]), node("Transpose", ["a3"], ["t"], perm=[0, 2, 1])]
+    inits = {"s_tokens": np.array([0, 8, TOKENS], np.int64), "s_scale": np.float32(0.7),
+             "s_merge": np.array([batch, TOKENS, c], np.int64), "wp": _c(c, 8), "bp": _c(8),
+             "s_back": np.array([0, 8, 6, 6], np.int64)}
+    if fused:
+        inits |= {"wqkv": _c(8, 3 * c), "bqkv": _c(3 * c), "s_heads": np.array([batch, TOKENS, 3, HEADS, PER_HEAD], np.int64)}
+        nodes += [node("MatMul", ["t", "wqkv"], ["qkv0"]), node("Add", ["qkv0", "bqkv"], ["qkv"]),
+                  node("Reshape", ["qkv", "s_heads"], ["r5"]), node("Transpose", ["r5"], ["p"], perm=[2, 0, 3, 1, 4])]
+        if unbind == "Split":
+            inits["ones"] = np.array([1, 1, 1], np.int64)
+            nodes.append(node("Split", ["p", "ones"], ["p0", "p1", "p2"], axis=0))
+        else:
+            for i in range(3):
+                inits |= {f"st{i}": np.array([i], np.int64), f"en{i}": np.array([i + 1], np.int64)}
+                nodes.append(node("Slice", ["p", f"st{i}", f"en{i}", "ax0"], [f"p{i}"]))
+        inits["ax0"] = np.array([0], np.int64)
+        nodes += [node("Squeeze", [f"p{i}", "ax0"], [name]) for i, name in enumerate("qkv")]
+        nodes.append(node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]))
+    else:
+        inits["s_heads"] = np.array([batch, TOKENS, HEADS, PER_HEAD], np.int64)
+        for name, perm in (("q", [0, 2, 1, 3]), ("kt", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+            inits |= {f"w{name}": _c(8, c), f"b{name}": _c(c)}
+            nodes += [node("MatMul", ["t", f"w{name}"], [f"{name}0"]), node("Add", [f"{name}0", f"b{name}"], [f"{name}1"]),
+                      node("Reshape", [f"{name}1", "s_heads"], [f"{name}4"]), node("Transpose", [f"{name}4"], [name], perm=perm)]
+    nodes += [node("Mul", ["q", "s_scale"], ["qs"]), node("MatMul", ["qs", "kt"], ["att"]),
+              node("Softmax", ["att"], ["sm"], axis=-1), node("MatMul", ["sm", "v"], ["o"]),
+              node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]), node("Reshape", ["ot", "s_merge"], ["m"]),
+              node("MatMul", ["m", "wp"], ["pm"]), node("Add", ["pm", "bp"], ["pr"]),
+              node("Transpose", ["pr"], ["pt"], perm=[0, 2, 1]), node("Reshape", ["pt", "s_back"], ["b"])]
+    return lambda: (nodes, inits, "b", 8)
+
+
 UNARY = ["Relu", "Sigmoid", "HardSwish", "Tanh", "Softplus", "Softsign", "Mish", "Exp", "Neg", "Abs", "Sign",
          "Floor", "Ceil", "Identity", "Erf", "Selu", "Elu", "Celu"]
 
@@ -190,7 +232,9 @@ GRAPHS = {
     "Conv": _conv_group(2), "ConvTranspose": _conv_transpose, "Gemm": _gemm, "MatMul": _matmul,
 }
 EXTRA = {"depthwise": _conv_group(8), "gather-spatial": _gather_spatial, "erf-gelu": _erf_gelu,
-         "groupnorm-per-channel": _with_params("GroupNormalization", {"gs": _c(8), "gb": _c(8)}, num_groups=4)}
+         "groupnorm-per-channel": _with_params("GroupNormalization", {"gs": _c(8), "gb": _c(8)}, num_groups=4),
+         "attention-fused-split": _attention(), "attention-fused-slice": _attention(unbind="Slice", batch=-1),
+         "attention-separate": _attention(fused=False, batch=-1)}
 
 
 OPSET = {"Gelu": 20, "MatMul": 20, "groupnorm-per-channel": 21}  # Gelu: opset 20; per-channel GN scale: 21

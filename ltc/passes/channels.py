@@ -317,10 +317,10 @@ class ChannelGraph:
         n = self.n_units
         ea, eb = [], []
         for r in self.records:
-            if isinstance(r, Tie):
-                a, b = self.tensors[r.a], self.tensors[r.b]
-                ea.append(a.ids(r.a_start, r.a_start + r.count))
-                eb.append(b.ids(r.b_start, r.b_start + r.count))
+            edges = r.edges(self.tensors)
+            if edges is not None:
+                ea.append(edges[0])
+                eb.append(edges[1])
         a = np.concatenate(ea) if ea else np.zeros(0, dtype=np.int64)
         b = np.concatenate(eb) if eb else np.zeros(0, dtype=np.int64)
         self.n_classes, self.labels = connected_components(n, a, b)

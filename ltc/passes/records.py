@@ -72,6 +72,10 @@ class Record:
     def tensors(self) -> list[str]:
         return []
 
+    def edges(self, tensors: dict[str, ChannelTensor]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Global unit ids ``(a, b)``: ``a[i]`` and ``b[i]`` are in one channel class (ties)."""
+        return None
+
     def admits(self, idx: IndexOf) -> bool:
         return True
 
@@ -116,6 +120,47 @@ class Tie(Record):
         sa = ia[(ia >= self.a_start) & (ia < self.a_start + self.count)] - self.a_start
         sb = ib[(ib >= self.b_start) & (ib < self.b_start + self.count)] - self.b_start
         return bool(np.array_equal(sa, sb))
+
+    def edges(self, tensors: dict[str, ChannelTensor]) -> tuple[np.ndarray, np.ndarray]:
+        return (tensors[self.a].ids(self.a_start, self.a_start + self.count),
+                tensors[self.b].ids(self.b_start, self.b_start + self.count))
+
+
+@dataclass
+class HeadSplit(Record):
+    """A Reshape that cuts the channel axis of ``x`` (``segments * units(y) * per_head`` channels) into
+    ``[segments, heads, per_head]`` (or ``[heads, per_head]``): ``y``'s unit h is head h, the
+    ``per_head`` consecutive channels of x at ``s * heads * per_head + h * per_head`` in every segment
+    s (an attention's fused q/k/v projection: segments 3). A plan keeps or moves whole heads, the
+    same ones in every segment; each segment's channels stay in their block."""
+
+    x: ChannelTensor
+    y: ChannelTensor
+    n_segments: int
+    per_head: int
+
+    def tensors(self) -> list[str]:
+        return [self.x.name, self.y.name]
+
+    def layout(self, heads: np.ndarray) -> np.ndarray:
+        """The units of x that the heads ``heads`` (in that order) are, segment by segment."""
+        h, d = self.y.units, self.per_head
+        one = (np.asarray(heads, dtype=np.int64)[:, None] * d + np.arange(d)[None, :]).reshape(-1)
+        return (np.arange(self.n_segments)[:, None] * h * d + one[None, :]).reshape(-1)
+
+    def edges(self, tensors: dict[str, ChannelTensor]) -> tuple[np.ndarray, np.ndarray]:
+        heads = np.arange(self.y.units)
+        owner = np.repeat(heads, self.per_head)
+        return (tensors[self.x.name].ids()[self.layout(heads)],
+                tensors[self.y.name].ids()[np.tile(owner, self.n_segments)])
+
+    def segments(self, name: str) -> np.ndarray | None:
+        if name != self.x.name:
+            return None
+        return np.arange(self.x.units) // (self.y.units * self.per_head)
+
+    def admits(self, idx: IndexOf) -> bool:
+        return bool(np.array_equal(idx(self.x.name), self.layout(idx(self.y.name))))
 
 
 @dataclass

@@ -227,20 +227,28 @@ def permutation_plan(cg: ChannelGraph, rng: np.random.Generator, attempts: int =
 
 
 class Segments:
-    """Where records cut tensors into segments (Concat, Split, Slice, groups): per tensor its own
-    segment numbers, and per set of classes the segment ranks of a tensor holding exactly them."""
+    """Where records cut tensors into segments (Concat, Split, Slice, groups, heads): per tensor its
+    own segment numbers; per unit layout (the class of each unit, in order) the segments of a tensor
+    laid out so, which a tensor of the same layout follows (a bias Add after a cut projection); and
+    per set of classes the segment ranks of a tensor holding exactly them, where each class lies in
+    one segment (a GroupNormalization's output)."""
 
     def __init__(self, cg: ChannelGraph):
         self.own: dict[str, list[np.ndarray]] = {}
+        self.by_layout: dict[bytes, list[np.ndarray]] = {}
         self.by_classes: dict[frozenset, list[np.ndarray]] = {}
         for r in cg.records:
             for name in r.tensors():
                 seg = r.segments(name)
-                if seg is not None:
-                    self.own.setdefault(name, []).append(seg)
-                    rank = np.zeros(cg.n_classes)
-                    rank[cg.classes_of(name)] = seg
-                    self.by_classes.setdefault(frozenset(cg.classes_of(name).tolist()), []).append(rank)
+                if seg is None:
+                    continue
+                self.own.setdefault(name, []).append(seg)
+                cls = cg.classes_of(name)
+                self.by_layout.setdefault(cls.tobytes(), []).append(seg)
+                rank = np.full(cg.n_classes, -1)
+                rank[cls] = seg
+                if np.array_equal(rank[cls], seg):  # every class in one segment
+                    self.by_classes.setdefault(frozenset(cls.tolist()), []).append(rank)
 
 
 def ordered_plan(cg: ChannelGraph, keys: list[np.ndarray], movable: np.ndarray,
@@ -260,9 +268,10 @@ def ordered_plan(cg: ChannelGraph, keys: list[np.ndarray], movable: np.ndarray,
         free = np.flatnonzero(movable[cls])
         if len(free) < 2:
             continue
-        ranks = segments.by_classes.get(frozenset(cls.tolist()), []) if name not in segments.own else []
+        own = segments.own.get(name) or segments.by_layout.get(cls.tobytes(), [])
+        ranks = segments.by_classes.get(frozenset(cls.tolist()), []) if not own else []
         sort_keys = [*(k[cls[free]] for k in keys), *(rank[cls[free]] for rank in reversed(ranks)),
-                     *(seg[free] for seg in reversed(segments.own.get(name, [])))]
+                     *(seg[free] for seg in reversed(own))]
         order = np.arange(ct.units)
         order[free] = free[np.lexsort(sort_keys)]
         if not np.array_equal(order, np.arange(ct.units)):

@@ -279,7 +279,10 @@ class MatMul(Rule):
     layer = True
 
     def analyze(self, v: NodeView) -> None:
-        w = _weight(v, "only x @ constant weight is in the rule table")
+        if v.input(1) is not None and v.value(1) is None and v.x(1) is not None:
+            _batched_matmul(v)
+            return
+        w = _weight(v, "only x @ constant weight or a batched product over channels is in the rule table")
         if w.ndim != 2:
             raise Refuse(f"{v.where}: weight is not 2-D")
         k, m = w.shape
@@ -311,6 +314,28 @@ class MatMul(Rule):
             return None
         a = static(out[1:])
         return a * w[0] if a is not None else None
+
+
+def _batched_matmul(v: NodeView) -> None:
+    """``A @ B`` of two activations whose channels lie on the same batch axis (not one of the two
+    matrix axes): attention's ``q @ k^T`` and ``attn @ v`` per head. Channel h of the output is
+    ``A_h @ B_h``: the three are tied, and it is 0 where either operand's channel is 0."""
+    a, b = v.x(0), v.x(1)
+    if a is None or b is None or a.rank != b.rank or a.rank < 3 or a.axis != b.axis or a.axis >= a.rank - 2 \
+            or a.units != b.units or a.stride != 1 or b.stride != 1:
+        raise Refuse(f"{v.where}: the operands' channels are not on the same batch axis of both")
+    shape = v.shape(v.out(0))
+    if shape is None:
+        shape = [*a.shape[:-1], b.shape[-1]]
+    y = v.new(0, a.size, 1, a.axis, shape)
+    v.tie(a, y)
+    v.tie(b, y)
+    ka, kb = v.const(a), v.const(b)
+    inner = a.shape[-1] if isinstance(a.shape[-1], int) else None
+    both = np.isfinite(ka) & np.isfinite(kb) & (inner is not None)
+    with np.errstate(all="ignore"):
+        value = np.where(both, ka * kb * (inner or 0), NAN)
+    v.set_const(y, np.where((ka == 0) | (kb == 0), 0.0, value))
 
 
 def _following_bias(node: gs.Node, m: int) -> tuple[gs.Node | None, int | None, tuple]:

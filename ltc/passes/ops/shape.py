@@ -10,7 +10,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ltc.passes.ops.elementwise import pass_through
-from ltc.passes.records import ConcatRecord, GatherRecord, ReshapeTarget, SliceRecord, SplitRecord
+from ltc.passes.records import (
+    ConcatRecord,
+    GatherRecord,
+    HeadSplit,
+    ReshapeTarget,
+    SliceRecord,
+    SplitRecord,
+)
 from ltc.passes.rules import NAN, Refuse, Rule, attr_str, const_value, no_padding, register, static
 
 if TYPE_CHECKING:
@@ -255,6 +262,11 @@ class ReshapeLike(Rule):
             v.tie(src, y)
             v.set_const(y, np.full(src.units, NAN))
             return
+        if x is not None and v.op in ("Squeeze", "Unsqueeze"):
+            _squeeze_like(v, x)
+            return
+        if x is not None and v.op == "Reshape" and x.axis >= 2 and _reshape_channels_last(self._entries(v, x), v, x):
+            return
         if x is None or x.axis != 1:
             raise Refuse(reason)
         oshape = v.shape(v.out(0))
@@ -351,6 +363,99 @@ class ReshapeLike(Rule):
         return out if len(out) >= 2 else None
 
 
+def _squeeze_like(v: NodeView, x) -> None:
+    """Squeeze/Unsqueeze of axes other than the channel axis: no entry moves, the channel axis shifts.
+    Explicit axes only: without them Squeeze would also drop a channel axis left with one channel."""
+    axes = v.attrs.get("axes")
+    if axes is None:
+        axes = v.need_value(1, "axes")
+    if axes is None:
+        raise Refuse(f"{v.where}: no axes (it would drop a channel axis that removal leaves with one channel)")
+    axes = np.atleast_1d(axes).reshape(-1)
+    if v.op == "Squeeze":
+        drop = {int(a) % x.rank for a in axes}
+        if x.axis in drop:
+            raise Refuse(f"{v.where} drops the channel axis")
+        axis = x.axis - sum(a < x.axis for a in drop)
+        shape = [d for j, d in enumerate(x.shape) if j not in drop]
+    else:
+        rank = x.rank + len(axes)
+        added = {int(a) % rank for a in axes}
+        if len(added) != len(axes):
+            raise Refuse(f"{v.where}: repeated axes")
+        rest = [j for j in range(rank) if j not in added]
+        axis = rest[x.axis]
+        shape = [1] * rank
+        for j, d in zip(rest, x.shape, strict=True):
+            shape[j] = d
+    pass_through(v, lambda k: k, axis=axis, shape=v.shape(v.out(0)) or shape)
+
+
+def _reshape_channels_last(entries: list | None, v: NodeView, x) -> bool:
+    """A Reshape of a tensor whose channels are on axis c >= 2 (``[B, T, C]``, ``[B, T, H, D]``) that
+    keeps the dims before c and regroups the channel axis with the dims after it:
+
+    - merge (target ``[*prefix, C * rest]``): one unit per channel, ``rest`` entries each
+      (``[B, T, H, D] -> [B, T, H * D]``, attention heads back to features);
+    - split (target ``[*prefix, S, H, D]`` or ``[*prefix, H, D]`` of a last-axis channel tensor): the
+      output's channel axis is H, unit h being D consecutive channels in each of S segments
+      (``[B, T, 3C] -> [B, T, 3, heads, D]``, a fused q/k/v projection cut into heads).
+
+    Returns False when the target is not of these forms (the caller refuses)."""
+    if entries is None or len(entries) <= x.axis or x.stride != 1:
+        return False
+    c = x.axis
+    allowzero = int(v.attrs.get("allowzero", 0))
+    rest = entries[c:]
+    values = [e for e, *_ in rest]
+    if not all(isinstance(e, int) and (e > 0 or e == -1) for e in values):
+        return False
+    for j, (e, *_) in enumerate(entries[:c]):
+        if e == -1 and j == 0 and -1 not in values:  # the batch, if the other dims hold one sample
+            per_sample = static(x.shape[1:])
+            others = [d for d, *_ in entries[1:c]]
+            if per_sample is None or not all(isinstance(d, int) and d > 0 for d in others) \
+                    or static([*others, *values]) != per_sample:
+                return False
+            continue
+        if not ((e == 0 and not allowzero) or (e == "batch" and j == 0) or (e == "channels" and j == 1)
+                or (isinstance(e, int) and e > 0 and e == x.shape[j])):
+            return False
+    if values.count(-1) > 1:
+        return False
+    prefix = list(x.shape[:c])
+    if len(rest) == 1:  # merge the channel axis with every axis after it
+        trailing = static(x.shape[c + 1:])
+        if trailing is None or values[0] not in (-1, x.size * trailing):
+            return False
+        y = v.new(0, x.size * trailing, trailing, c, prefix + [x.size * trailing])
+        v.tie(x, y)
+        if values[0] != -1:
+            v.record(ReshapeTarget(rest[0][1], rest[0][2], rest[0][3], y))
+        v.set_const(y, v.const(x).copy())
+        return True
+    if x.rank != c + 1 or len(rest) not in (2, 3):
+        return False
+    known = math.prod(e for e in values if e != -1)
+    if -1 in values:
+        if x.size % known:
+            return False
+        values = [x.size // known if e == -1 else e for e in values]
+    if math.prod(values) != x.size:
+        return False
+    segments, heads, per_head = values if len(values) == 3 else (1, *values)
+    at = len(rest) - 2  # the heads entry
+    y = v.new(0, heads, 1, c + at, prefix + values)
+    split = HeadSplit(x, y, segments, per_head)
+    v.record(split)
+    if rest[at][0] != -1:
+        v.record(ReshapeTarget(rest[at][1], rest[at][2], rest[at][3], y))
+    k = v.const(x)[split.layout(np.arange(heads))].reshape(segments, heads, per_head)
+    k = np.moveaxis(k, 1, 0).reshape(heads, -1)
+    v.set_const(y, np.where(np.all(k == k[:, :1], axis=1), k[:, 0], NAN))
+    return True
+
+
 @register
 class Concat(Rule):
     ops = ("Concat",)
@@ -390,9 +495,7 @@ class Split(Rule):
         x = v.need_x()
         axis = int(v.attrs.get("axis", 0)) % x.rank
         outs = v.node.outputs
-        if axis != x.axis:
-            if axis == 0:
-                raise Refuse(f"{v.where} splits the batch axis")
+        if axis != x.axis:  # (any other axis, the batch too: every piece holds every channel)
             for i in range(len(outs)):
                 y = v.new(i, x.size, x.stride, x.axis)
                 v.tie(x, y)

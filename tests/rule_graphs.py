@@ -158,12 +158,13 @@ def _gather_spatial():  # on a spatial axis: channels pass through
 HEADS, PER_HEAD, TOKENS = 4, 2, 36  # attention on conv 'a' read as 36 tokens of 8 features
 
 
-def _attention(fused: bool = True, unbind: str = "Split", batch: int = 0):
+def _attention(fused: bool = True, unbind: str = "Split", batch: int = 0, flat_kt: bool = False):
     """Self-attention over conv 'a''s 36 positions as tokens: ``[N, 8, 6, 6] -> [N, 36, 8]``, q/k/v
     projections cut into 4 heads of 2, ``softmax(q k^T * s) v`` per head, heads merged, an output
     projection, back to ``[N, 8, 6, 6]``. ``fused``: one q/k/v Linear cut as ``[3, heads, 2]``, then
     Transpose and ``unbind`` ("Split", the legacy exporter; "Slice", dynamo's) along the q/k/v axis;
-    else three Linears. ``batch``: the reshape targets' batch entry (0 copies it, -1 infers it)."""
+    else three Linears. ``batch``: the reshape targets' batch entry (0 copies it, -1 infers it).
+    ``flat_kt``: k transposed as the dynamo exporter writes it (flattened batch and heads)."""
     c = HEADS * PER_HEAD
     nodes = [node("Reshape", ["a", "s_tokens"], ["a3"]), node("Transpose", ["a3"], ["t"], perm=[0, 2, 1])]
     inits = {"s_tokens": np.array([0, 8, TOKENS], np.int64), "s_scale": np.float32(0.7),
@@ -182,7 +183,17 @@ def _attention(fused: bool = True, unbind: str = "Split", batch: int = 0):
                 nodes.append(node("Slice", ["p", f"st{i}", f"en{i}", "ax0"], [f"p{i}"]))
         inits["ax0"] = np.array([0], np.int64)
         nodes += [node("Squeeze", [f"p{i}", "ax0"], [name]) for i, name in enumerate("qkv")]
-        nodes.append(node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]))
+        if flat_kt:  # dynamo's k.transpose(-2, -1): batch and heads flattened, transposed, reshaped back
+            inits |= {"s_flat": np.array([-1, TOKENS, PER_HEAD], np.int64), "i0": np.array([0], np.int64),
+                      "im1": np.array([-1], np.int64), "im2": np.array([-2], np.int64),
+                      "ibig": np.array([2**62], np.int64)}
+            nodes += [node("Shape", ["k"], ["ks"]), node("Slice", ["ks", "i0", "im2"], ["k_lead"]),
+                      node("Slice", ["ks", "im1", "ibig"], ["k_last"]), node("Slice", ["ks", "im2", "im1"], ["k_prev"]),
+                      node("Concat", ["k_lead", "k_last", "k_prev"], ["k_tgt"], axis=0),
+                      node("Reshape", ["k", "s_flat"], ["kf"]), node("Transpose", ["kf"], ["kft"], perm=[0, 2, 1]),
+                      node("Reshape", ["kft", "k_tgt"], ["kt"])]
+        else:
+            nodes.append(node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]))
     else:
         inits["s_heads"] = np.array([batch, TOKENS, HEADS, PER_HEAD], np.int64)
         for name, perm in (("q", [0, 2, 1, 3]), ("kt", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
@@ -234,7 +245,8 @@ GRAPHS = {
 EXTRA = {"depthwise": _conv_group(8), "gather-spatial": _gather_spatial, "erf-gelu": _erf_gelu,
          "groupnorm-per-channel": _with_params("GroupNormalization", {"gs": _c(8), "gb": _c(8)}, num_groups=4),
          "attention-fused-split": _attention(), "attention-fused-slice": _attention(unbind="Slice", batch=-1),
-         "attention-separate": _attention(fused=False, batch=-1)}
+         "attention-separate": _attention(fused=False, batch=-1),
+         "attention-dynamo": _attention(unbind="Slice", batch=-1, flat_kt=True)}
 
 
 OPSET = {"Gelu": 20, "MatMul": 20, "groupnorm-per-channel": 21}  # Gelu: opset 20; per-channel GN scale: 21

@@ -14,6 +14,11 @@ removal or permutation. Recognised from the inferred shapes, whatever computes t
 - neither intermediate has another reader or is a graph output.
 
 The nodes that only computed the two targets go with them.
+
+The same pass rewrites the dynamo exporter's transpose of a batched matrix (``k.transpose(-2, -1)``
+in attention: ``Reshape(k, [-1, n, d]) -> Transpose(0, 2, 1) -> Reshape(to [*k.shape[:-2], d, n])``,
+batch and heads flattened into one axis) as one ``Transpose`` of the last two axes of ``k``: the
+same values, and a Transpose the analysis follows (the flattened axis mixes heads with the batch).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class ShuffleToGather(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         g = model.graph
-        if not any(n.op_type == "Transpose" and _swaps_1_2(n) for n in g.node):
+        if not any(n.op_type == "Transpose" and (_swaps_1_2(n) or _perm(n) == [0, 2, 1]) for n in g.node):
             return PassResult(model, False, ShuffleInfo(0))
         shapes = inferred_dims(model)
         readers: dict[str, list[int]] = {}
@@ -55,7 +60,8 @@ class ShuffleToGather(Pass):
         found = []  # (first reshape, transpose, second reshape, indices)
         targets = ShapeValues(g, shapes)
         for i, r1 in enumerate(g.node):
-            match = self._match(g, i, r1, shapes, readers, outputs, targets)
+            match = self._match(g, i, r1, shapes, readers, outputs, targets) or \
+                _match_swap(g, i, r1, shapes, readers, outputs, targets)
             if match is not None:
                 found.append(match)
         if not found:
@@ -71,10 +77,14 @@ class ShuffleToGather(Pass):
                 readers_now.setdefault(x, set()).add(j)
         for i1, it, i2, idx in found:
             r2 = nodes[i2]
-            const = fresh_name(names, f"{r2.name or r2.output[0]}__shuffle")
-            out.graph.initializer.append(numpy_helper.from_array(idx.astype(np.int64), const))
-            gather = helper.make_node("Gather", [nodes[i1].input[0], const], list(r2.output), name=r2.name, axis=1,
-                                      doc_string=r2.doc_string or None)
+            if isinstance(idx, list):  # a transpose of the last two axes: idx is its perm
+                gather = helper.make_node("Transpose", [nodes[i1].input[0]], list(r2.output), name=r2.name, perm=idx,
+                                          doc_string=r2.doc_string or None)
+            else:
+                const = fresh_name(names, f"{r2.name or r2.output[0]}__shuffle")
+                out.graph.initializer.append(numpy_helper.from_array(idx.astype(np.int64), const))
+                gather = helper.make_node("Gather", [nodes[i1].input[0], const], list(r2.output), name=r2.name, axis=1,
+                                          doc_string=r2.doc_string or None)
             gather.metadata_props.extend(r2.metadata_props)
             for x in r2.input:
                 readers_now.get(x, set()).discard(i2)
@@ -136,6 +146,41 @@ class ShuffleToGather(Pass):
         if not (rest2 and first2 and (t2[1] == channels or (t2[1] == -1 and t2[0] != -1))):
             return None
         return i, it, i2, shuffle_indices(groups, per)
+
+
+def _match_swap(g, i, r1, shapes, readers, outputs, targets):
+    """``Reshape(x, [-1, a, b]) -> Transpose(0, 2, 1) -> Reshape(to [*x.shape[:-2], b, a])`` for x of
+    rank >= 3 ending in ``[a, b]``: (first reshape, transpose, second reshape, perm of the one Transpose
+    of x that computes the same)."""
+    if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
+        return None
+    t = _sole_reader(g, r1, "Transpose", readers, outputs)
+    r2 = _sole_reader(g, t, "Reshape", readers, outputs) if t is not None else None
+    if r2 is None or _perm(t) != [0, 2, 1]:
+        return None
+    x = r1.input[0]
+    dx = shapes.get(x)
+    if dx is None or len(dx) < 3:
+        return None
+    r = len(dx)
+    t1, t2 = targets.entries(r1.input[1]), targets.entries(r2.input[1])
+    if t1 is None or t2 is None or len(t1) != 3 or len(t2) != r or attr_int(r2, "allowzero", 0):
+        return None
+
+    def dim(e, k: int) -> bool:  # e is dimension k of x
+        return (isinstance(e, tuple) and e[1] == x and e[2] == k) or (isinstance(e, int) and e > 0 and e == dx[k])
+
+    lead = dx[:-2]
+    flat = t1[0] == -1 or (all(isinstance(d, int) for d in lead) and t1[0] == int(np.prod(lead)))
+    if not (flat and dim(t1[1], r - 2) and dim(t1[2], r - 1)):
+        return None
+    if not (all(dim(e, k) for k, e in enumerate(t2[:-2])) and dim(t2[-2], r - 1) and dim(t2[-1], r - 2)):
+        return None
+    return i, readers[r1.output[0]][0], readers[t.output[0]][0], [*range(r - 2), r - 1, r - 2]
+
+
+def _perm(n: onnx.NodeProto) -> list[int] | None:
+    return next((list(att.ints) for att in n.attribute if att.name == "perm"), None)
 
 
 def _swaps_1_2(n: onnx.NodeProto) -> bool:

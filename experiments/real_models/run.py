@@ -83,10 +83,33 @@ def build(lib: str, name: str, side: int) -> nn.Module:
         return timm.create_model(name, pretrained=False)
 
 
+def kill_heads(model: nn.Module, seed: int) -> int:
+    """``--masks heads``: half of the heads of every attention with a fused q/k/v projection (timm's
+    ``Attention``: ``qkv``, ``num_heads``) dead, their q, k and v rows and biases zero; returns how many
+    q/k/v rows were made dead."""
+    rng = np.random.default_rng(seed)
+    dead_total = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if not (hasattr(m, "qkv") and hasattr(m, "num_heads") and isinstance(m.qkv, nn.Linear)):
+                continue
+            width = m.qkv.out_features // 3
+            d = width // m.num_heads
+            for h in rng.choice(m.num_heads, m.num_heads // 2, replace=False):
+                rows = np.concatenate([s * width + np.arange(h * d, (h + 1) * d) for s in range(3)])
+                m.qkv.weight[rows] = 0
+                if m.qkv.bias is not None:
+                    m.qkv.bias[rows] = 0
+                dead_total += len(rows)
+    return dead_total
+
+
 def kill_half(model: nn.Module, mask: str, seed: int, side: int) -> int:
     """Randomise BN, then make half of every Conv/Linear's outputs dead (not the classifier's); returns
     how many output channels were made dead. The BatchNorm that reads a conv's output directly is
-    found by running the model once with hooks."""
+    found by running the model once with hooks. ``mask`` "heads": :func:`kill_heads` instead."""
+    if mask == "heads":
+        return kill_heads(model, seed)
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
@@ -339,7 +362,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="", help="comma-separated names (default: all)")
     ap.add_argument("--exporters", default=",".join(EXPORTERS))
-    ap.add_argument("--masks", default=",".join(MASKS))
+    ap.add_argument("--masks", default=",".join(MASKS), help="zero, shift, heads (whole attention heads dead)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--peers", choices=["onnxsim", "torch-pruning"], default=None,
                     help="run a peer instead of ltc: onnxsim 0.8.1's structured pruning or Torch-Pruning 1.6")
@@ -383,7 +406,7 @@ def table(path: Path) -> str:
     """Markdown: one row per model, one column per (export, mask): removed / removable (share), a mark
     when not exact or refused."""
     rows = json.loads(path.read_text())["rows"]
-    cols = sorted({(r["export"], r["mask"]) for r in rows}, key=lambda c: (EXPORTERS.index(c[0]), MASKS.index(c[1])))
+    cols = sorted({(r["export"], r["mask"]) for r in rows}, key=lambda c: (EXPORTERS.index(c[0]), (*MASKS, "heads").index(c[1])))
     models = list(dict.fromkeys(r["model"] for r in rows))
     cell = {(r["model"], r["export"], r["mask"]): r for r in rows}
     lines = ["| model | " + " | ".join(f"{e} {m}" for e, m in cols) + " |", "|---|" + "---|" * len(cols)]

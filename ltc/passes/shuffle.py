@@ -100,12 +100,10 @@ class ShuffleToGather(Pass):
 
     @staticmethod
     def _match(g, i, r1, shapes, readers, outputs, targets=None):
-        if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
+        chain = _chain(g, r1, readers, outputs)
+        if chain is None:
             return None
-        t = _sole_reader(g, r1, "Transpose", readers, outputs)
-        r2 = _sole_reader(g, t, "Reshape", readers, outputs) if t is not None else None
-        if r2 is None:
-            return None
+        t, r2 = chain
         a, b = r1.output[0], t.output[0]
         it, i2 = readers[a][0], readers[b][0]
         x = r1.input[0]
@@ -113,7 +111,7 @@ class ShuffleToGather(Pass):
         if dx is None or len(dx) < 2 or not isinstance(dx[1], int) or dx[1] <= 0:
             return None
         r, channels = len(dx), dx[1]
-        perm = next((list(att.ints) for att in t.attribute if att.name == "perm"), None)
+        perm = _perm(t)
         want = list(range(r + 1))
         want[1], want[2] = 2, 1
         if perm != want:
@@ -124,9 +122,8 @@ class ShuffleToGather(Pass):
             return None
         zero_copies = [not attr_int(n, "allowzero", 0) for n in (r1, r2)]
 
-        def dim(e, k: int, tensors: tuple[str, ...]) -> bool:  # e is dimension k of x
-            return (isinstance(e, tuple) and e[1] in tensors and e[2] == k) or (
-                isinstance(e, int) and e > 0 and e == dx[k])
+        def dim(e, k: int, tensors: tuple[str, ...]) -> bool:
+            return _is_dim(e, k, dx, tensors)
 
         groups, per = t1[1], t1[2]
         if not (isinstance(groups, int) and isinstance(per, int)):
@@ -152,12 +149,10 @@ def _match_swap(g, i, r1, shapes, readers, outputs, targets):
     """``Reshape(x, [-1, a, b]) -> Transpose(0, 2, 1) -> Reshape(to [*x.shape[:-2], b, a])`` for x of
     rank >= 3 ending in ``[a, b]``: (first reshape, transpose, second reshape, perm of the one Transpose
     of x that computes the same)."""
-    if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
+    chain = _chain(g, r1, readers, outputs)
+    if chain is None or _perm(chain[0]) != [0, 2, 1]:
         return None
-    t = _sole_reader(g, r1, "Transpose", readers, outputs)
-    r2 = _sole_reader(g, t, "Reshape", readers, outputs) if t is not None else None
-    if r2 is None or _perm(t) != [0, 2, 1]:
-        return None
+    t, r2 = chain
     x = r1.input[0]
     dx = shapes.get(x)
     if dx is None or len(dx) < 3:
@@ -167,8 +162,8 @@ def _match_swap(g, i, r1, shapes, readers, outputs, targets):
     if t1 is None or t2 is None or len(t1) != 3 or len(t2) != r or attr_int(r2, "allowzero", 0):
         return None
 
-    def dim(e, k: int) -> bool:  # e is dimension k of x
-        return (isinstance(e, tuple) and e[1] == x and e[2] == k) or (isinstance(e, int) and e > 0 and e == dx[k])
+    def dim(e, k: int) -> bool:
+        return _is_dim(e, k, dx, (x,))
 
     lead = dx[:-2]
     flat = t1[0] == -1 or (all(isinstance(d, int) for d in lead) and t1[0] == int(np.prod(lead)))
@@ -179,12 +174,28 @@ def _match_swap(g, i, r1, shapes, readers, outputs, targets):
     return i, readers[r1.output[0]][0], readers[t.output[0]][0], [*range(r - 2), r - 1, r - 2]
 
 
+def _chain(g, r1, readers: dict, outputs: set):
+    """(Transpose, Reshape) when ``r1`` is a Reshape whose output only that Transpose reads, and whose
+    output only that Reshape reads; else None."""
+    if r1.op_type != "Reshape" or r1.domain not in ("", "ai.onnx") or len(r1.input) < 2:
+        return None
+    t = _sole_reader(g, r1, "Transpose", readers, outputs)
+    r2 = _sole_reader(g, t, "Reshape", readers, outputs) if t is not None else None
+    return None if r2 is None else (t, r2)
+
+
+def _is_dim(e, k: int, dx: list, tensors: tuple[str, ...]) -> bool:
+    """Shape-vector entry ``e`` (:class:`ShapeValues`) is dimension k of a tensor of shape ``dx``
+    named in ``tensors``: read off it, or the same static size."""
+    return (isinstance(e, tuple) and e[1] in tensors and e[2] == k) or (isinstance(e, int) and e > 0 and e == dx[k])
+
+
 def _perm(n: onnx.NodeProto) -> list[int] | None:
     return next((list(att.ints) for att in n.attribute if att.name == "perm"), None)
 
 
 def _swaps_1_2(n: onnx.NodeProto) -> bool:
-    perm = next((list(att.ints) for att in n.attribute if att.name == "perm"), [])
+    perm = _perm(n) or []
     return len(perm) >= 3 and perm[:3] == [0, 2, 1] and perm[3:] == list(range(3, len(perm)))
 
 

@@ -100,9 +100,7 @@ class Reduce(Rule):
 
     def analyze(self, v: NodeView) -> None:
         x = v.need_x()
-        axes = v.attrs.get("axes")
-        if axes is None:
-            axes = v.need_value(1, "axes")
+        axes = _axes(v)
         keepdims = int(v.attrs.get("keepdims", 1))
         if axes is None or np.size(axes) == 0:
             if int(v.attrs.get("noop_with_empty_axes", 0)):
@@ -244,8 +242,10 @@ def _back_to(reshape: gs.Node, x: gs.Tensor) -> bool:
 
 @register
 class ReshapeLike(Rule):
-    """Flatten, Reshape, Squeeze, Unsqueeze that keep the batch axis and regroup a channel-first
-    tensor's other axes: a unit owns ``stride * prod(spatial)`` consecutive entries per sample."""
+    """Flatten and Reshape that keep the batch axis and regroup a channel-first tensor's other axes (a
+    unit owns ``stride * prod(spatial)`` consecutive entries per sample); Reshapes of channels on a
+    later axis (:func:`_reshape_channels_last`); Squeeze/Unsqueeze of non-channel axes
+    (:func:`_squeeze_like`)."""
 
     ops = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
@@ -289,7 +289,7 @@ class ReshapeLike(Rule):
         if oshape is None or len(oshape) < 2:
             raise Refuse(reason)
         oshape = list(oshape)
-        if not self._keeps_batch(v, x, oshape, entries):
+        if not self._keeps_batch(v, x, entries):
             raise Refuse(reason)
         t_in, t_out = static(x.shape[2:]), static(oshape[2:])
         if t_in is None or not t_out:
@@ -314,26 +314,16 @@ class ReshapeLike(Rule):
         v.set_const(y, v.const(x).copy())
 
     @staticmethod
-    def _keeps_batch(v: NodeView, x, oshape: list, entries: list | None) -> bool:
+    def _keeps_batch(v: NodeView, x, entries: list | None) -> bool:
         if v.op == "Flatten":
             return int(v.attrs.get("axis", 1)) == 1
-        if v.op in ("Squeeze", "Unsqueeze"):
-            axes = v.attrs.get("axes")
-            if axes is None:
-                axes = v.need_value(1, "axes")
-            if axes is None:
-                return False
-            rank = x.rank if v.op == "Squeeze" else len(oshape)
-            return 0 not in {int(a) % rank for a in np.atleast_1d(axes)}
         if entries is None:
             return False
         e0 = entries[0][0]
         if e0 == "batch" or (e0 == 0 and not int(v.attrs.get("allowzero", 0))):
             return True
-        if e0 == -1:  # the batch if the other dims hold exactly one sample
-            rest = [e[0] for e in entries[1:]]
-            per_sample = static([x.size, *x.shape[2:]])
-            return all(isinstance(d, int) and d > 0 for d in rest) and per_sample == static(rest)
+        if e0 == -1:
+            return _one_sample(x, [e[0] for e in entries[1:]])
         return isinstance(e0, int) and e0 > 0 and e0 == x.shape[0]
 
     @staticmethod
@@ -363,12 +353,24 @@ class ReshapeLike(Rule):
         return out if len(out) >= 2 else None
 
 
+def _axes(v: NodeView) -> np.ndarray | list | None:
+    """An op's ``axes``: the attribute, or the constant input 1 (Squeeze/Unsqueeze from opset 13,
+    reductions from 18); None if absent. Refuses a computed one."""
+    axes = v.attrs.get("axes")
+    return v.need_value(1, "axes") if axes is None else axes
+
+
+def _one_sample(x, dims: list) -> bool:
+    """A Reshape target whose first entry is -1 and the rest ``dims`` infers the batch: the other
+    entries are static and hold exactly one sample of ``x`` (channel axis at its analysed size)."""
+    per_sample = static([x.size if j == x.axis else d for j, d in enumerate(x.shape) if j])
+    return all(isinstance(d, int) and d > 0 for d in dims) and per_sample is not None and static(dims) == per_sample
+
+
 def _squeeze_like(v: NodeView, x) -> None:
     """Squeeze/Unsqueeze of axes other than the channel axis: no entry moves, the channel axis shifts.
     Explicit axes only: without them Squeeze would also drop a channel axis left with one channel."""
-    axes = v.attrs.get("axes")
-    if axes is None:
-        axes = v.need_value(1, "axes")
+    axes = _axes(v)
     if axes is None:
         raise Refuse(f"{v.where}: no axes (it would drop a channel axis that removal leaves with one channel)")
     axes = np.atleast_1d(axes).reshape(-1)
@@ -411,11 +413,8 @@ def _reshape_channels_last(entries: list | None, v: NodeView, x) -> bool:
     if not all(isinstance(e, int) and (e > 0 or e == -1) for e in values):
         return False
     for j, (e, *_) in enumerate(entries[:c]):
-        if e == -1 and j == 0 and -1 not in values:  # the batch, if the other dims hold one sample
-            per_sample = static(x.shape[1:])
-            others = [d for d, *_ in entries[1:c]]
-            if per_sample is None or not all(isinstance(d, int) and d > 0 for d in others) \
-                    or static([*others, *values]) != per_sample:
+        if e == -1 and j == 0:
+            if not _one_sample(x, [d for d, *_ in entries[1:]]):
                 return False
             continue
         if not ((e == 0 and not allowzero) or (e == "batch" and j == 0) or (e == "channels" and j == 1)

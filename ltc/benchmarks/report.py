@@ -19,6 +19,7 @@ from pathlib import Path
 from ltc.errors import LtcError, first_line
 from ltc.fileio import check_input_file
 from ltc.render import GROUP_HEADERS, group_rows, group_title, kept_reasons, span
+from ltc.reporting.runs import run_rows
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}
@@ -287,14 +288,7 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
     out = []
     run = rep["run"]
     if run is not None:
-        rows = []
-        for row in run["rounds"]:
-            for variant, s in row["variants"].items():
-                a, it = s["test_accuracy"], s["early_stop_iteration"]
-                rows.append([row["round"], f"{100 * row['density']:.1f}%", variant,
-                             f"{100 * a['mean']:.2f}% [{100 * a['min']:.2f}, {100 * a['max']:.2f}]",
-                             f"{it['mean']:.0f} [{it['min']:.0f}, {it['max']:.0f}]",
-                             f"{100 * s['final_train_accuracy']['mean']:.2f}%"])
+        rows = run_rows(run)
         out.append((f"Ticket search ({run['run_dir']})",
                     [("Per round: mean [min, max] over trials", ["round", "P_m", "variant", "test acc", "early stop",
                                                                  "train acc"], rows)], ["accuracy", "early_stop"]))

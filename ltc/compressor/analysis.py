@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
+from ltc.controls import VARIANTS
 from ltc.errors import LtcError
 from ltc.fileio import atomic_path, load_torch_data
-from ltc.reporting.plots import COLORS, VARIANT_PLOTS, percent_axis, series, variant_figure
+from ltc.reporting.plots import VARIANT_PLOTS, percent_axis, series, variant_figure
 from ltc.ticket import validate_ticket
 
 
@@ -30,12 +31,12 @@ def _train_vs_test(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, style in (("ticket", "-"), ("reinit", "--")):
+    for variant in VARIANTS.values():
         for key, marker in (("final_train_accuracy", "s"), ("final_test_accuracy", "o")):
-            xs, mean, _, _ = series(summary, variant, key)
+            xs, mean, _, _ = series(summary, variant.name, key)
             if xs:
-                ax.plot(xs, [100 * m for m in mean], marker + style, color=COLORS[variant],
-                        label=f"{variant} {'train' if 'train' in key else 'test'}")
+                ax.plot(xs, [100 * m for m in mean], marker, linestyle=variant.linestyle, color=variant.color,
+                        label=f"{variant.label} {'train' if 'train' in key else 'test'}")
     percent_axis(ax)
     ax.set_ylabel("accuracy at the end of training (%)")
     ax.grid(True, alpha=0.3)

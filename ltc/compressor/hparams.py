@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import click
 
+from ltc.controls import CONTROLS, controls_help
 from ltc.errors import LtcError
 from ltc.options import FiniteFloat, IntList
 
@@ -29,7 +30,7 @@ MODEL_NAMES = ("lenet300", "lenet5", "conv2", "conv4", "conv6", "vgg11", "vgg16"
 DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "cifar10", "synthetic")
 MODEL_PREFIXES = ("torchvision", "timm", "custom")  # custom: ltc.search on a user's nn.Module
 DATASET_PREFIXES = ("imagefolder", "custom")
-CONTROLS = ("reinit", "random")
+STRATEGY_NAMES = ("magnitude", "global", "channel")  # ltc.compressor.pruning.STRATEGIES
 STRUCTURE_NAMES = ("unstructured", "refill", "refill+", "regroup")  # ltc.compressor.structure.STRUCTURES
 
 
@@ -238,7 +239,7 @@ class TrainHparams:
 @dataclass(frozen=True)
 class PruneHparams:
     strategy: str = _help("magnitude (layer-wise), global (one threshold), channel (whole filters by L1)",
-                          OneOf(("magnitude", "global", "channel"), "strategy"), default="magnitude")
+                          OneOf(STRATEGY_NAMES, "strategy"), default="magnitude")
     rounds: int = _help("pruning rounds (1 = one-shot)", AT_LEAST_1, default=5)
     rate_conv: float = _help("fraction of surviving conv weights pruned per round (paper 0.1-0.15)", FRACTION,
                              default=0.1)
@@ -249,8 +250,7 @@ class PruneHparams:
     reset: str = _help("init (winning ticket: reset to theta0) or rewind (to --rewind-iteration)",
                        OneOf(("init", "rewind"), "reset"), default="init")
     rewind_iteration: int = _help("iteration k to rewind to with --reset rewind", AT_LEAST_0, default=0)
-    controls: str = _help("comma-separated controls: reinit (same mask, new init), random (random mask, "
-                          "same per-layer sparsity), or none", Names(CONTROLS, "control"), default="reinit,random")
+    controls: str = _help(controls_help(), Names(CONTROLS, "control"), default=",".join(CONTROLS))
     trials: int = _help("independent trials (seeds seed, seed+1, ...)", AT_LEAST_1, default=1)
     structure: str = _help("after each round's pruning: unstructured (as pruned), refill (whole channels, "
                            "removable), refill+ (refill, then re-activate --refill-rate of the dropped ones), "

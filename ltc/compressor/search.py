@@ -37,11 +37,13 @@ from ltc.compressor.pruning import (
 )
 from ltc.compressor.structure import random_regroup, refill, regroup
 from ltc.compressor.training import distributed, total_iterations, train
+from ltc.controls import VARIANTS as CONTROL_VARIANTS
 from ltc.errors import LtcError, first_line
 from ltc.fileio import check_input_file, load_torch_data, write_json_atomic, write_text_atomic
+from ltc.reporting.runs import summary_markdown  # noqa: F401 - its old home
 from ltc.ticket import entry_mismatch, make_ticket, save_ticket, save_torch, validate_ticket
 
-VARIANTS = ("ticket", "reinit", "random")
+VARIANTS = tuple(CONTROL_VARIANTS)  # the ticket and its controls (ltc.controls)
 RESULT_KEYS = ("test_accuracy", "early_stop_iteration", "final_train_accuracy", "final_test_accuracy")
 MAX_JSON_BYTES = 64 << 20
 _ROUND_JSON = re.compile(r"round(\d+)\.json")
@@ -172,6 +174,8 @@ def read_record(path: Path, round_: int | None = None) -> dict:
     if not isinstance(results, dict) or not results:
         raise LtcError(f"{path}: 'results' must be an object of variants; {way}")
     for variant, res in results.items():
+        if variant not in VARIANTS:
+            raise LtcError(f"{path}: unknown variant '{variant}' in 'results' (known: {', '.join(VARIANTS)}); {way}")
         if not isinstance(res, dict) or not all(_number(res.get(k)) for k in RESULT_KEYS):
             raise LtcError(f"{path}: results of '{variant}' lack numbers for {', '.join(RESULT_KEYS)}; {way}")
     return rec
@@ -523,18 +527,30 @@ def _structure_doc(php: PruneHparams, r: int, detail: dict) -> dict:
     return doc
 
 
+def _reinit_start(setup: Setup, mask: Mask, start: dict, structure: str, seed: int, r: int,
+                  groups: dict | None) -> tuple[torch.nn.Module, Mask]:
+    """The reinit control: the same mask under a new random initialisation."""
+    return setup.fresh(10_000 + 100 * seed + r), mask
+
+
+def _random_start(setup: Setup, mask: Mask, start: dict, structure: str, seed: int, r: int,
+                  groups: dict | None) -> tuple[torch.nn.Module, Mask]:
+    """The random-pruning control: a random mask with the same per-layer sparsity (and structure),
+    from the same start as the ticket."""
+    gen = torch.Generator().manual_seed(20_000 + 100 * seed + r)
+    model = setup.fresh(seed)
+    model.load_state_dict(start)
+    return model, (random_regroup(mask, groups, gen) if groups is not None else random_like(model, mask, structure, gen))
+
+
+# How each control of ltc.controls.CONTROLS starts its training (a test checks that they agree)
+CONTROL_STARTS = {"reinit": _reinit_start, "random": _random_start}
+
+
 def _control(control: str, setup: Setup, thp_t: TrainHparams, mask: Mask,
              start: dict, structure: str, seed: int, r: int, log: Path, progress: bool,
              groups: dict | None = None) -> dict:
-    if control == "reinit":  # same mask, a new random initialisation
-        model = setup.fresh(10_000 + 100 * seed + r)
-        control_mask = mask
-    else:  # random pruning with the same per-layer sparsity, from the same start
-        gen = torch.Generator().manual_seed(20_000 + 100 * seed + r)
-        model = setup.fresh(seed)
-        model.load_state_dict(start)
-        control_mask = (random_regroup(mask, groups, gen) if groups is not None
-                        else random_like(model, mask, structure, gen))
+    model, control_mask = CONTROL_STARTS[control](setup, mask, start, structure, seed, r, groups)
     apply_mask(model, control_mask)
     res = train(model, setup.data, thp_t, control_mask, log_path=log, progress=progress,
                 label=f"trial {seed} round {r} {control}", loss_fn=setup.loss, users_code=setup.users_code)
@@ -588,18 +604,3 @@ def summarize(run_dir: Path) -> dict:
 
 def _stats(xs: list[float]) -> dict:
     return {"mean": statistics.mean(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
-def summary_markdown(summary: dict) -> str:
-    lines = [f"# Ticket search: {summary['run_dir']}", "",
-             "| round | P_m (remaining) | variant | test acc at early stop (mean [min, max]) | early-stop iteration (mean [min, max]) | train acc (final) |",
-             "|---|---|---|---|---|---|"]
-    for row in summary["rounds"]:
-        for variant, s in row["variants"].items():
-            a, it, tr = s["test_accuracy"], s["early_stop_iteration"], s["final_train_accuracy"]
-            lines.append(f"| {row['round']} | {100 * row['density']:.1f}% | {variant} | {100 * a['mean']:.2f}% "
-                         f"[{100 * a['min']:.2f}, {100 * a['max']:.2f}] | {it['mean']:.0f} [{it['min']:.0f}, "
-                         f"{it['max']:.0f}] | {100 * tr['mean']:.2f}% |")
-    for name, path in summary.get("plots", {}).items():
-        lines += ["", f"![{name}]({Path(path).name})"]
-    return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@ matplotlib only (Agg), no torch."""
 
 from __future__ import annotations
 
-COLORS = {"ticket": "tab:blue", "reinit": "tab:orange", "random": "tab:green"}
+from ltc.controls import VARIANTS
 
 
 def series(summary: dict, variant: str, key: str):
@@ -39,13 +39,13 @@ def variant_figure(summary: dict, key: str, ylabel: str, scale: float = 1.0):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in ("ticket", "reinit", "random"):
-        xs, mean, lo, hi = series(summary, variant, key)
+    for variant in VARIANTS.values():
+        xs, mean, lo, hi = series(summary, variant.name, key)
         if not xs:
             continue
-        label = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random pruning"}[variant]
-        ax.plot(xs, [scale * m for m in mean], "o-", color=COLORS[variant], label=label)
-        ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=COLORS[variant], alpha=0.2)
+        ax.plot(xs, [scale * m for m in mean], "o", linestyle=variant.linestyle, color=variant.color,
+                label=variant.label)
+        ax.fill_between(xs, [scale * v for v in lo], [scale * v for v in hi], color=variant.color, alpha=0.2)
     percent_axis(ax)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)

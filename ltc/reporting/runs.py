@@ -1,0 +1,39 @@
+"""Tables of a ticket-search run (``summary.json``): the rows ``ltc ticket`` prints and writes as
+``summary.md``, and that ``ltc report`` shows. No torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ltc.controls import VARIANTS
+
+RUN_HEADERS = ("round", "P_m (remaining)", "variant", "test acc at early stop (mean [min, max])",
+               "early-stop iteration (mean [min, max])", "train acc (final)")
+
+
+def _variant_order(name: str) -> tuple[int, str]:
+    names = list(VARIANTS)
+    return (names.index(name) if name in VARIANTS else len(names), name)
+
+
+def run_rows(summary: dict) -> list[list[str]]:
+    """One row per round and variant (the ticket first, then the controls in registry order)."""
+    rows = []
+    for row in summary["rounds"]:
+        for variant in sorted(row["variants"], key=_variant_order):
+            s = row["variants"][variant]
+            a, it, tr = s["test_accuracy"], s["early_stop_iteration"], s["final_train_accuracy"]
+            rows.append([str(row["round"]), f"{100 * row['density']:.1f}%", variant,
+                         f"{100 * a['mean']:.2f}% [{100 * a['min']:.2f}, {100 * a['max']:.2f}]",
+                         f"{it['mean']:.0f} [{it['min']:.0f}, {it['max']:.0f}]", f"{100 * tr['mean']:.2f}%"])
+    return rows
+
+
+def summary_markdown(summary: dict) -> str:
+    """The run as Markdown: the per-round table, then the run's plots."""
+    lines = [f"# Ticket search: {summary['run_dir']}", "", "| " + " | ".join(RUN_HEADERS) + " |",
+             "|" + "---|" * len(RUN_HEADERS)]
+    lines += ["| " + " | ".join(r) + " |" for r in run_rows(summary)]
+    for name, path in summary.get("plots", {}).items():
+        lines += ["", f"![{name}]({Path(path).name})"]
+    return "\n".join(lines) + "\n"

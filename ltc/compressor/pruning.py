@@ -12,7 +12,72 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Mask = dict[str, torch.Tensor]
+
+class Mask(dict):
+    """``{parameter name: bool tensor}``, validated: every name is a string, every value a tensor (or
+    array) of 0/1 or booleans, stored as a bool tensor. A value that is anything else (2, 0.5, NaN, a
+    string) is refused with :class:`~ltc.errors.LtcError` naming the entry. :meth:`check` also matches
+    the names and shapes against a model's parameters. A plain dict of masks is accepted wherever a
+    Mask is (``Mask(d)`` validates it)."""
+
+    def __init__(self, entries=(), /):
+        super().__init__()
+        self.update(entries)
+
+    def __setitem__(self, name, value) -> None:
+        super().__setitem__(*_mask_entry(name, value))
+
+    def update(self, entries=(), /, **more) -> None:  # dict.update would bypass __setitem__
+        for name, value in (dict(entries) | more).items():
+            self[name] = value
+
+    def setdefault(self, name, value=None):
+        if name not in self:
+            self[name] = value
+        return self[name]
+
+    def copy(self) -> Mask:
+        return Mask({k: v.clone() for k, v in self.items()})
+
+    def check(self, model: nn.Module) -> Mask:
+        """Every entry names a parameter of ``model`` and has its shape; returns self."""
+        from ltc.errors import LtcError
+
+        params = dict(model.named_parameters())
+        for name, m in self.items():
+            if name not in params:
+                known = list(params)
+                raise LtcError(f"mask entry {name!r} names no parameter of the model (its parameters: "
+                               f"{', '.join(known[:6])}{'...' if len(known) > 6 else ''}); mask by parameter name")
+            if tuple(m.shape) != tuple(params[name].shape):
+                raise LtcError(f"mask entry {name!r} has shape {list(m.shape)}, the parameter "
+                               f"{list(params[name].shape)}; the mask is for another model")
+        return self
+
+    def density(self, names: list[str] | None = None) -> float:
+        """Fraction kept over ``names`` (default: the weights, ``*.weight``)."""
+        return density(self, names)
+
+
+def _mask_entry(name, value) -> tuple[str, torch.Tensor]:
+    from ltc.errors import LtcError
+
+    if not isinstance(name, str):
+        raise LtcError(f"mask entry {name!r}: names must be parameter names (strings)")
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise LtcError(f"mask entry {name!r} is a {type(value).__name__}, not a tensor of 0/1") from None
+    if value.dtype == torch.bool:
+        return name, value
+    if value.is_complex() or not (value.is_floating_point() or value.dtype in (
+            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise LtcError(f"mask entry {name!r} has dtype {value.dtype}, not bool or 0/1 numbers")
+    bad = (value != 0) & (value != 1)
+    if bool(bad.any()):
+        raise LtcError(f"mask entry {name!r} holds {value[bad].flatten()[0].item()!r}; a mask is 0/1 (or bool)")
+    return name, value != 0
 
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -113,7 +178,7 @@ def full_mask(model: nn.Module, structure: str = "unstructured") -> Mask:
             for extra in ([f"{n}.bias"] if m.bias is not None else []) + (
                     [f"{bns[n]}.weight", f"{bns[n]}.bias"] if n in bns else []):
                 mask[extra] = torch.ones_like(params[extra], dtype=torch.bool)
-    return mask
+    return Mask(mask)
 
 
 @torch.no_grad()

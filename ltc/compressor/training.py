@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,20 +119,146 @@ def evaluate(model: nn.Module, batches, loss_fn: Loss | None = None) -> tuple[fl
     return loss / n, correct / n if classify else float("nan")
 
 
+# ----------------------------------------------------------------------------------------- callbacks
+@dataclass
+class TrainState:
+    """What callbacks see: the model being trained, where the loop is, and what it evaluated so far.
+    A callback sets ``stop`` to end training after the current evaluation."""
+
+    model: nn.Module
+    label: str
+    total: int
+    iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+    stop: bool = False
+
+
+class Callback:
+    """Hooks of the training loop (after open_lth's callbacks). ``on_iteration`` runs at the start of
+    every iteration, before its evaluation; ``on_eval`` after each evaluation (every ``eval_every``
+    iterations and at the end) with the row it logged; ``on_step`` after each optimizer step;
+    ``on_end`` once, when the loop ends or fails."""
+
+    def on_iteration(self, state: TrainState) -> None:
+        pass
+
+    def on_eval(self, state: TrainState, row: dict) -> None:
+        pass
+
+    def on_step(self, state: TrainState) -> None:
+        pass
+
+    def on_end(self, state: TrainState) -> None:
+        pass
+
+
+class EarlyStop(Callback):
+    """The paper's early-stopping criterion: the iteration of minimum validation loss, and the test
+    accuracy there. With ``patience`` > 0, training stops once the minimum is ``patience``
+    evaluations behind."""
+
+    def __init__(self, patience: int, eval_every: int):
+        self.patience, self.eval_every = patience, eval_every
+        self.best = (float("inf"), 0, float("nan"))  # (val loss, iteration, test accuracy)
+
+    def on_eval(self, state: TrainState, row: dict) -> None:
+        if row["val_loss"] < self.best[0] or math.isnan(self.best[0]):
+            self.best = (row["val_loss"], row["iteration"], row["test_acc"])
+        if self.patience and (row["iteration"] - self.best[1]) >= self.patience * self.eval_every:
+            state.stop = True
+
+
+class RewindCapture(Callback):
+    """A copy of the model's state at the start of ``iteration`` (late resetting / rewinding)."""
+
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_iteration(self, state: TrainState) -> None:
+        if state.iteration == self.iteration:
+            self.state = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+
+
+class KeepMasked(Callback):
+    """Masked weights stay exactly zero: re-applied after every optimizer step."""
+
+    def __init__(self, model: nn.Module, mask: Mask):
+        named = dict(model.named_parameters())
+        self.masked = [(named[n], m.to(named[n].dtype)) for n, m in mask.items()]
+
+    @torch.no_grad()
+    def on_step(self, state: TrainState) -> None:
+        for p, m in self.masked:
+            p.mul_(m)
+
+
+class JsonlLog(Callback):
+    """Each evaluation row as one JSON line, labelled (appended; never through a link)."""
+
+    def __init__(self, path: Path):
+        self.file = open_log(path)
+
+    def on_eval(self, state: TrainState, row: dict) -> None:
+        self.file.write(json.dumps({"label": state.label, **row}) + "\n")
+        self.file.flush()
+
+    def on_end(self, state: TrainState) -> None:
+        self.file.close()
+
+
+class ProgressBar(Callback):
+    """A rich progress bar over the iterations."""
+
+    def __init__(self, label: str, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn())
+        self.task = self.bar.add_task(label, total=total)
+        self.bar.start()
+
+    def on_step(self, state: TrainState) -> None:
+        self.bar.update(self.task, advance=1)
+
+    def on_end(self, state: TrainState) -> None:
+        self.bar.stop()
+
+
+class _OnEval(Callback):
+    def __init__(self, fn: Callable[[dict], None]):
+        self.fn = fn
+
+    def on_eval(self, state: TrainState, row: dict) -> None:
+        self.fn(row)
+
+
 def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = None, *,
           log_path: Path | None = None, rewind_iteration: int | None = None, progress: bool = False,
           label: str = "train", on_eval: Callable[[dict], None] | None = None,
-          loss_fn: Loss | None = None, users_code: bool = False) -> TrainResult:
+          loss_fn: Loss | None = None, users_code: bool = False,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train ``model`` in place; masked entries are zero before training and after every step.
     ``data`` is a :class:`~ltc.compressor.data.Splits` or anything with its ``n_train``,
     ``train_batches`` and ``eval_batches`` (:class:`~ltc.compressor.userdata.DatasetSplits`);
     ``loss_fn(outputs, labels)`` defaults to cross-entropy. With ``users_code`` (a user's model or loss)
-    an exception in the forward pass or the loss is a bad input (:class:`~ltc.errors.LtcError`)."""
+    an exception in the forward pass or the loss is a bad input (:class:`~ltc.errors.LtcError`).
+
+    The loop itself trains and evaluates; early stopping, rewind capture, masking, the JSONL log and
+    the progress bar are :class:`Callback` s, and ``callbacks`` adds the caller's own (they run after
+    ltc's, in order; ``on_eval(row)`` is a shorthand for one that only watches evaluations)."""
     user_loss = loss_fn
     loss_fn = loss_fn or cross_entropy
     rank, world = distributed()
     torch.manual_seed(hp.seed)
     if mask is not None:
+        mask = Mask(mask).check(model)
         apply_mask(model, mask)
     net: nn.Module = model
     if world > 1:
@@ -142,65 +268,69 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
         opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     else:
         opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-    named = dict(model.named_parameters())
-    masked = [(named[n], m.to(named[n].dtype)) for n, m in (mask or {}).items()]
     total = total_iterations(hp, data.n_train())
     gen = torch.Generator().manual_seed(hp.seed)  # identical on every rank: the same global batches
     augment = hp.augment or data.augment
     if hp.batch_size % world:
         raise LtcError(f"--batch-size {hp.batch_size} must be divisible by the {world} ranks")
-    history: list[dict] = []
-    best = (float("inf"), 0, float("nan"))
-    rewind_state = None
-    log = open_log(log_path) if (log_path is not None and rank == 0) else None
-    bar = _progress(progress and rank == 0, label, total)
-    batches = data.train_batches(gen, hp.batch_size, rank, world)
-    model.train()
+    state = TrainState(model, label, total)
+    early = EarlyStop(hp.patience, hp.eval_every)
+    rewind = RewindCapture(rewind_iteration) if rewind_iteration is not None else None
+    hooks: list[Callback] = [early, *([rewind] if rewind else []), *([KeepMasked(model, mask)] if mask else [])]
     try:
-        for it in range(total + 1):
-            if rewind_iteration is not None and it == rewind_iteration:
-                rewind_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if it % hp.eval_every == 0 or it == total:
-                with _users(users_code, label, it):
-                    row = _eval_row(model, data, it, user_loss)
-                history.append(row)
-                if row["val_loss"] < best[0] or math.isnan(best[0]):
-                    best = (row["val_loss"], it, row["test_acc"])
-                if log:
-                    log.write(json.dumps({"label": label, **row}) + "\n")
-                    log.flush()
-                if on_eval:
-                    on_eval(row)
-                if hp.patience and (it - best[1]) >= hp.patience * hp.eval_every:
-                    break  # early-stopped: the minimum is patience evaluations behind
-            if it == total:
-                break
-            x, y = next(batches)
-            if augment:
-                x = augment_batch(x, gen)
-            for g in opt.param_groups:
-                g["lr"] = hp.lr * _lr_factor(hp, it, total)
-            opt.zero_grad(set_to_none=True)
-            with _users(users_code, label, it):
-                loss = loss_fn(net(x), y)
-                loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for p, m in masked:
-                    p.mul_(m)
-            if bar:
-                bar[0].update(bar[1], advance=1)
+        if log_path is not None and rank == 0:
+            hooks.append(JsonlLog(log_path))
+        if progress and rank == 0:
+            hooks.append(ProgressBar(label, total))
+        hooks += [*([_OnEval(on_eval)] if on_eval else []), *callbacks]
+        _loop(state, net, data, hp, opt, gen, augment, rank, world, loss_fn, user_loss, users_code, hooks)
     finally:
-        if log:
-            log.close()
-        if bar:
-            bar[0].stop()
-    final = history[-1]
+        for cb in hooks:
+            cb.on_end(state)
+    final = state.history[-1]
+    best = early.best
     if math.isnan(best[0]):  # no validation set: early stop = end
         best = (float("nan"), total, final["test_acc"])
     _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), user_loss)
-    return TrainResult(history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
-                       {k: v.detach().clone() for k, v in model.state_dict().items()}, rewind_state)
+    return TrainResult(state.history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
+                       {k: v.detach().clone() for k, v in model.state_dict().items()},
+                       rewind.state if rewind else None)
+
+
+def _loop(state: TrainState, net: nn.Module, data: Splits, hp: TrainHparams, opt: torch.optim.Optimizer,
+          gen: torch.Generator, augment: bool, rank: int, world: int, loss_fn: Loss, user_loss: Loss | None,
+          users_code: bool, hooks: list[Callback]) -> None:
+    """Iterations 0..total: evaluate every ``eval_every`` and at the end, step otherwise (this rank's
+    slice of the seeded global batch)."""
+    model, total, label = state.model, state.total, state.label
+    batches = data.train_batches(gen, hp.batch_size, rank, world)
+    model.train()
+    for it in range(total + 1):
+        state.iteration = it
+        for cb in hooks:
+            cb.on_iteration(state)
+        if it % hp.eval_every == 0 or it == total:
+            with _users(users_code, label, it):
+                row = _eval_row(model, data, it, user_loss)
+            state.history.append(row)
+            for cb in hooks:
+                cb.on_eval(state, row)
+            if state.stop:
+                break
+        if it == total:
+            break
+        x, y = next(batches)
+        if augment:
+            x = augment_batch(x, gen)
+        for g in opt.param_groups:
+            g["lr"] = hp.lr * _lr_factor(hp, it, total)
+        opt.zero_grad(set_to_none=True)
+        with _users(users_code, label, it):
+            loss = loss_fn(net(x), y)
+            loss.backward()
+        opt.step()
+        for cb in hooks:
+            cb.on_step(state)
 
 
 @contextlib.contextmanager
@@ -235,20 +365,3 @@ def _eval_row(model: nn.Module, data: Splits, it: int, loss_fn: Loss | None) -> 
     val_loss, val_acc = evaluate(model, data.eval_batches("val"), loss_fn)
     test_loss, test_acc = evaluate(model, data.eval_batches("test"), loss_fn)
     return {"iteration": it, "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
-
-
-def _progress(enabled: bool, label: str, total: int):
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    task = p.add_task(label, total=total)
-    p.start()
-    return p, task

@@ -9,11 +9,12 @@ import sys
 import click
 
 from ltc import __version__
-from ltc.defaults import ATOL, RTOL
+from ltc.defaults import ATOL, MAX_MEMORY_GIB, RTOL
 from ltc.errors import InternalError, LtcError, first_line
 from ltc.exporters.torch_export import EXPORTERS
 from ltc.hardware import BENCH_PROVIDERS, OPT_LEVELS, PROVIDERS, UNEQUAL_GROUPS
 from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
+from ltc.reports import to_json
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
 _EXTRAS = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch",
@@ -119,9 +120,7 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
                         report=report, external_data=external_data, regroup=regroup,
                         unequal_groups=unequal_groups)
     if as_json:
-        from ltc.api import _json_default
-
-        click.echo(json.dumps(doc, indent=2, default=_json_default))
+        click.echo(json.dumps(doc.to_dict(), indent=2, default=to_json))
     else:
         print_compress(doc)
 
@@ -135,12 +134,12 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
 def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) -> None:
     """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
-    from ltc.api import _json_default, inspect_file
+    from ltc.api import inspect_file
     from ltc.render import print_inspect
 
     doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups)
     if as_json:
-        click.echo(json.dumps(doc, indent=2, default=_json_default))
+        click.echo(json.dumps(doc.to_dict(), indent=2, default=to_json))
     else:
         print_inspect(doc)
 
@@ -165,11 +164,11 @@ def _train_options(fn):
 @click.option("--progress/--no-progress", default=True, help="progress bar")
 def train_cmd(data_dir, out, progress, **kwargs) -> None:
     """Train a dense model; writes a ticket.pt (all-ones masks, trained weights) and a JSONL log."""
+    from ltc.api import train_file
     from ltc.compressor.hparams import TrainHparams, from_kwargs
-    from ltc.compressor.workflows import train_dense
 
     thp = from_kwargs(TrainHparams, kwargs)
-    doc = train_dense(thp, out, data_dir=data_dir, progress=progress)
+    doc = train_file(thp, out, data_dir=data_dir, progress=progress)
     click.echo(f"early stop at iteration {doc['early_stop_iteration']}: test accuracy "
                f"{100 * doc['test_accuracy']:.2f}% (final {100 * doc['final_test_accuracy']:.2f}%, train "
                f"{100 * doc['final_train_accuracy']:.2f}%); ticket {doc['ticket']}; log {doc['log']}")
@@ -187,20 +186,16 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 
     Re-running the same command resumes after the last completed round.
     """
-    from pathlib import Path
-
     import matplotlib  # noqa: F401 - the plots come at the end: a missing extra fails before training
 
+    from ltc.api import find_tickets
     from ltc.compressor.hparams import PruneHparams, TrainHparams, from_kwargs
-    from ltc.compressor.search import summary_markdown, ticket_search
-    from ltc.compressor.training import distributed, finish_distributed, init_distributed
+    from ltc.compressor.training import distributed
+    from ltc.reporting.runs import summary_markdown
 
-    joined = init_distributed()
     thp = from_kwargs(TrainHparams, kwargs)
     php = from_kwargs(PruneHparams, kwargs)
-    summary = ticket_search(thp, php, Path(out), data_dir=data_dir, run_dir=Path(run_dir) if run_dir else None,
-                            progress=progress)
-    finish_distributed(joined)  # on success only: a rank that failed must not wait for the others
+    summary = find_tickets(thp, php, out, data_dir=data_dir, run_dir=run_dir, progress=progress)
     if distributed()[0] == 0:
         click.echo(summary_markdown(summary))
         click.echo(f"run folder: {summary['run_dir']}")
@@ -215,7 +210,7 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
               help="ONNX opset: legacy 13..20 (default 17), dynamo 18..26 (default 18)")
 @click.option("--dynamic-batch/--static-batch", default=True, show_default=True)
 @click.option("--fold-batchnorm", is_flag=True, help="fold BN into conv (BN masks then match nothing)")
-@click.option("--max-memory", type=FiniteFloat(min=0, min_open=True), default=4.0, show_default=True, metavar="GIB",
+@click.option("--max-memory", type=FiniteFloat(min=0, min_open=True), default=MAX_MEMORY_GIB, show_default=True, metavar="GIB",
               help="refuse a ticket whose model would need more memory to build and export (estimated first)")
 @click.option("--model", "model_spec", default=None, metavar="SPEC",
               help="rebuild the model from this name instead of the ticket's (needed for path/to/file.py:function "
@@ -223,9 +218,9 @@ def ticket_cmd(data_dir, out, run_dir, progress, **kwargs) -> None:
 def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_batchnorm, max_memory,
                model_spec) -> None:
     """Export a ticket's masked model to ONNX, initializers named as the ticket's parameters."""
-    from ltc.exporters.ticket_export import export_ticket
+    from ltc.api import export_file
 
-    out = export_ticket(ticket, output, weights=weights, exporter=exporter, opset=opset,
+    out = export_file(ticket, output, weights=weights, exporter=exporter, opset=opset,
                         dynamic_batch=dynamic_batch, fold_batchnorm=fold_batchnorm, max_memory=max_memory,
                         model_spec=model_spec)
     click.echo(f"wrote {out}; next: ltc compress {out} --mask {ticket} -o compressed.onnx")
@@ -258,12 +253,13 @@ def export_cmd(ticket, output, weights, exporter, opset, dynamic_batch, fold_bat
 def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, time_budget, opt_level, fp16,
               io_binding, profile, per_layer, engine_cache, json_out, md_out) -> None:
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
-    from ltc.benchmarks.bench import BenchOptions, bench_files, markdown
+    from ltc.api import bench_files
+    from ltc.benchmarks.bench import markdown
 
-    opts = BenchOptions(batches=tuple(batches), providers=tuple(providers), threads=threads, warmup=warmup,
-                        iterations=iterations, rounds=rounds, time_budget=time_budget, opt_level=opt_level, fp16=fp16,
-                        io_binding=io_binding, profile=profile, per_layer=per_layer, engine_cache=engine_cache)
-    report = bench_files(list(models), opts, json_out=json_out, md_out=md_out)
+    report = bench_files(models, providers=providers, batches=batches, threads=threads, warmup=warmup,
+                         iterations=iterations, rounds=rounds, time_budget=time_budget, opt_level=opt_level, fp16=fp16,
+                         io_binding=io_binding, profile=profile, per_layer=per_layer, engine_cache=engine_cache,
+                         json_out=json_out, md_out=md_out)
     click.echo(markdown(report))
 
 
@@ -276,9 +272,9 @@ def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, t
 @click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="also write Markdown (plots as PNG beside it)")
 def report_cmd(run_dir, benches, compresses, output, md_out) -> None:
     """A self-contained HTML report (plots embedded) and Markdown, from runs and bench results."""
-    from ltc.benchmarks.report import write_report
+    from ltc.api import report_files
 
-    written = write_report(run_dir, list(benches), list(compresses), output, md_out)
+    written = report_files(run_dir, benches, compresses, output, md_out)
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -2,3 +2,4 @@
 
 RTOL = 1e-4  # verification: an output passes when max|diff| <= ATOL + RTOL * max|output|
 ATOL = 1e-5
+MAX_MEMORY_GIB = 4.0  # ltc export: refuse a ticket whose model would need more memory to build and export

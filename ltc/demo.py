@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -24,14 +23,11 @@ def _step(text: str) -> None:
 
 
 def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
-    from ltc.api import compress_file
-    from ltc.benchmarks.bench import BenchOptions, bench, markdown
-    from ltc.benchmarks.report import write_report
+    from ltc.api import bench_files, compress_file, export_file, find_tickets, report_files
+    from ltc.benchmarks.bench import markdown
     from ltc.compressor.hparams import PruneHparams, TrainHparams
-    from ltc.compressor.search import summary_markdown, ticket_search
-    from ltc.exporters.ticket_export import export_ticket
-    from ltc.fileio import write_text_atomic
     from ltc.render import print_compress
+    from ltc.reporting.runs import summary_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     thp = TrainHparams(model="conv4", dataset="digits", optimizer="adam", lr=1e-3, batch_size=60,
@@ -39,17 +35,17 @@ def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     php = PruneHparams(strategy="channel", rounds=rounds, rate_conv=0.3, rate_fc=0.3, controls="reinit")
     _step(f"ltc ticket --model conv4 --dataset digits --iterations {iterations} --eval-every 50 --lr 0.001 "
           f"--strategy channel --rounds {rounds} --rate-conv 0.3 --rate-fc 0.3 --controls reinit --out {out / 'runs'}")
-    summary = ticket_search(thp, php, out / "runs", progress=True)
+    summary = find_tickets(thp, php, out / "runs", progress=True)
     print(summary_markdown(summary))
     trial = Path(summary["run_dir"]) / "trial0"
 
     _step(f"ltc export (dense round 0 and the round-{rounds} ticket)")
-    dense = export_ticket(trial / "ticket_round0.pt", out / "round0.onnx") if not (out / "round0.onnx").exists() \
+    dense = export_file(trial / "ticket_round0.pt", out / "round0.onnx") if not (out / "round0.onnx").exists() \
         else out / "round0.onnx"
     last = trial / f"ticket_round{rounds}.pt"
     ticket = out / f"round{rounds}.onnx"
     if not ticket.exists():
-        export_ticket(last, ticket)
+        export_file(last, ticket)
     print(f"{dense}\n{ticket}")
 
     compressed = out / f"round{rounds}-compressed.onnx"
@@ -61,12 +57,12 @@ def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     gthp = PruneHparams(rounds=2, rate_conv=0.5, rate_fc=0.5, controls="none", structure="regroup")
     _step(f"ltc ticket --model conv4 --dataset digits --iterations {iterations} --eval-every 50 --lr 0.001 "
           f"--structure regroup --rounds 2 --rate-conv 0.5 --rate-fc 0.5 --controls none --out {out / 'runs'}")
-    gsummary = ticket_search(thp, gthp, out / "runs", progress=True)
+    gsummary = find_tickets(thp, gthp, out / "runs", progress=True)
     print(summary_markdown(gsummary))
     glast = Path(gsummary["run_dir"]) / "trial0" / "ticket_round2.pt"
     gticket = out / "round2-group.onnx"
     if not gticket.exists():
-        export_ticket(glast, gticket)
+        export_file(glast, gticket)
     grouped = out / "round2-group-compressed.onnx"
     _step(f"ltc compress {gticket} --mask {glast} -o {grouped} --report {out / 'compress-group.json'}"
           "   (a group ticket: --regroup is on)")
@@ -75,15 +71,14 @@ def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
 
     _step(f"ltc bench {dense.name} {ticket.name} {compressed.name} {grouped.name} --batch 1 --batch 32 "
           "--rounds 5 --threads 2")
-    report = bench([str(dense), str(ticket), str(compressed), str(grouped)],
-                   BenchOptions(batches=(1, 32), threads=2, rounds=5, iterations=20, warmup=5, profile=True))
-    write_text_atomic(out / "bench.json", json.dumps(report, indent=2))
+    report = bench_files([dense, ticket, compressed, grouped], batches=(1, 32), threads=2, rounds=5, iterations=20,
+                         warmup=5, profile=True, json_out=out / "bench.json")
     print(markdown(report))
 
     _step(f"ltc report --run {summary['run_dir']} --bench {out / 'bench.json'} --compress {out / 'compress.json'} "
           f"--compress {out / 'compress-group.json'}")
-    write_report(summary["run_dir"], [str(out / "bench.json")],
-                 [str(out / "compress.json"), str(out / "compress-group.json")], out / "report.html", out / "report.md")
+    report_files(summary["run_dir"], [out / "bench.json"], [out / "compress.json", out / "compress-group.json"],
+                 out / "report.html", out / "report.md")
     print(f"\nreport: {(out / 'report.html').resolve()}  (Markdown: {(out / 'report.md').resolve()})")
     return out / "report.html"
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import ltc
 
 ROOT = Path(ltc.__file__).parent
-SHARED = ("errors", "defaults", "fileio", "hardware", "options", "onnx_io", "ticket", "masks", "reporting")
+SHARED = ("errors", "defaults", "fileio", "hardware", "options", "onnx_io", "ticket", "masks", "reporting", "reports",
+          "controls")
 TOP = ("api", "cli", "demo")
 FORBIDDEN = {
     **{m: ("passes", "compressor", "exporters", "benchmarks", "render", *TOP) for m in SHARED},

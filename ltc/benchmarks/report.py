@@ -11,76 +11,17 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 import warnings
 from pathlib import Path
 
-from ltc.errors import LtcError, first_line
-from ltc.fileio import check_input_file
+from ltc.errors import LtcError
 from ltc.render import GROUP_HEADERS, group_rows, group_title, kept_reasons, span
 from ltc.reporting.runs import run_rows
+from ltc.reports import SCHEMAS, BenchReport, CompressReport, load_report_json  # noqa: F401 - SCHEMAS, load_report_json: their old home
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}
-
-
-SCHEMAS = {  # kind -> (schema file inside the package, what writes such a file)
-    "bench": ("benchmarks/bench-schema.json", "ltc bench --json"),
-    "compress": ("passes/compress-schema.json", "ltc compress --report"),
-    "inspect": ("passes/inspect-schema.json", "ltc inspect --json"),
-    "ticket-search summary": ("compressor/summary-schema.json", "ltc ticket (summary.json of a run folder)"),
-}
-_MAX_JSON_BYTES = 256 << 20
-
-
-def load_report_json(path: str | Path, kind: str) -> dict:
-    """Read a JSON file ltc wrote and validate it against its schema; a one-line error names the first
-    wrong field and what writes a valid file."""
-    import jsonschema
-
-    schema_file, writer = SCHEMAS[kind]
-    path = check_input_file(path, f"{kind} JSON", f"pass a file written by {writer}")
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise LtcError(f"{path}: {path.stat().st_size:,} bytes is too large for a {kind} JSON; pass a file "
-                       f"written by {writer}")
-    try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise LtcError(f"{path}: not a readable {kind} JSON ({first_line(exc)}); pass a file written by "
-                       f"{writer}") from None
-    schema = json.loads((Path(__file__).parent.parent / schema_file).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "top level"
-        raise LtcError(f"{path}: not a valid {kind} JSON ({where}: {error.message[:160]}); pass a file written "
-                       f"by {writer}")
-    if kind == "bench":
-        for run in doc["runs"]:
-            unknown = sorted(set(run["models"]) - set(doc["models"]))
-            if unknown:
-                raise LtcError(f"{path}: not a valid bench JSON (runs name model(s) {unknown} that 'models' does "
-                               f"not list); pass a file written by {writer}")
-            problem = _per_layer_problem(run)
-            if problem:
-                raise LtcError(f"{path}: not a valid bench JSON (per_layer: {problem}); pass a file written by {writer}")
-    return doc
-
-
-def _per_layer_problem(run: dict) -> str | None:
-    """What ties a run's per-layer entry to its models wrongly (the schema checks each field alone)."""
-    pl = run.get("per_layer")
-    if pl is None:
-        return None
-    names = set(run["models"])
-    if set(pl["models"]) != names or pl["baseline"] not in names:
-        return f"models {sorted(pl['models'])} and baseline {pl['baseline']!r} are not the run's models {sorted(names)}"
-    for row in pl["layers"]:
-        for key, want in (("median_ms", names), ("macs", names), ("kernels", names),
-                          ("vs_first", names - {pl["baseline"]})):
-            if set(row[key]) != want:
-                return f"layer {row['layer']!r}: {key} names {sorted(row[key])}, not {sorted(want)}"
-    return None
 
 
 def _png(fig) -> bytes:
@@ -253,8 +194,8 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
         if not summary.exists():
             raise LtcError(f"{run_dir}: no summary.json; pass a run folder made by `ltc ticket`")
         run = load_report_json(summary, "ticket-search summary")
-    benches = [load_report_json(p, "bench") for p in bench_paths or []]
-    compresses = [load_report_json(p, "compress") for p in compress_paths or []]
+    benches = [BenchReport.load(p) for p in bench_paths or []]
+    compresses = [CompressReport.load(p) for p in compress_paths or []]
     if run is None and not benches and not compresses:
         raise LtcError("nothing to report: pass --run, --bench or --compress")
     kinds = compress_kinds(compresses)

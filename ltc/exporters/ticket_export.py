@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ltc.defaults import MAX_MEMORY_GIB
 from ltc.errors import LtcError, first_line
 from ltc.masks import as_bool_masks
 from ltc.ticket import load_ticket
 
-MAX_MEMORY_GIB = 4.0
 # Above this much weight the exporters switch to external data: dynamo writes one <output>.data (its
 # threshold is 1.5 GiB), the legacy exporter one file per tensor, which ltc refuses to scatter.
 EXTERNAL_DATA_BYTES = 1536 << 20

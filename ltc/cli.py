@@ -14,7 +14,6 @@ from ltc.errors import InternalError, LtcError, first_line
 from ltc.exporters.torch_export import EXPORTERS
 from ltc.hardware import BENCH_PROVIDERS, OPT_LEVELS, PROVIDERS, UNEQUAL_GROUPS
 from ltc.options import NON_NEGATIVE, POSITIVE_INT, FiniteFloat
-from ltc.reports import to_json
 
 # Modules that only the `torch` extra installs: a command that needs one says how to get it.
 _EXTRAS = {"torch": "torch", "torchvision": "torch", "onnxscript": "torch", "sklearn": "torch",
@@ -120,9 +119,15 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
                         report=report, external_data=external_data, regroup=regroup,
                         unequal_groups=unequal_groups)
     if as_json:
-        click.echo(json.dumps(doc.to_dict(), indent=2, default=to_json))
+        _echo_json(doc)
     else:
         print_compress(doc)
+
+
+def _echo_json(report) -> None:
+    from ltc.reports import to_json
+
+    click.echo(json.dumps(report.to_dict(), indent=2, default=to_json))
 
 
 @main.command("inspect")
@@ -139,7 +144,7 @@ def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) 
 
     doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups)
     if as_json:
-        click.echo(json.dumps(doc.to_dict(), indent=2, default=to_json))
+        _echo_json(doc)
     else:
         print_inspect(doc)
 

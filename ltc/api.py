@@ -147,7 +147,7 @@ def report_files(run_dir: str | os.PathLike | None = None, benches: Sequence[str
                  markdown: str | os.PathLike | None = None) -> list[Path]:
     """One self-contained HTML page (and Markdown with PNGs) from a run folder, bench JSON and compress
     reports (``ltc report``); every file read is validated against its schema. Returns the files written."""
-    from ltc.benchmarks.report import write_report
+    from ltc.reporting.report import write_report
 
     return write_report(run_dir, [str(b) for b in benches], [str(c) for c in compresses], output, markdown)
 

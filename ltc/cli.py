@@ -112,7 +112,7 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
                  strict_mask, report, external_data, regroup, unequal_groups, as_json) -> None:
     """Physically remove pruned channels from MODEL, exactly, and verify the result."""
     from ltc.api import compress_file
-    from ltc.render import print_compress
+    from ltc.reporting.tables import print_compress
 
     doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
                         verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
@@ -140,7 +140,7 @@ def _echo_json(report) -> None:
 def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) -> None:
     """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
     from ltc.api import inspect_file
-    from ltc.render import print_inspect
+    from ltc.reporting.tables import print_inspect
 
     doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups)
     if as_json:
@@ -259,7 +259,7 @@ def bench_cmd(models, providers, batches, threads, warmup, iterations, rounds, t
               io_binding, profile, per_layer, engine_cache, json_out, md_out) -> None:
     """Latency of one or more ONNX models, interleaved, compared as ratios to the first."""
     from ltc.api import bench_files
-    from ltc.benchmarks.bench import markdown
+    from ltc.reporting.report import bench_markdown as markdown
 
     report = bench_files(models, providers=providers, batches=batches, threads=threads, warmup=warmup,
                          iterations=iterations, rounds=rounds, time_budget=time_budget, opt_level=opt_level, fp16=fp16,

@@ -24,10 +24,10 @@ def _step(text: str) -> None:
 
 def run(out: Path, rounds: int = 3, iterations: int = 300) -> Path:
     from ltc.api import bench_files, compress_file, export_file, find_tickets, report_files
-    from ltc.benchmarks.bench import markdown
     from ltc.compressor.hparams import PruneHparams, TrainHparams
-    from ltc.render import print_compress
+    from ltc.reporting.report import bench_markdown as markdown
     from ltc.reporting.runs import summary_markdown
+    from ltc.reporting.tables import print_compress
 
     out.mkdir(parents=True, exist_ok=True)
     thp = TrainHparams(model="conv4", dataset="digits", optimizer="adam", lr=1e-3, batch_size=60,

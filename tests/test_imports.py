@@ -47,3 +47,16 @@ def test_report_from_bench_json_imports_no_torch(tmp_path):
             "print(','.join(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "" and (tmp_path / "r.html").stat().st_size > 1000
+
+
+def test_presentation_moved_into_reporting_keeps_its_old_paths():
+    """Tables, Markdown and HTML live in ltc.reporting; the old module paths are the same module objects."""
+    import ltc.benchmarks.report
+    import ltc.render
+    from ltc.benchmarks.bench import markdown
+    from ltc.benchmarks.per_layer import per_layer_rows
+    from ltc.reporting import report, tables
+
+    assert ltc.render is tables and ltc.benchmarks.report is report
+    assert markdown is report.bench_markdown and per_layer_rows is tables.per_layer_rows
+    assert ltc.benchmarks.report.write_report is report.write_report

@@ -28,6 +28,7 @@ from ltc.hardware import (
     BENCH_PROVIDERS as PROVIDERS,  # (trt: native TensorRT, not through ONNX Runtime)
 )
 from ltc.hardware import OPT_LEVELS, cpu_flags
+from ltc.reporting.report import bench_markdown as markdown  # its old name and home
 
 SCHEMA_VERSION = 2  # 2: runs may carry per_layer (version 1 files still validate and render)
 
@@ -550,43 +551,3 @@ def _gpu() -> dict | None:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"name": name, "driver": driver, "memory": mem, "cuda": cuda}
-
-
-def markdown(report: dict) -> str:
-    env = report["environment"]
-    gpu = env.get("gpu") or {}
-    lines = [f"# ltc bench ({report['created']})", "",
-             f"CPU: {env['cpu']} ({env['logical_cores']} logical cores; {', '.join(env['cpu_flags'])}); "
-             f"GPU: {gpu.get('name', 'none')}{' driver ' + gpu['driver'] if gpu.get('driver') else ''}"
-             f"{' CUDA ' + gpu['cuda'] if gpu.get('cuda') else ''}; onnxruntime {env['onnxruntime']}; "
-             f"TensorRT {env['tensorrt'] or 'not installed'}", "",
-             "| model | parameters | MACs/sample | file bytes |", "|---|---|---|---|"]
-    for name, m in report["models"].items():
-        lines.append(f"| {name} | {m['parameters']:,} | {m['macs_per_sample']:,} | {m['file_bytes']:,} |")
-    o = report["options"]
-    for run in report["runs"]:
-        lines += ["", f"## {run['provider_name']}, batch {run['batch']} (opt level {o['opt_level']}, threads "
-                  f"{o['threads'] or 'default'}, {o['rounds']} rounds interleaved; "
-                  f"{'host<->device copies timed' if run['copies_timed'] and run['provider'] != 'cpu' else 'no copies timed' if run['provider'] != 'cpu' else 'CPU'})", "",
-                  "| model | median ms | p90 | p99 | min | mean | throughput/s | session s | vs first (95% CI) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for name, e in run["models"].items():
-            s = e["latency"]
-            vs = e.get("vs_first")
-            cmp = (f"{vs['speedup']:.2f}x faster (time ratio {vs['ratio']:.3f} [{vs['ci_low']:.3f}, "
-                   f"{vs['ci_high']:.3f}])" if vs else "baseline")
-            lines.append(f"| {name} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | {s['min_ms']:.3f} | "
-                         f"{s['mean_ms']:.3f} | {s['throughput_per_s']:.1f} | {e['session_create_s']:.3f} | {cmp} |")
-        for name, ops in run.get("profile", {}).items():
-            lines += ["", f"Top operators, {name}: " + ", ".join(
-                f"{op['op']} {100 * op['share']:.0f}%" for op in ops[:6])]
-        if run.get("per_layer"):
-            from ltc.benchmarks.report import markdown_table, per_layer_section
-
-            title, tables, _ = per_layer_section(report, run, "")
-            lines += ["", f"### {title}"]
-            for caption, headers, rows in tables:
-                lines += ["", f"**{caption}**", "", markdown_table(headers, rows).rstrip("\n")]
-    for s in report["skipped"]:
-        lines += ["", f"skipped {s['provider']} batch {s['batch']}: {s['reason']}"]
-    return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltc.errors import LtcError
+from ltc.reporting.tables import PER_LAYER_HEADERS, per_layer_rows  # noqa: F401 - their old home
 
 _ORT_TOKEN = re.compile(r"(_token_\d+)+$")  # onnxruntime's Graph::GenerateNodeName suffix
 _FRESH = re.compile(r"_\d+$")  # ltc's fresh_name collision suffix
@@ -297,43 +298,3 @@ def check_mapped(paths: dict[str, str], first: str, maps: dict[str, dict[str, st
             raise LtcError(f"{paths[name]}: none of its {len(mapping)} layers maps to a layer of {paths[first]} "
                            "(by node or weight name); --per-layer compares models with the first, the model they "
                            "were compressed from: pass the dense model first, or bench them without --per-layer")
-
-
-# ------------------------------------------------------------------------------------------ tables
-PER_LAYER_HEADERS = ["layer", "op", "ms (first)", "ms", "time saved", "MACs (first)", "MACs", "MACs saved",
-                     "time saved / MACs saved"]
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def _int(x: int | None) -> str:
-    return "?" if x is None else f"{x:,}"
-
-
-def per_layer_rows(per_layer: dict, name: str | None = None) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of one comparison (the first model against ``name``; only the first model
-    when None), sorted by the first model's time, then the "other" and "outside kernels" rows."""
-    base = per_layer["baseline"]
-    headers = PER_LAYER_HEADERS if name else PER_LAYER_HEADERS[:3] + PER_LAYER_HEADERS[5:6]
-    headers = [h.replace("(first)", f"({base})") if "first" in h else (f"{h} ({name})" if h in ("ms", "MACs") else h)
-               for h in headers]
-    rows = []
-    for r in sorted(per_layer["layers"], key=lambda r: -r["median_ms"][base]):
-        row = [r["layer"], r["op"], f"{r['median_ms'][base]:.3f}"]
-        if name:
-            vs = r["vs_first"][name]
-            ratio = vs["time_vs_macs_saved"]
-            row += [f"{r['median_ms'][name]:.3f}", _pct(vs["time_saved"]), _int(r["macs"][base]), _int(r["macs"][name]),
-                    _pct(vs["macs_saved"]), "-" if ratio is None else f"{ratio:.2f}"]
-        else:
-            row.append(_int(r["macs"][base]))
-        rows.append(row)
-    models = per_layer["models"]
-    for label, key in (("other (kernels no layer owns)", "other_ms"), ("outside kernels (ORT, profiler)",
-                                                                         "outside_kernels_ms")):
-        row = [label, "", f"{models[base][key]:.3f}"]
-        row += [f"{models[name][key]:.3f}", "", "", "", "", ""] if name else [""]
-        rows.append(row)
-    return headers, rows

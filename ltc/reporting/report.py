@@ -24,6 +24,16 @@ KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blu
                "model": "tab:orange"}
 
 
+def _finished(fig, ax, xlabel: str, ylabel: str, legend_size: int) -> bytes:
+    """Labels, grid and legend, then the figure as PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -132,12 +142,7 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
                          "group": "group (compressed)"}.get(kind, kind)
                 ax.scatter([], [], color=color, label=label)
         percent_axis(ax)
-        ax.set_xlabel("parameters remaining (% of the first model)")
-        ax.set_ylabel("median latency (ms)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        plots["latency"] = _png(fig)
+        plots["latency"] = _finished(fig, ax, "parameters remaining (% of the first model)", "median latency (ms)", 7)
         acc_points = [p for p in points if p["accuracy"] is not None]
         if acc_points:
             fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -150,12 +155,7 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
                 sel = [p for p in front if (p["provider"], p["batch"]) == (provider, batch)]
                 ax.plot([p["median_ms"] for p in sel], [100 * p["accuracy"] for p in sel], "-",
                         label=f"Pareto front, {provider} batch {batch}")
-            ax.set_xlabel("median latency (ms)")
-            ax.set_ylabel("test accuracy (%)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            plots["pareto"] = _png(fig)
+            plots["pareto"] = _finished(fig, ax, "median latency (ms)", "test accuracy (%)", 8)
     from ltc.reporting.plots import per_layer_figure
 
     for key, (_bench, run_) in per_layer_runs(benches).items():

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from ltc.errors import LtcError
 from ltc.reporting.runs import run_rows
-from ltc.reporting.tables import GROUP_HEADERS, group_rows, group_title, kept_reasons, span
+from ltc.reporting.tables import (
+    GROUP_HEADERS,
+    group_rows,
+    group_title,
+    kept_reasons,
+    markdown_table,
+    span,
+)
 from ltc.reports import SCHEMAS, BenchReport, CompressReport, load_report_json  # noqa: F401 - SCHEMAS, load_report_json: their old home
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
@@ -205,16 +212,6 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
         plots = _plots(run, benches, points)
     return {"run": run, "benches": benches, "compresses": compresses, "points": points,
             "pareto": pareto(points), "plots": plots, "captions": _captions(benches)}
-
-
-def _md_cell(value) -> str:
-    """A Markdown table cell: pipes escaped and line breaks flattened, whatever a model is named."""
-    return " ".join(str(value).split()).replace("|", "\\|")
-
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    md = "| " + " | ".join(_md_cell(c) for c in headers) + " |\n|" + "---|" * len(headers) + "\n"
-    return md + "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
 
 
 def _table(headers: list[str], rows: list[list]) -> tuple[str, str]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ltc.controls import VARIANTS
+from ltc.reporting.tables import markdown_table
 
-RUN_HEADERS = ("round", "P_m (remaining)", "variant", "test acc at early stop (mean [min, max])",
-               "early-stop iteration (mean [min, max])", "train acc (final)")
+RUN_HEADERS = ["round", "P_m (remaining)", "variant", "test acc at early stop (mean [min, max])",
+               "early-stop iteration (mean [min, max])", "train acc (final)"]
 
 
 def _variant_order(name: str) -> tuple[int, str]:
@@ -31,9 +32,7 @@ def run_rows(summary: dict) -> list[list[str]]:
 
 def summary_markdown(summary: dict) -> str:
     """The run as Markdown: the per-round table, then the run's plots."""
-    lines = [f"# Ticket search: {summary['run_dir']}", "", "| " + " | ".join(RUN_HEADERS) + " |",
-             "|" + "---|" * len(RUN_HEADERS)]
-    lines += ["| " + " | ".join(r) + " |" for r in run_rows(summary)]
+    lines = [f"# Ticket search: {summary['run_dir']}", "", markdown_table(RUN_HEADERS, run_rows(summary)).rstrip("\n")]
     for name, path in summary.get("plots", {}).items():
         lines += ["", f"![{name}]({Path(path).name})"]
     return "\n".join(lines) + "\n"

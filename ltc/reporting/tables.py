@@ -126,6 +126,16 @@ def print_inspect(doc: dict, console: Console | None = None) -> None:
     console.print(f"parameters {_fmt_int(s['parameters'])}; MACs/sample {_fmt_int(s['macs'])}")
 
 
+def _md_cell(value) -> str:
+    """A Markdown table cell: pipes escaped and line breaks flattened, whatever a model is named."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    md = "| " + " | ".join(_md_cell(c) for c in headers) + " |\n|" + "---|" * len(headers) + "\n"
+    return md + "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
+
+
 # ---------------------------------------------------------------------------------- per-layer tables
 PER_LAYER_HEADERS = ["layer", "op", "ms (first)", "ms", "time saved", "MACs (first)", "MACs", "MACs saved",
                      "time saved / MACs saved"]

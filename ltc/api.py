@@ -35,6 +35,8 @@ def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dic
     info = {"source": f"{ms.source} ({mask})", "matched": len(m.matched), "unmatched": m.unmatched}
     if m.shared:
         info["shared"] = m.shared
+    if m.transposed:
+        info["transposed"] = m.transposed
     return m.masks, info, groups
 
 

@@ -30,6 +30,7 @@ class MaskSet:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = "masks"
     groups: dict[str, int] = field(default_factory=dict)  # a regroup ticket's G per weight (mask name)
+    originals: dict[str, np.ndarray] = field(default_factory=dict)  # unmasked weights (prune's ``*_orig``)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class MaskMatch:
     matched: dict[str, str]  # mask name -> initializer name
     unmatched: list[str]  # mask names that match nothing in this model
     shared: dict[str, str] = field(default_factory=dict)  # mask name -> initializer stored once for several
+    transposed: list[str] = field(default_factory=list)  # mask names applied transposed ([out, in] -> [in, out])
 
 
 def read_masks(path: str | os.PathLike) -> MaskSet:
@@ -66,12 +68,22 @@ def _read_torch(path: Path) -> MaskSet:
         raise LtcError(f"{path}: mask names must be strings, found the key {bad[0]!r}; save {{name: mask}}")
     if any(k.endswith("_mask") for k in obj):
         masks = {k[: -len("_mask")]: v for k, v in obj.items() if k.endswith("_mask")}
-        weights = {}
-        for name, m in masks.items():
-            orig = obj.get(name + "_orig")
-            if is_tensor(orig) and is_tensor(m) and tuple(orig.shape) == tuple(m.shape):
-                weights[name] = _to_numpy(orig, name + "_orig", path) * (_to_numpy(m, name + "_mask", path) != 0)
-        return MaskSet(as_bool_masks(masks, path), weights, source="torch.nn.utils.prune")
+        bools = as_bool_masks(masks, path)
+        weights, originals = {}, {}
+        for name, m in bools.items():
+            if name + "_orig" not in obj:
+                continue
+            orig = obj[name + "_orig"]
+            if not is_tensor(orig) or tuple(orig.shape) != m.shape:
+                found = f"shape {tuple(orig.shape)}" if is_tensor(orig) else f"a {type(orig).__name__}"
+                raise LtcError(f"{path}: '{name}_orig' is {found}, not a tensor of its mask's shape {m.shape}; "
+                               "save the prune state dict as torch.nn.utils.prune wrote it")
+            originals[name] = _to_numpy(orig, name + "_orig", path)
+            if originals[name].dtype.kind != "f":
+                raise LtcError(f"{path}: '{name}_orig' has dtype {originals[name].dtype}, not a float weight; "
+                               "save the prune state dict as torch.nn.utils.prune wrote it")
+            weights[name] = np.where(m, originals[name], 0).astype(originals[name].dtype)
+        return MaskSet(bools, weights, source="torch.nn.utils.prune", originals=originals)
     return MaskSet(as_bool_masks(obj, path), source="pt")
 
 
@@ -142,13 +154,30 @@ def _proportional_rows(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a2, scale[:, None] * b2, rtol=1e-4, atol=tol))
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    init: str
+    transposed: bool  # the initializer holds the mask's weight transposed (exporters store Linear as [in, out])
+
+    def label(self, inits: dict) -> str:
+        return f"'{self.init}' {tuple(inits[self.init].dims)}" + (" transposed" if self.transposed else "")
+
+
 def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) -> MaskMatch:
-    """Map mask names to initializer names (see module docstring); errors name what went wrong."""
+    """Map mask names to initializer names (see module docstring); errors name what went wrong.
+
+    A mask whose name matches no initializer is matched by shape (or, for a 2-D mask, the transposed
+    shape: both torch exporters store a Linear weight as [in, out] under a new name) only where values
+    confirm it: the weights the file carries (a ticket's, or a prune state dict's ``*_orig``, up to BN
+    folding) equal the initializer's, or else the initializer is zero wherever the mask is. A shape
+    alone never decides, not even when one initializer has it."""
     inits = {t.name: t for t in model.graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
     by_norm: dict[str, list[str]] = {}
     for n in inits:
         by_norm.setdefault(_normalize(n), []).append(n)
     matched: dict[str, str] = {}
+    flipped: set[str] = set()
     taken: set[str] = set()
     pending = []
     for name, m in masks.masks.items():
@@ -161,25 +190,34 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
             continue
         shape = tuple(inits[target].dims)
         if shape != m.shape:
-            raise LtcError(f"mask '{name}' has shape {m.shape} but initializer '{target}' is {shape}; "
-                           "is the mask for another model?")
+            flip = _Candidate(target, True)
+            if not (m.ndim == 2 and shape == m.shape[::-1] and _confirmed(name, [flip], inits, masks, arrays)):
+                raise LtcError(f"mask '{name}' has shape {m.shape} but initializer '{target}' is {shape}; "
+                               "is the mask for another model?")
+            flipped.add(name)
         matched[name] = target
         taken.add(target)
-    arrays: dict[str, np.ndarray] = {}
     unmatched = []
-    cands: dict[str, list[str]] = {}
-    for name in pending:  # candidates by shape, narrowed by values; assigned below in any order
+    cands: dict[str, list[_Candidate]] = {}
+    by_shape: dict[str, list[_Candidate]] = {}
+    for name in pending:  # candidates by shape, confirmed by values; assigned below in any order
         m = masks.masks[name]
-        found = [n for n, t in inits.items() if n not in taken and tuple(t.dims) == m.shape and m.ndim > 1]
-        cands[name] = _disambiguate(name, m, found, inits, masks, arrays) if len(found) > 1 else found
+        shaped = [_Candidate(n, False) for n, t in inits.items()
+                  if n not in taken and tuple(t.dims) == m.shape and m.ndim > 1]  # (1-D: by name or values only)
+        if m.ndim == 2:
+            shaped += [_Candidate(n, True) for n, t in inits.items() if n not in taken and tuple(t.dims) == m.shape[::-1]]
+        by_shape[name] = shaped
+        cands[name] = _confirmed(name, shaped, inits, masks, arrays)
     progress = True
     while progress:  # a mask with one candidate left takes it; that may leave another with one
         progress = False
         for name in list(cands):
-            left = [n for n in cands[name] if n not in taken]
-            if len(left) == 1:
-                matched[name] = left[0]
-                taken.add(left[0])
+            left = [c for c in cands[name] if c.init not in taken]
+            if left and len({c.init for c in left}) == 1:
+                matched[name] = left[0].init
+                taken.add(left[0].init)
+                if left[0].transposed:
+                    flipped.add(name)
                 del cands[name]
                 progress = True
     shared: dict[str, str] = {}
@@ -189,25 +227,62 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
             del cands[name]
             shared[name] = target
     for name, found in cands.items():
-        left = [n for n in found if n not in taken]
+        m = masks.masks[name]
+        left = [c for c in found if c.init not in taken]
         if len(left) > 1:
-            raise LtcError(f"mask '{name}' {masks.masks[name].shape} matches several initializers "
-                           f"({', '.join(left[:6])}); rename the masks to the model's initializer names")
+            raise LtcError(f"mask '{name}' {m.shape} fits several initializers by shape and values "
+                           f"({', '.join(c.label(inits) for c in left[:6])}); rename the masks to the model's "
+                           "initializer names")
         if found:
-            others = [k for k, v in matched.items() if v in found]
-            raise LtcError(f"mask '{name}' matches '{found[0]}', which mask '{others[0]}' matched too; "
+            others = [k for k, v in matched.items() if v in {c.init for c in found}]
+            raise LtcError(f"mask '{name}' matches '{found[0].init}', which mask '{others[0]}' matched too; "
                            "rename the masks to the model's initializer names")
-        unmatched.append(name)
+        shaped = [c for c in by_shape[name] if c.init not in taken] or by_shape[name]
+        if shaped and not m.all():
+            what = "equals the weights the mask file carries or " if _reference_weights(name, masks) else ""
+            raise LtcError(
+                f"mask '{name}' {m.shape} names no initializer of this model, and no weight of its shape "
+                f"({', '.join(c.label(inits) for c in shaped[:6])}) {what}is zero wherever the mask is: "
+                "ltc does not guess by shape; name the masks by the model's initializer names, or export the "
+                "model with the masks applied")
+        unmatched.append(name)  # (an all-True mask removes nothing wherever it would go)
     if not matched:
         raise LtcError(f"no mask matches this model (mask names like {list(masks.masks)[:3]}, shapes "
                        "differ from every weight); is the mask for another model?")
     if unmatched and strict:
         raise LtcError(f"{len(unmatched)} mask(s) match nothing in the model: {', '.join(unmatched[:8])} "
                        "(drop --strict-mask to ignore them)")
-    combined = {t: masks.masks[n] for n, t in matched.items()}
+    combined = {t: masks.masks[n].T if n in flipped else masks.masks[n] for n, t in matched.items()}
     for name, t in shared.items():  # one tensor for both: a weight is dead where either mask says so
         combined[t] = combined[t] & masks.masks[name]
-    return MaskMatch(combined, matched, unmatched, shared)
+    return MaskMatch(combined, matched, unmatched, shared, sorted(flipped))
+
+
+def _reference_weights(name: str, masks: MaskSet) -> list[np.ndarray]:
+    """The weights the mask file carries for ``name``: masked (a ticket's, or ``*_orig`` x mask) and
+    unmasked (``*_orig``: the model may have been exported before the masks were applied)."""
+    m = masks.masks[name]
+    return [w for w in (masks.weights.get(name), masks.originals.get(name)) if w is not None and w.shape == m.shape]
+
+
+def _confirmed(name: str, cands: list[_Candidate], inits: dict, masks: MaskSet,
+               arrays: dict[str, np.ndarray]) -> list[_Candidate]:
+    """The candidates whose values say they are mask ``name``'s weight: equal to the weights the mask
+    file carries (up to one scale per row: BN folding), or else zero wherever the mask is."""
+    m = masks.masks[name]
+
+    def value(c: _Candidate) -> np.ndarray:
+        a = _array(c.init, inits, arrays)
+        return a.T if c.transposed else a
+
+    cands = [c for c in cands if np.issubdtype(value(c).dtype, np.floating)]
+    refs = _reference_weights(name, masks)
+    by_values = [c for c in cands if any(_proportional_rows(value(c), w) for w in refs)]
+    if by_values:
+        return by_values
+    if m.all():
+        return []  # no zeros to check against
+    return [c for c in cands if not np.any(value(c)[~m])]
 
 
 def _deduplicated(name: str, masks: MaskSet, inits: dict, arrays: dict[str, np.ndarray]) -> str | None:
@@ -229,15 +304,3 @@ def _array(name: str, inits: dict, arrays: dict[str, np.ndarray]) -> np.ndarray:
     if name not in arrays:
         arrays[name] = numpy_helper.to_array(inits[name])
     return arrays[name]
-
-
-def _disambiguate(name: str, m: np.ndarray, cands: list[str], inits: dict, masks: MaskSet,
-                  arrays: dict[str, np.ndarray]) -> list[str]:
-    """Narrow same-shape candidates by values: the ticket's weights (up to BN folding) or zeros."""
-
-    w = masks.weights.get(name)
-    if w is not None and w.shape == m.shape:
-        hits = [n for n in cands if _proportional_rows(_array(n, inits, arrays), w)]
-        if hits:
-            return hits
-    return [n for n in cands if not np.any(_array(n, inits, arrays)[~m])] or cands

@@ -194,11 +194,21 @@ def test_ambiguous_mask_names_candidates(tmp_path):
     torch.manual_seed(0)
     model = VGG(cfg=[8, 16, 16, 16], image=8)  # two (16, 16, 3, 3) weights, no zeros to tell them apart
     export_onnx(model, tmp_path / "m.onnx", (3, 8, 8), exporter="legacy")
-    np.savez(tmp_path / "amb.npz", **{"mystery": np.ones((16, 16, 3, 3), bool)})
+    mask = np.ones((16, 16, 3, 3), bool)
+    mask[0] = False
+    np.savez(tmp_path / "amb.npz", **{"mystery": mask})
     m = onnx.load(tmp_path / "m.onnx")
     same = [t.name for t in m.graph.initializer if tuple(t.dims) == (16, 16, 3, 3)]
     assert len(same) == 2
     r = invoke("compress", tmp_path / "m.onnx", "--mask", tmp_path / "amb.npz", "-o", tmp_path / "o.onnx")
+    _fails(r, "does not guess", same[0], same[1])  # neither holds the mask's zeros: a shape is no evidence
+    for t in m.graph.initializer:  # both hold them: the values cannot tell them apart either
+        if t.name in same:
+            w = onnx.numpy_helper.to_array(t).copy()
+            w[0] = 0
+            t.CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+    onnx.save(m, tmp_path / "m0.onnx")
+    r = invoke("compress", tmp_path / "m0.onnx", "--mask", tmp_path / "amb.npz", "-o", tmp_path / "o.onnx")
     _fails(r, "several initializers", same[0], same[1])
 
 

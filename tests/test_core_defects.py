@@ -153,9 +153,15 @@ def test_value_matching_is_independent_of_mask_order():
         weights = {"A": w["w0"], "B": w["w1"]}
         ms = MaskSet({k: {"A": m0, "B": m1}[k] for k in order}, {k: weights[k] for k in order}, source="pt")
         assert match_masks(model, ms).matched == {"A": "w0", "B": "w1"}
-    # B is told apart by its weights, A only by elimination: any order must assign both
-    ms = MaskSet({"A": m0, "B": m1}, {"B": w["w1"]}, source="pt")
-    assert match_masks(model, ms).matched == {"A": "w0", "B": "w1"}
+    # B is told apart by its weights; A has neither weights nor zeros in w0: a shape left over by
+    # elimination is no evidence, in any order
+    for order in (["A", "B"], ["B", "A"]):
+        ms = MaskSet({k: {"A": m0, "B": m1}[k] for k in order}, {"B": w["w1"]}, source="pt")
+        with pytest.raises(LtcError, match=r"mask 'A'.*'w0'.*does not guess"):
+            match_masks(model, ms)
+    w0 = np.where(m0, w["w0"], 0)  # once w0 holds A's zeros, they confirm it
+    model = make_model(nodes, {"x8": ["N", 8, 4, 4]}, ["y"], {"w0": w0, "w1": w["w1"]})
+    assert match_masks(model, MaskSet({"A": m0, "B": m1}, {"B": w["w1"]}, source="pt")).matched == {"A": "w0", "B": "w1"}
 
 
 def test_weight_shared_by_two_nodes_stays_one_tensor():

@@ -84,6 +84,7 @@ def model_layers(model, macs: dict[str, int] | None = None) -> ModelLayers:
     """Layers, MACs (ltc's per-layer count; ``macs`` when the caller has it) and the owner of every
     node of a model whose nodes are named (see :func:`name_nodes`)."""
     from ltc.passes.channels import ChannelGraph
+    from ltc.passes.rules import op_key
     from ltc.passes.stats import layer_macs
 
     rules = ChannelGraph.default_rules()
@@ -91,7 +92,7 @@ def model_layers(model, macs: dict[str, int] | None = None) -> ModelLayers:
     inits = {t.name for t in model.graph.initializer}
     layers = {}
     for n in model.graph.node:
-        rule = rules.get(n.op_type)
+        rule = rules.get(op_key(n.op_type, n.domain))
         if rule is not None and rule.layer and n.output:
             layers[n.name] = {"op": n.op_type, "weights": [i for i in n.input[1:] if i in inits],
                               "macs": macs.get(n.name)}

@@ -30,7 +30,7 @@ from ltc.passes.records import (
     Take,
     Tie,
 )
-from ltc.passes.rules import NAN, RULES, Refuse, Rule, const_value, is_empty
+from ltc.passes.rules import NAN, RULES, Refuse, Rule, const_value, is_empty, op_of, rule_for
 
 __all__ = ["NAN", "RULES", "ChannelGraph", "ChannelTensor", "NodeView", "const_value"]
 
@@ -256,11 +256,11 @@ class ChannelGraph:
             if self._default(var) is not None:
                 self.block(var.name, f"graph input '{var.name}'")
         for node in self.graph.nodes:
-            rule = self.rules.get(node.op)
+            rule = rule_for(self.rules, node)
             reads_channels = any(not is_empty(t) and t.name in self.tensors for t in node.inputs)
             if rule is None:
                 if reads_channels:
-                    self._block_node(node, f"{node.op} '{node.name}' is not in the rule table")
+                    self._block_node(node, f"{op_of(node)} '{node.name}' is not in the rule table")
                 else:
                     self._no_channel_inputs(node)
                 continue
@@ -285,7 +285,7 @@ class ChannelGraph:
 
     def _no_channel_inputs(self, node: gs.Node) -> None:
         """Shape arithmetic and constants: outputs of rank >= 2 are channel tensors nobody may change."""
-        if node.op == "Constant" or (node.op == "Identity" and const_value(node.outputs[0]) is not None):
+        if op_of(node) == "Constant" or (op_of(node) == "Identity" and const_value(node.outputs[0]) is not None):
             return  # (a constant, possibly through the exporters' Identity dedup: rules read it as one)
         for t in node.outputs:
             if t.name and t.name not in self.tensors and self._default(t) is not None:
@@ -384,7 +384,7 @@ class ChannelGraph:
         return graph_macs(self.graph, self.rules, shapes_of(shapes))
 
     def is_layer(self, node: gs.Node) -> bool:
-        rule = self.rules.get(node.op)
+        rule = rule_for(self.rules, node)
         return rule is not None and rule.layer
 
 
@@ -414,9 +414,9 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> tuple[int, np.
 def _source(t: gs.Tensor) -> gs.Tensor | None:
     """The constant behind an input (through Identity): an initializer, or a Constant node's output;
     None if the input is computed."""
-    while isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Identity" and t.inputs[0].inputs:
+    while isinstance(t, gs.Variable) and len(t.inputs) == 1 and op_of(t.inputs[0]) == "Identity" and t.inputs[0].inputs:
         t = t.inputs[0].inputs[0]
-    if isinstance(t, gs.Constant) or (isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant"):
+    if isinstance(t, gs.Constant) or (isinstance(t, gs.Variable) and len(t.inputs) == 1 and op_of(t.inputs[0]) == "Constant"):
         return t
     return None
 

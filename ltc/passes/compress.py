@@ -31,6 +31,7 @@ from ltc.passes.remove import (
     layer_channels,
     plan_removal,
 )
+from ltc.passes.rules import op_of
 from ltc.passes.shuffle import ShuffleToGather
 from ltc.passes.stats import model_stats
 from ltc.passes.verify import Verification, load_check, random_inputs, verify
@@ -192,14 +193,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         feeds = feeds if feeds is not None else random_inputs(reference)
         verification = verify(reference_run, candidate, feeds, rtol, atol, inputs_label)
         if not verification.passed and not info.lossy:
-            name, worst = max(verification.outputs.items(),
-                              key=lambda kv: kv[1]["max_abs"] / max(kv[1]["tolerance"], 1e-300))
-            raise InternalError(
-                f"verification failed: output '{name}' differs by {worst['max_abs']:.3g}, "
-                f"{worst['max_abs'] / max(worst['tolerance'], 1e-300):.3g}x the tolerance {worst['tolerance']:.3g} "
-                f"(atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g}); it would pass with --rtol "
-                f"{worst['rtol_needed']:.3g}; if that is rounding, raise --rtol; "
-                "--no-verify writes it anyway, at your own risk")
+            raise InternalError(verification_failure(verification, rtol, atol))
         if verification.optimizer_ok is False:
             raise InternalError(
                 "the compressed model is exact, but ONNX Runtime's graph optimizer "
@@ -220,6 +214,33 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     return CompressResult(result.model, reference, [asdict(la) for la in info.layers], before, after,
                           verification, seconds, info.lossy, info.notes, info.frozen, serialized,
                           grouped.info if grouped is not None else None)
+
+
+ROUNDING_MISS = 8.0  # a miss within this many times the tolerance may be float rounding; beyond, a wrong model
+
+
+def verification_failure(v: Verification, rtol: float, atol: float) -> str:
+    """The one line for a failed verification: the worst output, by how much, and the way out. Only a
+    miss within :data:`ROUNDING_MISS` times the tolerance may be rounding, and only then is raising
+    --rtol suggested; a larger miss, or an output of another shape, is a wrong model: ltc's bug."""
+    failed = {name: o for name, o in v.outputs.items() if not o["passed"]}
+    for name, o in failed.items():
+        if "expected_shape" in o:
+            got = "is missing" if o.get("shape") is None else f"has shape {tuple(o['shape'])}"
+            return (f"verification failed: the compressed model's output '{name}' {got}, the masked model's has "
+                    f"shape {tuple(o['expected_shape'])}; this is a bug in ltc, nothing was written")
+    name, worst = max(failed.items(), key=lambda kv: _times_tolerance(kv[1]))
+    times = _times_tolerance(worst)
+    line = (f"verification failed: output '{name}' differs by {worst['max_abs']:.3g}, {times:.3g}x the tolerance "
+            f"{worst['tolerance']:.3g} (atol {atol} + rtol {rtol} x max|output| {worst['scale']:.3g})")
+    if times <= ROUNDING_MISS:
+        return (f"{line}; it would pass with --rtol {worst['rtol_needed']:.3g}; if that is float rounding, raise "
+                "--rtol; --no-verify writes it anyway, at your own risk")
+    return f"{line}: far beyond rounding, a wrong result; this is a bug in ltc, nothing was written"
+
+
+def _times_tolerance(o: dict) -> float:
+    return o["max_abs"] / max(o["tolerance"], 1e-300)
 
 
 def normalize(model: onnx.ModelProto, rounds: int = 64) -> onnx.ModelProto:
@@ -279,7 +300,7 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         "removable_classes": int(a.plan.removed.sum()),
         "frozen_by": a.frozen,
         "dead_filters": {**asdict(dead), "removable_share": dead.removable_share},
-        "ops_not_in_rule_table": sorted({n.op for n in cg.graph.nodes if n.op not in cg.rules and n.op != "Constant"}),
+        "ops_not_in_rule_table": sorted({op_of(n) for n in cg.graph.nodes if op_of(n) not in cg.rules and op_of(n) != "Constant"}),
         "stats": {k: v for k, v in model_stats(reference, a.cg.macs()).items() if k != "layer_macs"},
         "notes": a.plan.notes,
     }

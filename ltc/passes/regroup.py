@@ -36,7 +36,7 @@ from ltc.passes.cost import predicted_speedup, split_speedup
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan, split_conv
 from ltc.passes.reindex import fresh_name as _fresh
-from ltc.passes.rules import const_value, is_empty
+from ltc.passes.rules import const_value, is_empty, op_of
 
 
 @dataclass
@@ -230,7 +230,7 @@ class Regroup(Pass):
 
     def _target(self, cg: ChannelGraph, node: gs.Node, macs: dict[str, int],
                 layers: list[GroupedLayer]) -> _Target | None:
-        if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1 or len(node.inputs) < 2:
+        if op_of(node) != "Conv" or int(node.attrs.get("group", 1)) != 1 or len(node.inputs) < 2:
             return None
         wt = node.inputs[1]
         hint = self.groups.get(wt.name)

@@ -49,14 +49,32 @@ class Rule:
 
 
 RULES: dict[str, Rule] = {}
+ONNX_DOMAINS = ("", "ai.onnx")
 
 
-def register_rule(op_type: str | Sequence[str], rule: Rule) -> None:
-    """Register ``rule`` for ``op_type`` (replaces a built-in rule of that op type)."""
+def op_key(op_type: str, domain: str | None = "") -> str:
+    """The rule table's key of an op: its type in the ONNX domain, ``domain::type`` in any other. A
+    ``com.microsoft.nchwc::Conv`` is not a Conv (its tensors use a blocked channel layout), nor is a
+    ``com.example::Relu`` a Relu: an op of another domain blocks unless a rule is registered for it."""
+    return op_type if not domain or domain in ONNX_DOMAINS else f"{domain}::{op_type}"
+
+
+def op_of(node: gs.Node) -> str:
+    """``node``'s rule-table key (see :func:`op_key`): compare this, never ``node.op``, with an op type."""
+    return op_key(node.op, getattr(node, "domain", None))
+
+
+def rule_for(rules: dict[str, Rule], node: gs.Node) -> Rule | None:
+    return rules.get(op_of(node))
+
+
+def register_rule(op_type: str | Sequence[str], rule: Rule, domain: str = "") -> None:
+    """Register ``rule`` for ``op_type`` of ``domain`` (default: the ONNX domain; ``"com.example::Op"``
+    names a domain too). Replaces a built-in rule of that op type."""
     if not isinstance(rule, Rule):
         raise TypeError(f"rule must be an ltc.passes.rules.Rule, got {type(rule).__name__}")
     for op in [op_type] if isinstance(op_type, str) else op_type:
-        RULES[op] = rule
+        RULES[op if "::" in op else op_key(op, domain)] = rule
 
 
 def register(cls: type[Rule]) -> type[Rule]:
@@ -72,9 +90,9 @@ def const_value(t: gs.Tensor | None) -> np.ndarray | None:
         return None
     if isinstance(t, gs.Constant):
         return constant_array(t)
-    if len(t.inputs) == 1 and t.inputs[0].op == "Identity" and t.inputs[0].inputs:  # legacy exporter dedup
+    if len(t.inputs) == 1 and op_of(t.inputs[0]) == "Identity" and t.inputs[0].inputs:  # legacy exporter dedup
         return const_value(t.inputs[0].inputs[0])
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant":
+    if len(t.inputs) == 1 and op_of(t.inputs[0]) == "Constant":
         v = t.inputs[0].attrs.get("value")
         if isinstance(v, gs.Constant):
             return np.asarray(v.values)

@@ -32,9 +32,11 @@ def count_parameters(model: onnx.ModelProto) -> int:
 def graph_macs(graph, rules: dict, shape_of) -> dict[str, int]:
     """MACs per sample of every weight layer of a graphsurgeon graph, from each op's rule, with
     ``shape_of(tensor)`` giving shapes (the analysis' own: no second shape inference)."""
+    from ltc.passes.rules import rule_for
+
     macs: dict[str, int] = {}
     for node in graph.nodes:
-        rule = rules.get(node.op)
+        rule = rule_for(rules, node)
         if rule is None or not rule.layer or not node.outputs:
             continue
         value = rule.macs(node, shape_of)

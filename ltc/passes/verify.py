@@ -270,7 +270,8 @@ def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float
     for name, r in ref.items():
         g = got.get(name)
         if g is None or g.shape != r.shape:
-            outputs[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "passed": False}
+            outputs[name] = {"max_abs": float("inf"), "max_rel": float("inf"), "passed": False,
+                             "expected_shape": list(r.shape), "shape": None if g is None else list(g.shape)}
             passed = False
             continue
         r64, g64 = r.astype(np.float64), g.astype(np.float64)

@@ -243,13 +243,16 @@ class Merge(Rule):
 @register
 class Softmax(Rule):
     """Softmax-like ops over one axis: over the channel axis they read every channel together
-    (pinned: channels may move, never go); over another axis each channel is on its own."""
+    (pinned: channels may move, never go; Hardmax, which breaks ties by position, freezes them);
+    over another axis each channel is on its own."""
 
     ops = ("Softmax", "LogSoftmax", "Hardmax", "LpNormalization")
 
     def analyze(self, v: NodeView) -> None:
         x = v.need_x()
         axis = int(v.attrs.get("axis", -1)) % x.rank
+        if axis == x.axis and v.op == "Hardmax":  # (ties are common: zeros after a ReLU)
+            raise Refuse(f"{v.where} picks the first of tied channels: their order matters")
         if axis == x.axis:
             y = pass_through(v, None)
             v.pin(x, f"{v.where} normalizes over the channel axis")

@@ -21,6 +21,7 @@ from ltc.passes.rules import (
     ShapeOf,
     const_value,
     no_padding,
+    op_of,
     register,
     static,
     zero_rows,
@@ -343,7 +344,7 @@ def _following_bias(node: gs.Node, m: int) -> tuple[gs.Node | None, int | None, 
     with ones elsewhere."""
 
     consumers = node.outputs[0].outputs
-    if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
+    if len(consumers) != 1 or op_of(consumers[0]) != "Add" or len(consumers[0].inputs) != 2:
         return None, None, ()
     add = consumers[0]
     for i, t in enumerate(add.inputs):

@@ -18,7 +18,17 @@ from ltc.passes.records import (
     SliceRecord,
     SplitRecord,
 )
-from ltc.passes.rules import NAN, Refuse, Rule, attr_str, const_value, no_padding, register, static
+from ltc.passes.rules import (
+    NAN,
+    Refuse,
+    Rule,
+    attr_str,
+    const_value,
+    no_padding,
+    op_of,
+    register,
+    static,
+)
 
 if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
@@ -133,19 +143,19 @@ class Transpose(Rule):
 def _batch_from_shape(t: gs.Tensor) -> gs.Tensor | None:
     """The tensor whose batch size ``t`` holds: ``Shape(s)[0:1]`` through Gather/Slice/Unsqueeze."""
     node = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
-    if node is not None and node.op in ("Unsqueeze", "Reshape") and node.inputs:
+    if node is not None and op_of(node) in ("Unsqueeze", "Reshape") and node.inputs:
         inner = node.inputs[0]
         node = inner.inputs[0] if isinstance(inner, gs.Variable) and len(inner.inputs) == 1 else None
     if node is None or not node.inputs:
         return None
     src = node.inputs[0]
     shape_node = src.inputs[0] if isinstance(src, gs.Variable) and len(src.inputs) == 1 else None
-    if shape_node is None or shape_node.op != "Shape" or int(shape_node.attrs.get("start", 0)) != 0:
+    if shape_node is None or op_of(shape_node) != "Shape" or int(shape_node.attrs.get("start", 0)) != 0:
         return None
-    if node.op == "Gather" and int(node.attrs.get("axis", 0)) == 0:
+    if op_of(node) == "Gather" and int(node.attrs.get("axis", 0)) == 0:
         idx = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
         ok = idx is not None and idx.size == 1 and int(idx.reshape(-1)[0]) == 0
-    elif node.op == "Slice":
+    elif op_of(node) == "Slice":
         starts = const_value(node.inputs[1]) if len(node.inputs) > 2 else None
         ends = const_value(node.inputs[2]) if len(node.inputs) > 2 else None
         ok = starts is not None and ends is not None and starts.size == 1 and int(starts[0]) == 0 and int(ends[0]) == 1
@@ -157,11 +167,11 @@ def _batch_from_shape(t: gs.Tensor) -> gs.Tensor | None:
 def _shape_prefix(t: gs.Tensor, x: gs.Tensor) -> int | None:
     """k when ``t`` is ``Shape(x)[0:k]`` (a Slice of the whole shape vector from its start), else None."""
     node = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
-    if node is None or node.op != "Slice" or len(node.inputs) < 3:
+    if node is None or op_of(node) != "Slice" or len(node.inputs) < 3:
         return None
     src = node.inputs[0]
     shape_node = src.inputs[0] if isinstance(src, gs.Variable) and len(src.inputs) == 1 else None
-    if shape_node is None or shape_node.op != "Shape" or shape_node.inputs[0] is not x \
+    if shape_node is None or op_of(shape_node) != "Shape" or shape_node.inputs[0] is not x \
             or int(shape_node.attrs.get("start", 0)) != 0:
         return None
     starts, ends = const_value(node.inputs[1]), const_value(node.inputs[2])
@@ -179,10 +189,10 @@ def _reshape_prefix_only(slice_out: gs.Tensor, x: gs.Tensor) -> bool:
     """``slice_out`` (``Shape(x)[0:2]``) is read only as the start of Concat targets of Reshapes of ``x``
     itself: the channel count it carries is x's own at run time, whatever removal does to x."""
     for concat in slice_out.outputs:
-        if concat.op != "Concat" or not concat.inputs or concat.inputs[0] is not slice_out:
+        if op_of(concat) != "Concat" or not concat.inputs or concat.inputs[0] is not slice_out:
             return False
         for reshape in concat.outputs[0].outputs:
-            if reshape.op != "Reshape" or reshape.inputs[0] is not x or reshape.inputs[1] is not concat.outputs[0]:
+            if op_of(reshape) != "Reshape" or reshape.inputs[0] is not x or reshape.inputs[1] is not concat.outputs[0]:
                 return False
     return bool(slice_out.outputs)
 
@@ -208,20 +218,20 @@ def _group_norm_all(node: gs.Node, v: NodeView):
         if int(target[0]) == -1 or int(reshape.attrs.get("allowzero", 0)):
             return None
         readers = reshape.outputs[0].outputs
-        if len(readers) != 1 or readers[0].op != "InstanceNormalization":
+        if len(readers) != 1 or op_of(readers[0]) != "InstanceNormalization":
             return None
         norm = readers[0]
         if any(const_value(t) is None or const_value(t).size != 1 for t in norm.inputs[1:3]) or len(norm.inputs) < 3:
             return None
         after = norm.outputs[0].outputs
-        if len(after) != 1 or after[0].op != "Reshape" or not _back_to(after[0], x):
+        if len(after) != 1 or op_of(after[0]) != "Reshape" or not _back_to(after[0], x):
             return None
         return ct, after[0]
 
-    if node.inputs and node.inputs[0].inputs and node.inputs[0].inputs[0].op == "InstanceNormalization":
+    if node.inputs and node.inputs[0].inputs and op_of(node.inputs[0].inputs[0]) == "InstanceNormalization":
         norm = node.inputs[0].inputs[0]
         first = norm.inputs[0].inputs[0] if norm.inputs[0].inputs else None
-        found = first_of(first) if first is not None and first.op == "Reshape" else None
+        found = first_of(first) if first is not None and op_of(first) == "Reshape" else None
         return found[0] if found is not None and found[1] is node else None
     found = first_of(node)
     return found[0] if found is not None else None
@@ -232,7 +242,7 @@ def _back_to(reshape: gs.Node, x: gs.Tensor) -> bool:
     if len(reshape.inputs) < 2:
         return False
     t = reshape.inputs[1]
-    if t.inputs and t.inputs[0].op == "Shape" and t.inputs[0].inputs[0] is x:
+    if t.inputs and op_of(t.inputs[0]) == "Shape" and t.inputs[0].inputs[0] is x:
         start, end = int(t.inputs[0].attrs.get("start", 0)), t.inputs[0].attrs.get("end")
         return start == 0 and (end is None or x.shape is not None and int(end) >= len(x.shape))
     target, shape = const_value(t), x.shape
@@ -335,7 +345,7 @@ class ReshapeLike(Rule):
             out = [(int(e), v.node, 1, j) for j, e in enumerate(value.reshape(-1))]
             return out if len(out) >= 2 else None
         producer = t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
-        if producer is None or producer.op != "Concat":
+        if producer is None or op_of(producer) != "Concat":
             return None
         out = []
         for i, piece in enumerate(producer.inputs):
@@ -615,9 +625,9 @@ class Shape(Rule):
             v.block(x, f"{v.where} reads the channel count")
             return
         for consumer in out.outputs:
-            if consumer.op == "Reshape" and _group_norm_all(consumer, v) is x:
+            if op_of(consumer) == "Reshape" and _group_norm_all(consumer, v) is x:
                 continue  # restores x's shape after a GroupNorm over all channels: x is pinned, its count stays
-            if consumer.op == "Slice" and _shape_prefix(consumer.outputs[0], v.node.inputs[0]) == 2 \
+            if op_of(consumer) == "Slice" and _shape_prefix(consumer.outputs[0], v.node.inputs[0]) == 2 \
                     and _reshape_prefix_only(consumer.outputs[0], v.node.inputs[0]):
                 continue  # x.flatten(2): the Reshape of x reads x's own channel count (its rule checks the rest)
             read = _dims_read(consumer, dims)
@@ -629,12 +639,12 @@ class Shape(Rule):
 def _dims_read(consumer: gs.Node, dims: list[int]) -> set[int] | None:
     """Which entries of a shape vector ``consumer`` reads (Gather or Slice with constants), or None."""
     n = len(dims)
-    if consumer.op == "Gather" and int(consumer.attrs.get("axis", 0)) == 0 and len(consumer.inputs) > 1:
+    if op_of(consumer) == "Gather" and int(consumer.attrs.get("axis", 0)) == 0 and len(consumer.inputs) > 1:
         idx = const_value(consumer.inputs[1])
         if idx is None:
             return None
         return {dims[int(i) % n] for i in np.atleast_1d(idx).reshape(-1)} if n else set()
-    if consumer.op == "Slice" and len(consumer.inputs) >= 3:
+    if op_of(consumer) == "Slice" and len(consumer.inputs) >= 3:
         starts, ends = const_value(consumer.inputs[1]), const_value(consumer.inputs[2])
         steps = const_value(consumer.inputs[4]) if len(consumer.inputs) > 4 and consumer.inputs[4].name else None
         if starts is None or ends is None or starts.size != 1 or (steps is not None and int(steps.reshape(-1)[0]) != 1):

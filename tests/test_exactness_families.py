@@ -1,0 +1,188 @@
+"""Families of graphs that once made wrong models with verification off (issue 22): ops of other
+domains with standard names, order-dependent ops under ties, ORT-optimised models; and the one line a
+failed verification gives."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper
+
+from ltc.passes import ChannelGraph, apply_reindex, compress, permutation_plan
+from ltc.passes.compress import ROUNDING_MISS, normalize, verification_failure
+from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.rules import RULES, op_key, register_rule
+from ltc.passes.verify import Verification, _compare
+from tests.helpers import conv_weight, make_model, node, run, vec
+from tests.random_graphs import RandomGraph
+
+X = {"x": ["N", 4, 6, 6]}
+ELEMENTWISE = ["Relu", "Sigmoid", "Identity", "Neg", "Abs", "Tanh"]
+
+
+def _between_convs(op: str, domain: str, dead=(1, 4, 6)) -> onnx.ModelProto:
+    """x -> Conv (dead filters, zero bias) -> DOMAIN::OP -> Conv -> y."""
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), helper.make_node(op, ["a"], ["r"], name="mid", domain=domain),
+             node("Conv", ["r", "w1"], ["y"], pads=[1] * 4)]
+    model = make_model(nodes, X, ["y"], {"w0": conv_weight(8, 4, dead=list(dead)), "w1": conv_weight(5, 8)})
+    if domain not in ("", "ai.onnx"):
+        model.opset_import.append(helper.make_opsetid(domain, 1))
+    return model
+
+
+@pytest.mark.parametrize(("op", "domain"), itertools.product(ELEMENTWISE, ["com.example", "com.microsoft", "ai.onnx.ml"]))
+def test_an_op_of_another_domain_with_a_standard_name_blocks(op, domain):
+    """The analysis never takes ``DOMAIN::Relu`` for ONNX's Relu: every class it touches is frozen,
+    and the reason names the op with its domain. The same graph in the ONNX domain loses its dead
+    channels (the control: the block comes from the domain, not the graph)."""
+    cg = ChannelGraph(import_graph(_between_convs(op, domain)))
+    frozen = {reason for reason in cg.kept_reasons().values()}
+    assert f"{domain}::{op} 'mid' is not in the rule table" in frozen
+    assert cg.frozen[cg.classes_of("a")].all()
+    control = ChannelGraph(import_graph(_between_convs(op, "")))
+    assert not control.frozen[control.classes_of("a")].any()
+
+
+def test_a_rule_registered_for_a_domain_applies_to_that_domain_only(monkeypatch):
+    """``register_rule("Relu", rule, domain="com.example")`` (or ``"com.example::Relu"``) makes that
+    domain's op followed; ONNX's Relu keeps its own rule."""
+    monkeypatch.setattr("ltc.passes.rules.RULES", dict(RULES))
+    import ltc.passes.rules as rules_module
+
+    monkeypatch.setattr("ltc.passes.channels.RULES", rules_module.RULES)
+    relu = rules_module.RULES["Relu"]
+    for how in ({"domain": "com.example"}, {}):
+        rules_module.RULES.pop(op_key("Relu", "com.example"), None)
+        register_rule("Relu", relu, **how) if how else register_rule("com.example::Relu", relu)
+        assert rules_module.RULES["Relu"] is relu and op_key("Relu", "com.example") in rules_module.RULES
+        cg = ChannelGraph(import_graph(_between_convs("Relu", "com.example")), rules_module.RULES)
+        assert not cg.frozen[cg.classes_of("a")].any()
+
+
+# --------------------------------------------------------------------------- order-dependent ops
+def _relu_then(op_nodes, out_shape_channels: int = 8) -> onnx.ModelProto:
+    """x -> Conv -> Relu (ties: many zeros) -> ORDER-DEPENDENT OP over the channels -> y."""
+    nodes = [node("Conv", ["x", "w0", "b0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]), *op_nodes]
+    bias = vec(8, -1.0, 0.2)
+    return make_model(nodes, X, ["y"], {"w0": conv_weight(8, 4, dead=[1, 4]), "b0": np.where(np.isin(np.arange(8), [1, 4]), 0, bias).astype(np.float32)}, opset=17)
+
+
+ORDER_DEPENDENT = {
+    "Hardmax": lambda: [node("Hardmax", ["r"], ["y"], axis=1)],
+    "ArgMax": lambda: [node("ArgMax", ["r"], ["i"], axis=1, keepdims=1), node("Cast", ["i"], ["y"], to=1)],
+    "ArgMax-last": lambda: [node("ArgMax", ["r"], ["i"], axis=1, keepdims=1, select_last_index=1),
+                            node("Cast", ["i"], ["y"], to=1)],
+    "ArgMin": lambda: [node("ArgMin", ["r"], ["i"], axis=1, keepdims=1), node("Cast", ["i"], ["y"], to=1)],
+    "TopK": lambda: [node("TopK", ["r", "k"], ["y", "idx"], axis=1)],
+    "CumSum": lambda: [node("CumSum", ["r", "ax"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORDER_DEPENDENT))
+def test_order_dependent_ops_over_channels_are_never_permuted(name):
+    """An op that reads channel positions (first of ties, a running sum) freezes its classes: no
+    permutation plan moves them, and removal leaves the model computing the same values."""
+    model = _relu_then(ORDER_DEPENDENT[name]())
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([3], np.int64), "k"),
+                                    onnx.numpy_helper.from_array(np.array(1, np.int64), "ax")])
+    cg = ChannelGraph(import_graph(normalize(model)))
+    assert cg.frozen[cg.classes_of("r")].all(), cg.kept_reasons()
+    for seed in range(5):
+        plan = permutation_plan(ChannelGraph(import_graph(normalize(model))), np.random.default_rng(seed))
+        assert "r" not in plan
+    r = compress(model, check=False)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4, 6, 6)).astype(np.float32)}
+    for a, b in zip(run(model, feeds, False), run(r.model, feeds, False), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_hardmax_over_another_axis_still_lets_channels_move():
+    """Hardmax over the width axis: each channel on its own (a dead channel becomes a one-hot map, not
+    a constant, so it stays); permutations of the channels are exact."""
+    model = _relu_then([node("Hardmax", ["r"], ["h"], axis=3), node("Conv", ["h", "w1"], ["y"])])
+    model.graph.initializer.append(onnx.numpy_helper.from_array(conv_weight(5, 8, 1), "w1"))
+    assert compress(model).verification.passed
+    cg = ChannelGraph(import_graph(normalize(model)))
+    plan = permutation_plan(cg, np.random.default_rng(0))
+    assert "r" in plan and apply_reindex(cg, plan)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32)}
+    np.testing.assert_allclose(run(export_graph(cg.graph, model), feeds, False)[0], run(model, feeds, False)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- ORT-optimised models
+def _optimized(model: onnx.ModelProto, level) -> onnx.ModelProto | None:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = level
+    opts.log_severity_level = 4
+    with tempfile.TemporaryDirectory() as d:
+        opts.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        try:
+            ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - ORT's own exception types: not a model ORT can optimise
+            return None
+        return onnx.load(opts.optimized_model_filepath)
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_ort_optimised_random_graphs_compress_exactly_without_verification(block):
+    """Random graphs saved by ONNX Runtime at "extended" (com.microsoft fused ops) and "all" (NCHWc
+    blocked layouts, on CPUs that have them): with verification off, what ltc writes computes what
+    the input computes. Ops of those domains block; ONNX ops around them are still followed."""
+    levels = [ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
+    checked = 0
+    for seed in range(block * 15, block * 15 + 15):
+        g = RandomGraph(seed)
+        base = compress(g.model(), g.masks or None, check=False).reference
+        for level in levels:
+            model = _optimized(base, level)
+            if model is None:
+                continue
+            r = compress(model, check=False)
+            feeds = {"x": np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+            for a, b in zip(run(model, feeds, False), run(r.model, feeds, False), strict=True):
+                scale = float(np.abs(a).max()) if a.size else 0.0
+                np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 + 1e-4 * scale, err_msg=f"seed {seed} {level}")
+            checked += 1
+    assert checked >= 20
+
+
+# --------------------------------------------------------------------------- the failure line
+def _verification(ref: dict, got: dict, rtol=1e-4, atol=1e-5) -> Verification:
+    v = Verification(True, rtol, atol)
+    v.passed, v.outputs = _compare(ref, got, rtol, atol)
+    return v
+
+
+@pytest.mark.parametrize("times", [0.5, 2.0, ROUNDING_MISS * 0.9, ROUNDING_MISS * 1.5, 100.0, 1e6, math.inf])
+def test_rtol_advice_only_for_misses_near_the_tolerance(times):
+    ref = {"y": np.linspace(-1, 1, 50, dtype=np.float32)}
+    tol = 1e-5 + 1e-4 * 1.0
+    got = {"y": ref["y"].copy()}
+    got["y"][7] += np.float32(tol * (1 + times) if math.isfinite(times) else np.nan)
+    v = _verification(ref, got)
+    assert not v.passed
+    line = verification_failure(v, 1e-4, 1e-5)
+    assert "output 'y'" in line and "\n" not in line
+    missed = v.outputs["y"]["max_abs"] / v.outputs["y"]["tolerance"]
+    assert ("--rtol" in line) == (missed <= ROUNDING_MISS), line
+    assert ("bug in ltc" in line) == (missed > ROUNDING_MISS), line
+
+
+@pytest.mark.parametrize("got_shape", [None, (3,), (2, 4), (2, 2, 1), ()])
+def test_a_missing_or_reshaped_output_is_named_not_a_key_error(got_shape):
+    ref = {"y": np.ones((2, 3), np.float32), "z": np.zeros(4, np.float32)}
+    got = {"z": np.zeros(4, np.float32)}
+    if got_shape is not None:
+        got["y"] = np.ones(got_shape, np.float32)
+    v = _verification(ref, got)
+    line = verification_failure(v, 1e-4, 1e-5)
+    assert "output 'y'" in line and "(2, 3)" in line and "bug in ltc" in line
+    assert ("missing" in line) == (got_shape is None)

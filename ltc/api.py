@@ -59,7 +59,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                   verify: bool = True, inputs: str | os.PathLike | None = None, rtol: float = RTOL,
                   atol: float = ATOL, strict_mask: bool = False, report: str | os.PathLike | None = None,
                   external_data: bool | None = None, regroup: bool | None = None,
-                  unequal_groups: str = "auto") -> CompressReport:
+                  unequal_groups: str = "auto", keep_initializer_inputs: bool = False) -> CompressReport:
     """Compress ``model_path`` into ``out_path``; returns the report (also written to ``report`` as JSON).
 
     ``regroup``: turn block-diagonal Convs into grouped Convs; None (default) does it when the mask is
@@ -79,7 +79,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     rounding = resolve_round_to(round_to, provider)
     data_out = out_path.with_name(out_path.name + ".data")
     check_outputs([out_path, report], [model_path, mask, inputs])
-    model, source = read_model(model_path)
+    model, source = read_model(model_path, keep_initializer_inputs)
     read = [*source.files, mask, inputs]
     if external_data is None and source.external:
         external_data = True

@@ -107,9 +107,11 @@ def main() -> None:
 @click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
 @click.option("--regroup/--no-regroup", default=None, help="turn Convs whose zeros form dense blocks into grouped Convs (default: when the mask is a group-wise ticket); --round-to applies to group widths")
 @click.option("--unequal-groups", type=click.Choice(UNEQUAL_GROUPS), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
+@click.option("--keep-initializer-inputs", is_flag=True, help="refuse a model whose initializers are also graph inputs (default: treat them as constants and drop them from the output's inputs)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
-                 strict_mask, report, external_data, regroup, unequal_groups, as_json) -> None:
+                 strict_mask, report, external_data, regroup, unequal_groups, keep_initializer_inputs,
+                 as_json) -> None:
     """Physically remove pruned channels from MODEL, exactly, and verify the result."""
     from ltc.api import compress_file
     from ltc.reporting.tables import print_compress
@@ -117,7 +119,7 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
     doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
                         verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
                         report=report, external_data=external_data, regroup=regroup,
-                        unequal_groups=unequal_groups)
+                        unequal_groups=unequal_groups, keep_initializer_inputs=keep_initializer_inputs)
     if as_json:
         _echo_json(doc)
     else:

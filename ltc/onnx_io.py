@@ -40,7 +40,7 @@ class ModelSource:
         return sum(f.stat().st_size for f in self.files)
 
 
-def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSource]:
+def read_model(path: str | os.PathLike, keep_initializer_inputs: bool = False) -> tuple[onnx.ModelProto, ModelSource]:
     """Load and validate an ONNX model and its external data; a one-line :class:`LtcError` if it is
     not a model ltc can work on (see :func:`check_model_structure`)."""
     path = check_input_file(path, "model file", "pass the path of an .onnx model")
@@ -55,7 +55,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, ModelSource]:
         raise LtcError(f"{path}: the model has no nodes (or is not an ONNX model): nothing to work on; pass an "
                        "exported .onnx file")
     data_files = load_external_data(model, path)
-    check_model_structure(model, str(path))
+    check_model_structure(model, str(path), keep_initializer_inputs)
     return model, ModelSource(path, data_files)
 
 
@@ -180,7 +180,29 @@ def _check_tensor(t: onnx.TensorProto, label: str, where: str) -> None:
 MIN_OPSET = 13
 
 
-def check_model_structure(model: onnx.ModelProto, label: str = "model") -> None:
+def initializer_inputs(model: onnx.ModelProto) -> list[str]:
+    """Initializers that are also graph inputs (IR < 4 style; older converters write them): weights a
+    caller may replace at run time."""
+    inits = {t.name for t in model.graph.initializer}
+    return [vi.name for vi in model.graph.input if vi.name in inits]
+
+
+def without_initializer_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """``model`` with its initializers dropped from the graph inputs (treated as the constants they
+    hold, as onnxruntime's ``remove_initializer_from_input`` tool does), and their names; ``model``
+    itself when there are none. The input is never changed."""
+    names = initializer_inputs(model)
+    if not names:
+        return model, []
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [vi for vi in out.graph.input if vi.name not in set(names)]
+    del out.graph.input[:]
+    out.graph.input.extend(keep)
+    return out, names
+
+
+def check_model_structure(model: onnx.ModelProto, label: str = "model", keep_initializer_inputs: bool = False) -> None:
     """What ltc needs of a model before it analyses it; each failure is a one-line :class:`LtcError`.
 
     Checked: the ONNX opset (13 or newer: ltc's rules follow opset-13 semantics) and IR version (4 or
@@ -199,11 +221,11 @@ def check_model_structure(model: onnx.ModelProto, label: str = "model") -> None:
         raise LtcError(f"{label}: the model stores {len(g.sparse_initializer)} weight(s) as sparse initializers "
                        f"('{g.sparse_initializer[0].values.name}'), which ltc does not read; store them dense "
                        "(onnx.numpy_helper.to_array of the dense tensor) and re-save")
-    overridable = sorted({t.name for t in g.initializer} & {vi.name for vi in g.input})
-    if overridable:
-        raise LtcError(f"{label}: initializer(s) {overridable[:4]} are also graph inputs (weights a caller may "
-                       "replace at run time), which ltc cannot shrink; re-export without them as inputs "
-                       "(torch: keep_initializers_as_inputs=False) or remove them from graph.input")
+    overridable = initializer_inputs(model)
+    if overridable and keep_initializer_inputs:
+        raise LtcError(f"{label}: initializer(s) {overridable[:4]} are also graph inputs, and you asked to keep "
+                       "them overridable (weights a caller may replace at run time), which ltc cannot shrink; "
+                       "drop --keep-initializer-inputs to treat them as constants")
     initializers = {id(t) for t in g.initializer}
     for t in _all_tensors(g):
         _check_tensor(t, label, "initializer" if id(t) in initializers else "constant")

@@ -791,10 +791,18 @@ def _complex_without_data(m):
 
 REVIEWED = {
     "sparse initializer": (_sparse, "sparse initializers"),
-    "initializer that is a graph input": (_initializer_input, r"\['w1'\] are also graph inputs"),
     "string tensor without data": (_string_without_data, "'s' has shape .* holds 0"),
     "complex tensor without data": (_complex_without_data, "'z' declares shape .* holds no data"),
 }
+
+
+def test_initializer_inputs_kept_overridable_on_request_are_refused(work):
+    """By default they are treated as constants (tests/test_exactness_families.py); asked to keep
+    them overridable, ltc refuses, since it cannot shrink a weight a caller may replace."""
+    m = _model()
+    _initializer_input(m)
+    (work / "bad.onnx").write_bytes(m.SerializeToString())
+    _compress(work, "--keep-initializer-inputs", pattern=r"\['w1'\] are also graph inputs.*drop --keep", model="bad.onnx")
 
 
 @pytest.mark.parametrize("case", REVIEWED)

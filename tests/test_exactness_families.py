@@ -186,3 +186,39 @@ def test_a_missing_or_reshaped_output_is_named_not_a_key_error(got_shape):
     line = verification_failure(v, 1e-4, 1e-5)
     assert "output 'y'" in line and "(2, 3)" in line and "bug in ltc" in line
     assert ("missing" in line) == (got_shape is None)
+
+
+# --------------------------------------------------------------------------- initializers as inputs
+@pytest.mark.parametrize("seed", range(6))
+def test_initializers_that_are_graph_inputs_are_constants(seed, tmp_path):
+    """Random graphs whose initializers (some or all, weights, biases and shape constants alike) are
+    also graph inputs, as older converters write them: compressed like the same graph without them
+    (the same parameters), exact, the output lists none of them as inputs, the report says so, and
+    the input file is untouched."""
+    from click.testing import CliRunner
+
+    from ltc.cli import main
+
+    g = RandomGraph(seed)
+    model = compress(g.model(), g.masks or None, check=False).reference
+    rng = np.random.default_rng(seed)
+    inits = [t for t in model.graph.initializer if rng.random() < 0.7] or list(model.graph.initializer)
+    plain = compress(model)
+    for t in inits:
+        model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    onnx.save(model, tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    r = CliRunner().invoke(main, ["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o.onnx"), "--round-to", "1",
+                                  "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.onnx").read_bytes() == before
+    out = onnx.load(tmp_path / "o.onnx")
+    assert [i.name for i in out.graph.input] == ["x"]
+    import json
+
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert f"{len(inits)} initializer(s) were also graph inputs" in doc["notes"][0]
+    assert doc["after"]["parameters"] == plain.after["parameters"]
+    feeds = {"x": np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)}
+    for a, b in zip(run(model, feeds, False), run(out, feeds, False), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 + 1e-4 * float(np.abs(a).max(initial=0)))

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError
 from ltc.masks import bool_mask
-from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes
+from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes, without_initializer_inputs
 from ltc.passes.base import Pass, PassResult
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.fold import FoldConstants
@@ -170,6 +170,9 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     unchanged, lets ONNX Runtime load the reference from disk instead of a re-serialized copy.
     """
     start = time.perf_counter()
+    model, overridable = without_initializer_inputs(model)
+    if overridable:
+        model_file = None  # (the file still lists them as inputs)
     with input_blamed(model):
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
@@ -211,8 +214,9 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
     seconds = time.perf_counter() - start
     before = model_stats(reference, macs_before)
     after = model_stats(result.model, info.macs_after) if result.modified else before
+    notes = [*_initializer_input_note(overridable), *info.notes]
     return CompressResult(result.model, reference, [asdict(la) for la in info.layers], before, after,
-                          verification, seconds, info.lossy, info.notes, info.frozen, serialized,
+                          verification, seconds, info.lossy, notes, info.frozen, serialized,
                           grouped.info if grouped is not None else None)
 
 
@@ -271,6 +275,14 @@ def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
         raise
 
 
+def _initializer_input_note(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    listed = ", ".join(f"'{n}'" for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return [f"{len(names)} initializer(s) were also graph inputs ({listed}): treated as the constants they hold and "
+            "dropped from the output's inputs"]
+
+
 def frozen_reasons(cg: ChannelGraph) -> dict[str, int]:
     """Classes that cannot go, counted by the first reason recorded for each (frozen or pinned)."""
     return dict(Counter(cg.kept_reasons().values()))
@@ -287,6 +299,7 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
             allow_lossy: bool = False, unequal_groups: str = "auto") -> dict:
     """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers.
     The model must load in ONNX Runtime (:class:`LtcError` otherwise), as ``compress`` needs."""
+    model, overridable = without_initializer_inputs(model)
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
@@ -302,5 +315,5 @@ def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         "dead_filters": {**asdict(dead), "removable_share": dead.removable_share},
         "ops_not_in_rule_table": sorted({op_of(n) for n in cg.graph.nodes if op_of(n) not in cg.rules and op_of(n) != "Constant"}),
         "stats": {k: v for k, v in model_stats(reference, a.cg.macs()).items() if k != "layer_macs"},
-        "notes": a.plan.notes,
+        "notes": [*_initializer_input_note(overridable), *a.plan.notes],
     }

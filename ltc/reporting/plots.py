@@ -19,6 +19,17 @@ def series(summary: dict, variant: str, key: str):
     return xs, mean, lo, hi
 
 
+def literal_text():
+    """A context (matplotlib on Agg) in which every string is drawn as written: names of models, layers
+    and providers come from files, and "$", "\\", "^" or "_" in them would otherwise be parsed as
+    mathtext, a parse error for "$\\sqrt{x$". Tick labels are made when a figure is drawn, so drawing
+    (savefig) belongs inside it too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    return matplotlib.rc_context({"text.parse_math": False, "text.usetex": False})
+
+
 def percent_axis(ax) -> None:
     """Log-scaled remaining-weights axis, decreasing to the right, plain percentages."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter

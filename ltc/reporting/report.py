@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 from ltc.errors import LtcError
 from ltc.reporting.runs import run_rows
@@ -23,6 +25,9 @@ from ltc.reporting.tables import (
     group_title,
     kept_reasons,
     markdown_table,
+    md_text,
+    number,
+    quotient,
     span,
 )
 from ltc.reports import SCHEMAS, BenchReport, CompressReport, load_report_json  # noqa: F401 - SCHEMAS, load_report_json: their old home
@@ -83,7 +88,7 @@ def latency_points(bench: dict, run: dict | None, kinds: dict[str, str] | None =
     A model that a compress report wrote takes its kind from it (``kinds``), else from its name."""
     points = []
     names = list(bench["models"])
-    base_params = (bench["models"][names[0]]["parameters"] if names else 1) or 1
+    base_params = bench["models"][names[0]]["parameters"] if names else None
     for run_ in bench["runs"]:
         for name, e in run_["models"].items():
             m = bench["models"][name]
@@ -91,7 +96,7 @@ def latency_points(bench: dict, run: dict | None, kinds: dict[str, str] | None =
             kind = (kinds or {}).get(_resolved(m.get("path", ""))) or model_kind(name)
             points.append({"model": name, "kind": kind, "provider": run_["provider"],
                            "batch": run_["batch"], "median_ms": e["latency"]["median_ms"],
-                           "p90_ms": e["latency"]["p90_ms"], "params_remaining": m["parameters"] / base_params,
+                           "p90_ms": e["latency"]["p90_ms"], "params_remaining": quotient(m["parameters"], base_params),
                            "accuracy": acc})
     return points
 
@@ -108,12 +113,19 @@ def _round_accuracy(name: str, run: dict | None) -> float | None:
     return None
 
 
+def _finite(x) -> bool:
+    """A number that a plot can place and a comparison can rank (not None, NaN or infinite)."""
+    return x is not None and math.isfinite(x)
+
+
 def pareto(points: list[dict]) -> list[dict]:
     """Per provider and batch (latencies are only comparable there): the points no other point beats on
-    both accuracy (higher) and latency (lower)."""
+    both accuracy (higher) and latency (lower); a point without a finite accuracy and latency is in no
+    front."""
     front = []
+    points = [p for p in points if _finite(p["accuracy"]) and _finite(p["median_ms"])]
     for key in sorted({(p.get("provider"), p.get("batch")) for p in points}, key=str):
-        pts = [p for p in points if p["accuracy"] is not None and (p.get("provider"), p.get("batch")) == key]
+        pts = [p for p in points if (p.get("provider"), p.get("batch")) == key]
         front += sorted((p for p in pts if not any(
             q["accuracy"] >= p["accuracy"] and q["median_ms"] <= p["median_ms"] and
             (q["accuracy"] > p["accuracy"] or q["median_ms"] < p["median_ms"]) for q in pts)),
@@ -122,21 +134,22 @@ def pareto(points: list[dict]) -> list[dict]:
 
 
 def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The report's PNGs. A point whose latency or parameter share is undefined (zero, NaN, infinite:
+    the tables show "n/a") has no place on an axis and is left out; a plot with no point is not drawn."""
     import matplotlib.pyplot as plt
 
-    from ltc.reporting.plots import VARIANT_PLOTS, percent_axis, variant_figure
+    from ltc.reporting.plots import VARIANT_PLOTS, per_layer_figure, percent_axis, variant_figure
 
     plots: dict[str, bytes] = {}
     if run is not None:
         for key, ylabel, scale, name in VARIANT_PLOTS:
             plots[name] = _png(variant_figure(run, key, ylabel, scale))
-    if points:
+    placed = [p for p in points if _finite(p["median_ms"]) and _finite(p["params_remaining"])
+              and p["params_remaining"] > 0]  # a log axis
+    if placed:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        for (provider, batch) in sorted({(p["provider"], p["batch"]) for p in points}):
-            sel = [p for p in points if p["provider"] == provider and p["batch"] == batch]
+        for (provider, batch) in sorted({(p["provider"], p["batch"]) for p in placed}):
+            sel = [p for p in placed if p["provider"] == provider and p["batch"] == batch]
             for p in sel:
                 ax.scatter(100 * p["params_remaining"], p["median_ms"], color=KIND_COLORS[p["kind"]], s=40)
                 ax.annotate(p["model"], (100 * p["params_remaining"], p["median_ms"]), fontsize=7,
@@ -144,27 +157,25 @@ def _plots(run: dict | None, benches: list[dict], points: list[dict]) -> dict[st
             ax.plot([100 * p["params_remaining"] for p in sel], [p["median_ms"] for p in sel], ":", alpha=0.4,
                     label=f"{provider} batch {batch}")
         for kind, color in KIND_COLORS.items():
-            if any(p["kind"] == kind for p in points):
+            if any(p["kind"] == kind for p in placed):
                 label = {"unstructured": "unstructured / zeros only", "channel": "channel (compressed)",
                          "group": "group (compressed)"}.get(kind, kind)
                 ax.scatter([], [], color=color, label=label)
         percent_axis(ax)
         plots["latency"] = _finished(fig, ax, "parameters remaining (% of the first model)", "median latency (ms)", 7)
-        acc_points = [p for p in points if p["accuracy"] is not None]
-        if acc_points:
-            fig, ax = plt.subplots(figsize=(6, 3.6))
-            for p in acc_points:
-                ax.scatter(p["median_ms"], 100 * p["accuracy"], color=KIND_COLORS[p["kind"]], s=40)
-                ax.annotate(f"{p['model']} ({p['provider']} b{p['batch']})", (p["median_ms"], 100 * p["accuracy"]),
-                            fontsize=7, xytext=(3, 3), textcoords="offset points")
-            front = pareto(acc_points)
-            for provider, batch in sorted({(p["provider"], p["batch"]) for p in front}):
-                sel = [p for p in front if (p["provider"], p["batch"]) == (provider, batch)]
-                ax.plot([p["median_ms"] for p in sel], [100 * p["accuracy"] for p in sel], "-",
-                        label=f"Pareto front, {provider} batch {batch}")
-            plots["pareto"] = _finished(fig, ax, "median latency (ms)", "test accuracy (%)", 8)
-    from ltc.reporting.plots import per_layer_figure
-
+    acc_points = [p for p in points if _finite(p["accuracy"]) and _finite(p["median_ms"])]
+    if acc_points:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for p in acc_points:
+            ax.scatter(p["median_ms"], 100 * p["accuracy"], color=KIND_COLORS[p["kind"]], s=40)
+            ax.annotate(f"{p['model']} ({p['provider']} b{p['batch']})", (p["median_ms"], 100 * p["accuracy"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto(acc_points)
+        for provider, batch in sorted({(p["provider"], p["batch"]) for p in front}):
+            sel = [p for p in front if (p["provider"], p["batch"]) == (provider, batch)]
+            ax.plot([p["median_ms"] for p in sel], [100 * p["accuracy"] for p in sel], "-",
+                    label=f"Pareto front, {provider} batch {batch}")
+        plots["pareto"] = _finished(fig, ax, "median latency (ms)", "test accuracy (%)", 8)
     for key, (_bench, run_) in per_layer_runs(benches).items():
         plots[key] = _png(per_layer_figure(run_["per_layer"]))
     return plots
@@ -207,7 +218,9 @@ def build_report(run_dir: str | Path | None = None, bench_paths: list[str] | Non
         raise LtcError("nothing to report: pass --run, --bench or --compress")
     kinds = compress_kinds(compresses)
     points = [p for b in benches for p in latency_points(b, run, kinds)]
-    with warnings.catch_warnings():  # matplotlib's warnings about odd data would break the one-line output
+    from ltc.reporting.plots import literal_text
+
+    with warnings.catch_warnings(), literal_text():  # warnings about odd data would break the one-line output
         warnings.simplefilter("ignore")
         plots = _plots(run, benches, points)
     return {"run": run, "benches": benches, "compresses": compresses, "points": points,
@@ -237,9 +250,9 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
             rows = []
             for name, e in r["models"].items():
                 s, vs = e["latency"], e.get("vs_first")
-                rows.append([name, f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
-                             f"{s['throughput_per_s']:.1f}",
-                             f"{vs['speedup']:.2f}x [{1 / vs['ci_high']:.2f}, {1 / vs['ci_low']:.2f}]" if vs else "baseline"])
+                rows.append([name, number(s["median_ms"], ".3f"), number(s["p90_ms"], ".3f"),
+                             number(s["p99_ms"], ".3f"), number(s["throughput_per_s"], ".1f"),
+                             _speedup_ci(vs) if vs else "baseline"])
             tables.append((f"{r['provider_name']}, batch {r['batch']}" + ("" if r["provider"] == "cpu" else
                            "; host-device copies " + ("timed" if r["copies_timed"] else "not timed")),
                            ["model", "median ms", "p90 ms", "p99 ms", "throughput/s", "speed-up vs first (95% CI)"], rows))
@@ -252,19 +265,26 @@ def _sections(rep: dict) -> list[tuple[str, list[tuple[str, list[str], list[list
     if rep["pareto"]:
         out.append(("Pareto front: accuracy vs latency", [("Models no other model beats on both",
                     ["model", "kind", "provider", "batch", "median ms", "accuracy"],
-                    [[p["model"], p["kind"], p["provider"], p["batch"], f"{p['median_ms']:.3f}",
-                      f"{100 * p['accuracy']:.2f}%"] for p in rep["pareto"]])], []))
+                    [[p["model"], p["kind"], p["provider"], p["batch"], number(p["median_ms"], ".3f"),
+                      number(100 * p["accuracy"], ".2f", "%")] for p in rep["pareto"]])], []))
     for c in rep["compresses"]:
         rows = [[la["name"], la["op"], span(la["in_before"], la["in_after"]), span(la["out_before"], la["out_after"]),
                  la["dead"], kept_reasons(la["kept_because"])] for la in c["layers"]]
         v = c.get("verification") or {}
         out.append((f"Channels per layer: {c['input']} -> {c['output']} (parameters {c['before']['parameters']:,} -> "
                     f"{c['after']['parameters']:,}; MACs {c['before']['macs']:,} -> {c['after']['macs']:,}; max abs "
-                    f"error {v.get('max_abs_error', float('nan')):.2g})",
+                    f"error {number(v.get('max_abs_error'), '.2g')})",
                     [("", ["layer", "op", "in", "out", "dead out", "why dead channels stayed"], rows)], []))
         if c.get("regroup"):
             out.append((group_title(c["regroup"]), [("", GROUP_HEADERS, group_rows(c["regroup"]))], []))
     return out
+
+
+def _speedup_ci(vs: dict) -> str:
+    """The speed-up over the first model with its 95% interval: the time ratio's bounds inverted; a bound
+    that is not a positive finite ratio gives "n/a"."""
+    low, high = (quotient(1, vs[k]) if vs[k] > 0 else None for k in ("ci_high", "ci_low"))
+    return f"{number(vs['speedup'], '.2f', 'x')} [{number(low, '.2f')}, {number(high, '.2f')}]"
 
 
 def per_layer_section(bench: dict, run: dict, plot_key: str) -> tuple[str, list, list[str]]:
@@ -309,19 +329,21 @@ def render_html(rep: dict) -> str:
 
 
 def render_markdown(rep: dict, image_prefix: str = "") -> tuple[str, dict[str, bytes]]:
-    """The Markdown text and the PNG files it links to (``{image_prefix}{plot}.png`` beside it)."""
+    """The Markdown text and the PNG files it links to (``{image_prefix}{plot}.png`` beside it). Titles,
+    captions and cells hold names from the input files: all go through :func:`md_text`, so they show as
+    written and none can add HTML, a heading or a link."""
     lines = ["# ltc report", ""]
     images: dict[str, bytes] = {}
     for title, tables, plot_keys in _sections(rep):
-        lines += [f"## {title}", ""]
+        lines += [f"## {md_text(title)}", ""]
         for key in plot_keys:
             name = f"{image_prefix}{key}.png"
             if key in rep["plots"] and name not in images:
                 images[name] = rep["plots"][key]
-                lines += [f"![{rep['captions'][key]}]({name})", ""]
+                lines += [f"![{md_text(rep['captions'][key], link_text=True)}]({quote(name)})", ""]
         for caption, headers, rows in tables:
             if caption:
-                lines += [f"**{caption}**", ""]
+                lines += [f"**{md_text(caption)}**", ""]
             lines += [_table(headers, rows)[1]]
     return "\n".join(lines), images
 
@@ -348,39 +370,43 @@ def write_report(run_dir: str | Path | None, bench_paths: list[str], compress_pa
 
 def bench_markdown(report: dict) -> str:
     """An ``ltc bench`` report as Markdown: the environment, one table per provider and batch, top
-    operators, the per-layer comparison, what was skipped."""
+    operators, the per-layer comparison, what was skipped. Every line of text goes through
+    :func:`md_text` and every table through :func:`markdown_table`: model files may be named anything."""
     env = report["environment"]
     gpu = env.get("gpu") or {}
-    lines = [f"# ltc bench ({report['created']})", "",
-             f"CPU: {env['cpu']} ({env['logical_cores']} logical cores; {', '.join(env['cpu_flags'])}); "
-             f"GPU: {gpu.get('name', 'none')}{' driver ' + gpu['driver'] if gpu.get('driver') else ''}"
-             f"{' CUDA ' + gpu['cuda'] if gpu.get('cuda') else ''}; onnxruntime {env['onnxruntime']}; "
-             f"TensorRT {env['tensorrt'] or 'not installed'}", "",
-             "| model | parameters | MACs/sample | file bytes |", "|---|---|---|---|"]
-    for name, m in report["models"].items():
-        lines.append(f"| {name} | {m['parameters']:,} | {m['macs_per_sample']:,} | {m['file_bytes']:,} |")
+    lines = [f"# ltc bench ({md_text(report['created'])})", "",
+             md_text(f"CPU: {env['cpu']} ({env['logical_cores']} logical cores; {', '.join(env['cpu_flags'])}); "
+                     f"GPU: {gpu.get('name', 'none')}{' driver ' + gpu['driver'] if gpu.get('driver') else ''}"
+                     f"{' CUDA ' + gpu['cuda'] if gpu.get('cuda') else ''}; onnxruntime {env['onnxruntime']}; "
+                     f"TensorRT {env['tensorrt'] or 'not installed'}"), "",
+             markdown_table(["model", "parameters", "MACs/sample", "file bytes"],
+                            [[name, f"{m['parameters']:,}", f"{m['macs_per_sample']:,}", f"{m['file_bytes']:,}"]
+                             for name, m in report["models"].items()]).rstrip("\n")]
     o = report["options"]
     for run in report["runs"]:
-        lines += ["", f"## {run['provider_name']}, batch {run['batch']} (opt level {o['opt_level']}, threads "
-                  f"{o['threads'] or 'default'}, {o['rounds']} rounds interleaved; "
-                  f"{'host<->device copies timed' if run['copies_timed'] and run['provider'] != 'cpu' else 'no copies timed' if run['provider'] != 'cpu' else 'CPU'})", "",
-                  "| model | median ms | p90 | p99 | min | mean | throughput/s | session s | vs first (95% CI) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        copies = "CPU" if run["provider"] == "cpu" else "host-device copies timed" if run["copies_timed"] \
+            else "no copies timed"
+        rows = []
         for name, e in run["models"].items():
             s = e["latency"]
             vs = e.get("vs_first")
-            cmp = (f"{vs['speedup']:.2f}x faster (time ratio {vs['ratio']:.3f} [{vs['ci_low']:.3f}, "
-                   f"{vs['ci_high']:.3f}])" if vs else "baseline")
-            lines.append(f"| {name} | {s['median_ms']:.3f} | {s['p90_ms']:.3f} | {s['p99_ms']:.3f} | {s['min_ms']:.3f} | "
-                         f"{s['mean_ms']:.3f} | {s['throughput_per_s']:.1f} | {e['session_create_s']:.3f} | {cmp} |")
+            cmp = (f"{number(vs['speedup'], '.2f', 'x')} faster (time ratio {number(vs['ratio'], '.3f')} "
+                   f"[{number(vs['ci_low'], '.3f')}, {number(vs['ci_high'], '.3f')}])" if vs else "baseline")
+            rows.append([name, *(number(s[k], ".3f") for k in ("median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms")),
+                         number(s["throughput_per_s"], ".1f"), number(e["session_create_s"], ".3f"), cmp])
+        lines += ["", "## " + md_text(f"{run['provider_name']}, batch {run['batch']} (opt level {o['opt_level']}, "
+                                      f"threads {o['threads'] or 'default'}, {o['rounds']} rounds interleaved; "
+                                      f"{copies})"), "",
+                  markdown_table(["model", "median ms", "p90", "p99", "min", "mean", "throughput/s", "session s",
+                                  "vs first (95% CI)"], rows).rstrip("\n")]
         for name, ops in run.get("profile", {}).items():
-            lines += ["", f"Top operators, {name}: " + ", ".join(
-                f"{op['op']} {100 * op['share']:.0f}%" for op in ops[:6])]
+            lines += ["", md_text(f"Top operators, {name}: " + ", ".join(
+                f"{op['op']} {number(100 * op['share'], '.0f', '%')}" for op in ops[:6]))]
         if run.get("per_layer"):
             title, tables, _ = per_layer_section(report, run, "")
-            lines += ["", f"### {title}"]
+            lines += ["", f"### {md_text(title)}"]
             for caption, headers, rows in tables:
-                lines += ["", f"**{caption}**", "", markdown_table(headers, rows).rstrip("\n")]
+                lines += ["", f"**{md_text(caption)}**", "", markdown_table(headers, rows).rstrip("\n")]
     for s in report["skipped"]:
-        lines += ["", f"skipped {s['provider']} batch {s['batch']}: {s['reason']}"]
+        lines += ["", md_text(f"skipped {s['provider']} batch {s['batch']}: {s['reason']}")]
     return "\n".join(lines) + "\n"

@@ -1,6 +1,10 @@
-"""Human-readable tables for compress and inspect reports (rich)."""
+"""Human-readable tables for compress and inspect reports (rich), the one Markdown table writer and the
+escaping and number formatting that every Markdown report goes through."""
 
 from __future__ import annotations
+
+import math
+import re
 
 from rich.console import Console
 from rich.table import Table
@@ -10,8 +14,28 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def quotient(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``, or None where that is undefined: a zero, non-finite or missing
+    denominator, or a result too large for a float (reports read numbers from files)."""
+    try:
+        q = numerator / denominator
+    except (ZeroDivisionError, OverflowError, TypeError):
+        return None
+    return q if math.isfinite(q) else None
+
+
+def number(x: float | int | None, spec: str, unit: str = "") -> str:
+    """``x`` formatted with ``spec`` and ``unit``, or "n/a" where it is undefined (None, NaN, infinite)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    try:
+        return format(x, spec) + unit
+    except OverflowError:  # an integer beyond a float, formatted as one
+        return "n/a"
+
+
 def _ratio(before: float, after: float) -> str:
-    return f"{before / after:.2f}x" if after else "-"
+    return number(quotient(before, after), ".2f", "x")
 
 
 def span(before: int, after: int) -> str:
@@ -45,7 +69,7 @@ def group_rows(regroup: dict) -> list[list[str]]:
         macs = "-" if row["macs_before"] is None else span(row["macs_before"], row["macs_after"])
         rows.append([row["name"], str(row["in_channels"]), str(row["out_channels"]), str(g),
                      _widths(row) if g > 1 else "-", macs,
-                     f"{row['predicted_speedup']:.2f}x" if g > 1 else "-",
+                     number(row["predicted_speedup"], ".2f", "x") if g > 1 else "-",
                      ", ".join(row["gathers"]) if g > 1 else row["reason"]])
     return rows
 
@@ -126,14 +150,27 @@ def print_inspect(doc: dict, console: Console | None = None) -> None:
     console.print(f"parameters {_fmt_int(s['parameters'])}; MACs/sample {_fmt_int(s['macs'])}")
 
 
-def _md_cell(value) -> str:
-    """A Markdown table cell: pipes escaped and line breaks flattened, whatever a model is named."""
-    return " ".join(str(value).split()).replace("|", "\\|")
+# What makes text in a Markdown line more than text: backslash escapes, code spans, emphasis and
+# strikethrough, math ($, GitHub), table pipes, heading marks, the "](" that closes a link's text, and
+# an underscore unless letters or digits stand on both sides (intraword "_" never emphasises).
+_MD_INLINE = re.compile(r"[\\`*~$|#]|\](?=\()|(?<![^\W_])_|_(?![^\W_])")
+_MD_LINK_TEXT = re.compile(r"[\[\]]|" + _MD_INLINE.pattern)  # inside [...]: every bracket too
+
+
+def md_text(value, link_text: bool = False) -> str:
+    """``value`` as literal inline Markdown, whatever a model, layer or provider is named. Whitespace
+    (newlines too) collapses to single spaces, so the text never starts a line, where "#", ">", "-" or
+    "1." would act; "&" and "<" become HTML entities (no raw HTML, no autolink; a lone ">" is then
+    plain text); Markdown's own marks are backslash-escaped, brackets too in ``link_text`` (inside
+    ``![...]``). What ltc writes itself ("3 -> 2", "50.00% [40.00, 60.00]") comes out unchanged."""
+    text = " ".join(str(value).split()).replace("&", "&amp;").replace("<", "&lt;")
+    return (_MD_LINK_TEXT if link_text else _MD_INLINE).sub(lambda m: "\\" + m.group(), text)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
-    md = "| " + " | ".join(_md_cell(c) for c in headers) + " |\n|" + "---|" * len(headers) + "\n"
-    return md + "".join("| " + " | ".join(_md_cell(c) for c in r) + " |\n" for r in rows)
+    """The Markdown table of every ltc report: each cell through :func:`md_text`."""
+    md = "| " + " | ".join(md_text(c) for c in headers) + " |\n|" + "---|" * len(headers) + "\n"
+    return md + "".join("| " + " | ".join(md_text(c) for c in r) + " |\n" for r in rows)
 
 
 # ---------------------------------------------------------------------------------- per-layer tables
@@ -142,7 +179,7 @@ PER_LAYER_HEADERS = ["layer", "op", "ms (first)", "ms", "time saved", "MACs (fir
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
+    return "-" if x is None else number(100 * x, ".0f", "%")
 
 
 def _int(x: int | None) -> str:
@@ -158,19 +195,19 @@ def per_layer_rows(per_layer: dict, name: str | None = None) -> tuple[list[str],
                for h in headers]
     rows = []
     for r in sorted(per_layer["layers"], key=lambda r: -r["median_ms"][base]):
-        row = [r["layer"], r["op"], f"{r['median_ms'][base]:.3f}"]
+        row = [r["layer"], r["op"], number(r["median_ms"][base], ".3f")]
         if name:
             vs = r["vs_first"][name]
             ratio = vs["time_vs_macs_saved"]
-            row += [f"{r['median_ms'][name]:.3f}", _pct(vs["time_saved"]), _int(r["macs"][base]), _int(r["macs"][name]),
-                    _pct(vs["macs_saved"]), "-" if ratio is None else f"{ratio:.2f}"]
+            row += [number(r["median_ms"][name], ".3f"), _pct(vs["time_saved"]), _int(r["macs"][base]),
+                    _int(r["macs"][name]), _pct(vs["macs_saved"]), "-" if ratio is None else number(ratio, ".2f")]
         else:
             row.append(_int(r["macs"][base]))
         rows.append(row)
     models = per_layer["models"]
     for label, key in (("other (kernels no layer owns)", "other_ms"), ("outside kernels (ORT, profiler)",
                                                                          "outside_kernels_ms")):
-        row = [label, "", f"{models[base][key]:.3f}"]
-        row += [f"{models[name][key]:.3f}", "", "", "", "", ""] if name else [""]
+        row = [label, "", number(models[base][key], ".3f")]
+        row += [number(models[name][key], ".3f"), "", "", "", "", ""] if name else [""]
         rows.append(row)
     return headers, rows

@@ -493,7 +493,44 @@ def _dense(run: Path) -> None:
     (run / "trial0" / "dense.pt").write_bytes(b"PK\x03\x04 truncated")
 
 
+def _round0_truncated(run: Path) -> None:  # an earlier round than the one resumed from: read all the same
+    path = run / "trial0" / "ticket_round0.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _round0_pickled(run: Path) -> None:
+    torch.save({"format": "ltc.ticket", "version": 1, "payload": _Evil()}, run / "trial0" / "ticket_round0.pt")
+
+
+def _round0_keyless(run: Path, key: str) -> None:
+    t = torch.load(run / "trial0" / "ticket_round0.pt", weights_only=True)
+    del t[key]
+    torch.save(t, run / "trial0" / "ticket_round0.pt")
+
+
+def _round0_no_masks(run: Path) -> None:
+    _round0_keyless(run, "masks")
+
+
+def _round0_no_final(run: Path) -> None:
+    _round0_keyless(run, "final")
+
+
+def _round0_no_history(run: Path) -> None:
+    _round0_keyless(run, "history")
+
+
+def _round0_empty(run: Path) -> None:
+    (run / "trial0" / "ticket_round0.pt").write_bytes(b"")
+
+
 RUN_CASES = [
+    (_round0_truncated, r"ticket_round0.pt: .*(damaged|not a readable).*delete the file .*or delete the run folder"),
+    (_round0_pickled, r"ticket_round0.pt: refused: the file contains pickled Python objects.*delete the file"),
+    (_round0_no_masks, r"ticket_round0.pt: ticket has no 'masks'.*delete the file .*or delete the run folder"),
+    (_round0_no_final, r"ticket_round0.pt: 'final' is missing.*delete the file .*or delete the run folder"),
+    (_round0_no_history, r"ticket_round0.pt: 'history' must be a list.*delete the file .*or delete the run folder"),
+    (_round0_empty, r"ticket_round0.pt: .*delete the file .*or delete the run folder"),
     (_garbage, r"ticket_round1.pt: is a damaged zip archive"),
     (_pickled, r"ticket_round1.pt: refused: the file contains pickled Python objects"),
     (_other_model, r"ticket_round1.pt: 'final' does not hold this model's tensors.*delete the file"),

@@ -183,9 +183,13 @@ def read_record(path: Path, round_: int | None = None) -> dict:
 
 def _fits(state, reference: dict[str, torch.Tensor], field: str, path: Path, bool_ok: bool = False) -> None:
     """``state`` has exactly ``reference``'s names, shapes and kinds of dtype."""
-    way = "the run folder is damaged or holds another model: delete the file (and the rounds after it) to recompute"
-    if not isinstance(state, dict) or set(state) != set(reference):
-        names = sorted(set(state) ^ set(reference)) if isinstance(state, dict) else []
+    way = ("the run folder is damaged or holds another model: delete the file (and the rounds after it) to recompute "
+           "them, or delete the run folder")
+    if not isinstance(state, dict):
+        raise LtcError(f"{path}: '{field}' is {'missing' if state is None else f'a {type(state).__name__}'}, not "
+                       f"the model's tensors; {way}")
+    if set(state) != set(reference):
+        names = sorted(set(state) ^ set(reference))
         raise LtcError(f"{path}: '{field}' does not hold this model's tensors (differs in {', '.join(names[:4])}"
                        f"{'...' if len(names) > 4 else ''}); {way}")
     for name, ref in reference.items():
@@ -196,14 +200,18 @@ def _fits(state, reference: dict[str, torch.Tensor], field: str, path: Path, boo
 
 def read_round_ticket(path: Path, model: torch.nn.Module, structure: str) -> dict:
     """A ``ticket_roundN.pt`` of a run folder, checked against the model it must fit."""
-    t = validate_ticket(load_torch_data(path, "ticket"), path)
+    try:
+        t = validate_ticket(load_torch_data(path, "ticket"), path)
+    except LtcError as exc:
+        raise LtcError(f"{exc}; the run folder is damaged: delete the file (and the rounds after it) to recompute "
+                       "them, or delete the run folder") from None
     state = {k: v for k, v in model.state_dict().items()}
     _fits(t.get("final"), state, "final", path)
     _fits(t["init"], state, "init", path)
     _fits(t["masks"], full_mask(model, structure), "masks", path, bool_ok=True)
     if not isinstance(t.get("history"), list) or not all(isinstance(h, dict) for h in t["history"]):
         raise LtcError(f"{path}: 'history' must be a list of round records; the run folder is damaged: delete the "
-                       "file (and the rounds after it) to recompute")
+                       "file (and the rounds after it) to recompute them, or delete the run folder")
     return t
 
 
@@ -303,9 +311,10 @@ def _scan(run_dir: Path, thp: TrainHparams, php: PruneHparams, setup: Setup) -> 
             last += 1
         if last < 0:
             continue
-        for r in range(last + 1):
+        for r in range(last + 1):  # every round the folder vouches for: its record and its ticket
             read_record(tdir / f"round{r}.json", r)
-        resume[trial] = (last, read_round_ticket(tdir / f"ticket_round{last}.pt", model, structure))
+            ticket = read_round_ticket(tdir / f"ticket_round{r}.pt", model, structure)
+        resume[trial] = (last, ticket)
         if os.path.lexists(tdir / "dense.pt"):
             read_dense(tdir / "dense.pt", model)
     return resume

@@ -75,27 +75,40 @@ def weight_change(run_dir: Path) -> dict | None:
 
 
 def _weight_change_plot(change: dict, path: Path) -> dict:
+    """The histogram of the finite changes (a diverged training, e.g. a huge --lr, leaves NaN or inf
+    weights: they are counted, not plotted); the means are over the finite changes, None when none is."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    finite = {key: change[key][torch.isfinite(change[key])] for key in ("inside", "outside")}
+    doc = {f"{key}_mean": float(v.double().mean()) if len(v) else None for key, v in finite.items()}
+    doc["ticket"] = change["ticket"]
+    non_finite = sum(len(change[key]) - len(finite[key]) for key in finite)
+    if non_finite:
+        doc["non_finite"] = non_finite
     fig, ax = plt.subplots(figsize=(6, 4))
-    values = torch.cat([change["inside"], change["outside"]]).sort().values  # quantile() caps at 16M values
-    lo = float(values[int(0.005 * (len(values) - 1))])
-    hi = float(values[int(0.995 * (len(values) - 1))])
-    if not lo < hi:
-        lo, hi = lo - 1e-6, hi + 1e-6
+    values = torch.cat(list(finite.values())).sort().values  # quantile() caps at 16M values
+    lo = float(values[int(0.005 * (len(values) - 1))]) if len(values) else 0.0
+    hi = float(values[int(0.995 * (len(values) - 1))]) if len(values) else 0.0
+    pad = max(1e-6, 1e-6 * max(abs(lo), abs(hi)))  # 80 bins of a range even a huge value can tell apart
+    if not hi - lo >= pad:
+        lo, hi = lo - pad, hi + pad
     for key, color in (("inside", "tab:blue"), ("outside", "tab:gray")):
-        ax.hist(change[key].numpy(), bins=80, range=(lo, hi), density=True, alpha=0.55, color=color,
-                label=f"{key} the ticket (n={len(change[key])}, mean {float(change[key].mean()):+.4f})")
-    ax.set_xlabel("|final weight| - |initial weight| (dense training)")
+        mean, v = doc[f"{key}_mean"], finite[key]
+        if not ((v >= lo) & (v <= hi)).any():  # none (finite) in the range: density would be 0/0
+            continue
+        ax.hist(v.double().numpy(), bins=80, range=(lo, hi), density=True, alpha=0.55, color=color,
+                label=f"{key} the ticket (n={len(v)}, mean {mean:+.4f})")
+    ax.set_xlabel("|final weight| - |initial weight| (dense training)"
+                  + (f"; {non_finite} NaN/inf changes left out" if non_finite else ""))
     ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
-    return {"inside_mean": float(change["inside"].mean()), "outside_mean": float(change["outside"].mean()),
-            "ticket": change["ticket"]}
+    return doc
 
 
 def write_plots(run_dir: Path, summary: dict) -> dict[str, str]:

@@ -362,14 +362,46 @@ def light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+# ops whose output 0 has input 0's shape and type, by the ONNX spec
+SAME_SHAPE = frozenset({
+    "GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization", "LpNormalization",
+    "Softmax", "LogSoftmax", "Hardmax", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "Tanh", "Elu",
+    "Selu", "Celu", "Gelu", "HardSwish", "Mish", "Softplus", "Softsign", "ThresholdedRelu", "Clip", "Abs", "Neg",
+    "Exp", "Log", "Sqrt", "Erf", "Sign", "Ceil", "Floor", "Reciprocal", "Identity", "Dropout",
+})
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of ``model``'s graph structure with inferred value_info (see :func:`light_copy`)."""
+    """Return a copy of ``model``'s graph structure with inferred value_info (see :func:`light_copy`).
+
+    ONNX's inference gives up on some nodes (GroupNormalization-21's function body, for one), and
+    then on everything downstream. Where such a node keeps its input's shape by the spec
+    (:data:`SAME_SHAPE`), its output is given that shape and inference runs again from there."""
     light = light_copy(model)
     del light.graph.value_info[:]
-    try:
-        return onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-    except Exception as exc:  # noqa: BLE001 - onnx raises many types; inference is best-effort
-        raise LtcError(f"shape inference failed ({first_line(exc)}); is the model valid? try onnx.checker") from None
+    for _ in range(16):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
+        except Exception as exc:  # noqa: BLE001 - onnx raises many types; inference is best-effort
+            raise LtcError(f"shape inference failed ({first_line(exc)}); is the model valid? try onnx.checker") from None
+        g = inferred.graph
+        typed = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output] if vi.type.tensor_type.HasField("shape")}
+        for t in g.initializer:
+            typed.setdefault(t.name, onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        added = []
+        for n in g.node:
+            if (n.domain in ("", "ai.onnx") and n.op_type in SAME_SHAPE and n.input and n.input[0] in typed
+                    and n.output and n.output[0] and n.output[0] not in typed):
+                vi = onnx.ValueInfoProto()
+                vi.CopyFrom(typed[n.input[0]])
+                vi.name = n.output[0]
+                typed[vi.name] = vi
+                added.append(vi)
+        if not added:
+            return inferred
+        light = inferred
+        light.graph.value_info.extend(added)
+    return inferred
 
 
 def checker_problem(model: onnx.ModelProto) -> str | None:

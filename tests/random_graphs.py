@@ -7,6 +7,12 @@ MatMul + Add -> Transpose), ops without a rule (LRN), and a Flatten or ``x.view(
 Gemm head, at opsets 13-21. Weights carry random dead filters (with zero and with non-zero bias or
 BN shift), dead input columns, partial filters and whole dead layers, either as zeros in the
 weights or as a separate float/uint8/bool mask.
+
+The families that once made wrong or invalid models (issue 22): order-dependent ops over channels
+after a ReLU (ties: Hardmax, ArgMax/ArgMin, TopK, CumSum), ops of another domain with standard
+names (com.microsoft Gelu, FusedConv), one weight reused by a chain of calls (ALBERT-like, shared
+directly or through Identity as the legacy exporter writes it), zero-sized tensors (an empty channel
+Slice concatenated back, an empty constant), and initializers that are also graph inputs.
 """
 
 from __future__ import annotations
@@ -30,10 +36,15 @@ class RandomGraph:
         self.pool: list[str] = ["x"]
         self.provable: list[tuple[str, int, str]] = []  # (weight, live rows, relu output) removal must reach
         self.outputs: list[str] = []
+        self.domains: set[str] = set()
+        self.opaque: set[str] = set()  # tensors ONNX shape inference cannot know (after another domain's op)
         self._n = 0
         for _ in range(steps if steps is not None else int(self.rng.integers(4, 12))):
             self.step()
         self.head()
+        self.overridable: list[str] = []  # initializers that are also graph inputs (older converters)
+        if self.rng.random() < 0.1:
+            self.overridable = [k for k in self.inits if self.rng.random() < 0.5]
 
     # ------------------------------------------------------------------ building blocks
     def name(self, prefix: str) -> str:
@@ -48,6 +59,8 @@ class RandomGraph:
     def op(self, op: str, inputs: list[str], shape: list | None, outputs: int = 1, **attrs) -> str | list[str]:
         outs = [self.name(op.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n"), **attrs))
+        if self.opaque.intersection(inputs):
+            self.opaque.update(outs)
         if shape is not None:
             for o in outs:
                 self.shapes[o] = shape
@@ -121,7 +134,8 @@ class RandomGraph:
         self._pending = None
         choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
                                   "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
-                                  "resize", "reduce", "prelu", "groupnorm", "shuffle", "attention"])
+                                  "resize", "reduce", "prelu", "groupnorm", "shuffle", "attention", "order",
+                                  "domain", "loop", "empty"])
         x = self.four_d()
         c = self.channels(x)
         if choice == "conv":
@@ -145,7 +159,7 @@ class RandomGraph:
             pending = self._pending
             r = self.op("Relu", [y], self.shapes[y])
             z = self.conv(r, track=False)
-            if pending is not None:
+            if pending is not None and x not in self.opaque:  # (removal needs shapes)
                 self.provable.append((pending[0], pending[1], r))
             self.pool.append(z)
         elif choice == "grouped" and c % 2 == 0:
@@ -234,9 +248,85 @@ class RandomGraph:
             scaled = self.op("Mul", [back, self.const((self.rng.random((c, 1, 1)) + 0.5).astype(np.float32))], self.shapes[x])
             self.pool.append(self.op("Add", [scaled, self.const((self.rng.standard_normal((c, 1, 1)) * 0.2)
                                                                 .astype(np.float32))], self.shapes[x]))
+        elif choice == "order":
+            self.pool.append(self.order_dependent(x))
+        elif choice == "domain":
+            self.pool.append(self.other_domain(x))
+        elif choice == "loop":
+            self.pool.append(self.reused(x))
+        elif choice == "empty":
+            self.pool.append(self.empty(x))
         elif choice == "prelu":
             slope = (self.rng.random((c, 1, 1)) * 0.3).astype(np.float32)
             self.pool.append(self.op("PRelu", [x, self.const(slope)], self.shapes[x]))
+
+    def order_dependent(self, x: str) -> str:
+        """An op that reads channel positions, after a ReLU (ties: many zeros), over the channel axis."""
+        n, c, h, w = self.shapes[x]
+        r = self.op("Relu", [x], self.shapes[x])
+        kind = self.rng.choice(["Hardmax", "ArgMax", "ArgMin", "TopK", "CumSum"])
+        if kind == "Hardmax":
+            return self.op("Hardmax", [r], self.shapes[x], axis=1)
+        if kind in ("ArgMax", "ArgMin"):
+            i = self.op(str(kind), [r], None, axis=1, keepdims=1, select_last_index=int(self.rng.integers(2)))
+            return self.op("Cast", [i], [n, 1, h, w], to=TensorProto.FLOAT)
+        if kind == "TopK":
+            k = int(min(c, self.rng.integers(1, 4)))
+            values, _ = self.op("TopK", [r, self.const(np.array([k], np.int64))], [n, k, h, w], outputs=2, axis=1)
+            return values
+        return self.op("CumSum", [r, self.const(np.array(1, np.int64))], self.shapes[x],
+                       reverse=int(self.rng.integers(2)))
+
+    def other_domain(self, x: str) -> str:
+        """An op of another domain whose name ONNX also uses (ONNX Runtime runs them)."""
+        self.domains.add("com.microsoft")
+        if self.rng.random() < 0.5:
+            y = self.name("gelu")
+            self.nodes.append(helper.make_node("Gelu", [x], [y], name=self.name("n"), domain="com.microsoft"))
+            self.shapes[y] = self.shapes[x]
+            self.opaque.add(y)
+            return y
+        n, cin, h, w = self.shapes[x]
+        cout = int(self.rng.choice([4, 8]))
+        dead = self.dead(cout)
+        inputs = [x, self.weight((cout, cin, 3, 3), dead), self.const(self.bias(cout, dead), "b")]
+        y = self.name("fusedconv")
+        self.nodes.append(helper.make_node("FusedConv", inputs, [y], name=self.name("n"), domain="com.microsoft",
+                                           activation="Relu", pads=[1] * 4))
+        self.shapes[y] = [n, cout, h, w]
+        self.opaque.add(y)
+        return y
+
+    def reused(self, x: str) -> str:
+        """One layer's weights called 2-4 times in a chain (ALBERT, a module in a Python loop): read
+        directly, or through one Identity per call as the legacy exporter writes it."""
+        c = self.channels(x)
+        k = int(self.rng.choice([1, 3]))
+        w = self.weight((c, c, k, k), self.dead(c))
+        b = self.const(self.bias(c, np.zeros(0, int)), "b") if self.rng.random() < 0.5 else None
+        through_identity = self.rng.random() < 0.5
+        y = x
+        for _ in range(int(self.rng.integers(2, 5))):
+            wi = self.op("Identity", [w], None) if through_identity else w
+            bi = (self.op("Identity", [b], None) if through_identity else b) if b is not None else None
+            a = self.op("Conv", [y, wi] + ([bi] if bi else []), self.shapes[x], pads=[k // 2] * 4)
+            y = self.op("Relu", [a], self.shapes[x])
+        return y
+
+    def empty(self, x: str) -> str:
+        """Zero-sized tensors: an empty channel Slice concatenated back, or a Split with an empty part."""
+        n, c, h, w = self.shapes[x]
+        if self.rng.random() < 0.5:
+            at = int(self.rng.integers(0, c + 1))
+            ins = [x, self.const(np.array([at], np.int64)), self.const(np.array([at], np.int64)),
+                   self.const(np.array([1], np.int64))]
+            z = self.op("Slice", ins, [n, 0, h, w])
+            return self.op("Concat", [x, z] if self.rng.random() < 0.5 else [z, x], self.shapes[x], axis=1)
+        sizes = [c, 0] if self.rng.random() < 0.5 else [0, c]
+        parts = self.op("Split", [x, self.const(np.array(sizes, np.int64))], None, outputs=2, axis=1)
+        for p, s in zip(parts, sizes, strict=True):
+            self.shapes[p] = [n, s, h, w]
+        return parts[sizes.index(c)]
 
     def mlp(self, x: str) -> str:
         """Channel-last MLP with a residual: the hidden neurons are the removable channels."""
@@ -318,7 +408,8 @@ class RandomGraph:
         # biases are zero there too (with a bias left, each feature is a different constant)
         bias = np.concatenate(biases).reshape(-1, inner)  # (q, k, v blocks)
         gone = sum(f == "proj" or (f == "dead" and not bias[:, u].any()) for f, u in zip(fate, head_units, strict=True))
-        self.provable.append((wp, max(heads - gone, 1) * d, merged))
+        if x not in self.opaque:
+            self.provable.append((wp, max(heads - gone, 1) * d, merged))
         return self.op("Add", [x, back], [n, c, h, w])
 
     def layernorm(self, t: str, c: int) -> str:
@@ -389,10 +480,14 @@ class RandomGraph:
             self.outputs.append(self.four_d())
 
     def model(self):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, self.shapes["x"])]
+        inputs += [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(self.inits[k].dtype),
+                                                 list(self.inits[k].shape)) for k in self.overridable]
         graph = helper.make_graph(
-            self.nodes, "random", [helper.make_tensor_value_info("x", TensorProto.FLOAT, self.shapes["x"])],
+            self.nodes, "random", inputs,
             [helper.make_tensor_value_info(o, TensorProto.FLOAT, self.shapes[o]) for o in self.outputs],
             [numpy_helper.from_array(v, k) for k, v in self.inits.items()])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)]
+                                  + [helper.make_opsetid(d, 1) for d in sorted(self.domains)])
         model.ir_version = 8
         return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,16 @@ def check_graph(seed: int, unequal_groups: str = "auto"):
     else:
         onnx.checker.check_model(r.model)
     assert count_parameters(r.model) <= count_parameters(r.reference), seed
+    assert stored_parameters(r.model) <= stored_parameters(model), seed  # (shared weights stay shared)
     dims = {t.name: tuple(t.dims) for t in r.model.graph.initializer}
     for weight, live, _ in g.provable:  # (a layer nothing reads is gone altogether)
         assert dims.get(weight, (0,))[0] <= max(live, 1), f"seed {seed}: '{weight}' kept {dims[weight][0]} rows, {live} live"
     return r
+
+
+def stored_parameters(model: onnx.ModelProto) -> int:
+    """Float elements the file stores (a tensor shared by several ops counts once)."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
 
 
 def _grouped(model: onnx.ModelProto) -> bool:

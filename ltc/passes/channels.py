@@ -267,6 +267,10 @@ class ChannelGraph:
             if not reads_channels and not rule.layer:
                 self._no_channel_inputs(node)
                 continue
+            empty = self._zero_sized(node)
+            if empty is not None:  # (no rule is written for tensors without elements)
+                self._block_node(node, f"{op_of(node)} '{node.name}' reads or writes '{empty}', which has no elements")
+                continue
             view = NodeView(self, node)
             try:
                 rule.analyze(view)
@@ -282,6 +286,17 @@ class ChannelGraph:
         self._tie_shared_weights()
         self.n_units = self._next
         self._components()
+
+    def _zero_sized(self, node: gs.Node) -> str | None:
+        """The name of a tensor of ``node`` with a zero-sized dimension (a constant, or a known shape)."""
+        for t in [*node.inputs, *node.outputs]:
+            if is_empty(t):
+                continue
+            value = const_value(t) if isinstance(t, gs.Constant) or t.inputs else None
+            shape = value.shape if value is not None else self.shapes.get(t.name)
+            if shape is not None and any(isinstance(d, int) and d == 0 for d in shape):
+                return t.name
+        return None
 
     def _no_channel_inputs(self, node: gs.Node) -> None:
         """Shape arithmetic and constants: outputs of rank >= 2 are channel tensors nobody may change."""

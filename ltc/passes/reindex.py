@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from ltc.errors import InternalError
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.records import BiasSlot, Edits, IndexOf, Record
-from ltc.passes.rules import const_value, is_empty
+from ltc.passes.rules import const_value, is_empty, op_of
 
 Plan = dict[str, np.ndarray]
 
@@ -98,20 +98,23 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
     """Write the edits. A constant read by several nodes stays one constant where all of them get the
     same new value, and is copied only where they differ; names are fresh and unique."""
     names = set(graph.tensors().keys())
+    outputs = {id(v) for v in graph.outputs}
 
     def fresh(base: str, suffix: str = "__ltc") -> str:
         return fresh_name(names, base, suffix)
 
     groups: dict[int, tuple[gs.Tensor, list[tuple[gs.Node, int, np.ndarray]]]] = {}
     for node, index, value in edits.values.values():
-        t = node.inputs[index]
+        t = _behind_identity(node.inputs[index])  # (the legacy exporter shares a weight through Identity)
         groups.setdefault(id(t), (t, []))[1].append((node, index, value))
     for t, users in groups.values():
-        readers = [(n, i) for n in t.outputs for i, inp in enumerate(n.inputs) if inp is t]
+        readers, passing = _readers(t, outputs)
         first = users[0][2]
         same = all(_equal(first, v) for _, _, v in users)
         if isinstance(t, gs.Constant) and same and len(users) == len(readers):
-            t.values = np.ascontiguousarray(first)
+            t.values = np.ascontiguousarray(first)  # one tensor stays one tensor, never a copy per reader
+            for var in passing:
+                var.shape = list(first.shape)
             continue
         made: list[tuple[np.ndarray, gs.Constant]] = []
         for node, index, value in users:
@@ -134,6 +137,34 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
         node.attrs.pop(name, None)
     for node, pieces in edits.splits:
         split_conv(graph, node, pieces, names)
+
+
+def _behind_identity(t: gs.Tensor) -> gs.Tensor:
+    """The constant ``t`` passes on through Identity nodes, or ``t`` itself."""
+    s = t
+    while isinstance(s, gs.Variable) and len(s.inputs) == 1 and op_of(s.inputs[0]) == "Identity" and s.inputs[0].inputs:
+        s = s.inputs[0].inputs[0]
+    return s if isinstance(s, gs.Constant) else t
+
+
+def _readers(t: gs.Tensor, graph_outputs: set[int]) -> tuple[list, list[gs.Variable]]:
+    """Every (node, input) that reads ``t``, directly or through Identity nodes (a graph output on the
+    way counts as a reader), and the Identity outputs on the way (which carry ``t``'s shape)."""
+    readers, passing, todo, seen = [], [], [t], set()
+    while todo:
+        cur = todo.pop()
+        if id(cur) in graph_outputs:
+            readers.append((None, -1))
+        for n in cur.outputs:
+            if op_of(n) == "Identity" and n.inputs and n.inputs[0] is cur:
+                out = n.outputs[0]
+                if id(out) not in seen:
+                    seen.add(id(out))
+                    passing.append(out)
+                    todo.append(out)
+                    continue
+            readers += [(n, i) for i, inp in enumerate(n.inputs) if inp is cur]
+    return readers, passing
 
 
 def split_conv(graph: gs.Graph, node: gs.Node, pieces: list[tuple[int, int, np.ndarray | None]],

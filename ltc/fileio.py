@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import stat
 import tempfile
@@ -25,6 +26,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ltc.defaults import MAX_MEMORY_GIB
 from ltc.errors import LtcError, first_line
 
 PathLike = str | os.PathLike
@@ -204,6 +206,13 @@ def _memory_bytes() -> int:
         return 1 << 40
 
 
+def out_of_memory(path: PathLike, what: str) -> LtcError:
+    """The one-line error for a user's file that ran this machine out of memory while it was read (a
+    bad input, exit 1, not a fault of ltc)."""
+    return LtcError(f"{path}: reading this {what} ran out of memory; is it really a {what}? (a file this "
+                    "large needs a machine with more memory)")
+
+
 def load_npz(path: PathLike, what: str) -> dict:
     """Arrays of an .npz (name -> numpy array): no pickles, each array's declared size checked against
     the archive before it is allocated (a forged header cannot make ltc allocate terabytes)."""
@@ -240,6 +249,8 @@ def load_npz(path: PathLike, what: str) -> dict:
             return {k: data[k] for k in data.files}
     except LtcError:
         raise
+    except MemoryError:
+        raise out_of_memory(path, what) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise LtcError(f"{path}: not a readable .npz {what} ({first_line(exc)})") from None
 
@@ -281,7 +292,8 @@ def not_torch(kind: str) -> str:
 
 
 def load_torch_data(path: Path, what: str = "torch file"):
-    """``torch.load(weights_only=True)``: tensors and plain containers only, a one-line error otherwise."""
+    """``torch.load(weights_only=True)``: tensors and plain containers only, a one-line error otherwise.
+    Every tensor in it is checked (:func:`check_tensors`) before anything copies one."""
     path = check_input_file(path, what)
     kind = sniff(path)
     if kind != "torch":
@@ -294,9 +306,56 @@ def load_torch_data(path: Path, what: str = "torch file"):
     try:
         with warnings.catch_warnings():  # torch warns about some tensor kinds; the checks below say more
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise out_of_memory(path, what) from None
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise LtcError(f"{path}: refused: the file contains pickled Python objects, not only tensors "
                            "(loaded with weights_only=True); save plain tensors and dicts") from None
         raise LtcError(f"{path}: not a readable {what} ({first_line(exc)}); is the file complete?") from None
+    check_tensors(obj, path, what)
+    return obj
+
+
+def check_tensors(obj, path: Path, what: str = "torch file",
+                  max_bytes: int = int(MAX_MEMORY_GIB * (1 << 30))) -> None:
+    """Walk ``obj`` (dicts, lists, tuples, nested; in order, each container once) and refuse, naming it,
+    any tensor that claims more than ``max_bytes`` (its shape's product times its element size; all
+    tensors together too) or whose view reaches outside its storage. A view over a small storage with
+    zero strides is legal torch and cheap to load, yet claims 2^40 elements: ``.numpy().astype(bool)``
+    or ``.clone()`` would then try to allocate them all."""
+    import torch
+
+    limit = f"{max_bytes / (1 << 30):g} GiB" if max_bytes >= 1 << 30 else f"{max_bytes:,} bytes"
+    total = 0
+    seen: set[int] = set()
+    stack: list[tuple[str, object]] = [("", obj)]
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            entries = item.items() if isinstance(item, dict) else enumerate(item)
+            stack.extend(reversed([(f"{name}/{key}" if name else str(key), value) for key, value in entries]))
+            continue
+        if not isinstance(item, torch.Tensor):
+            continue
+        where = f"{path}: tensor '{name or '(top level)'}'"
+        shape = tuple(item.shape)
+        nbytes = math.prod(shape) * item.element_size()
+        total += nbytes
+        if nbytes > max_bytes or total > max_bytes:
+            claim = f"claims {math.prod(shape):,} elements ({nbytes:,} bytes)" if nbytes > max_bytes else \
+                f"brings the tensors to {total:,} bytes"
+            raise LtcError(f"{where} {claim}, over the limit of {limit} that ltc reads from a {what}; the "
+                           f"file is forged or not a {what}: save real, contiguous tensors "
+                           "(tensor.contiguous().clone())")
+        if item.layout != torch.strided or math.prod(shape) == 0:
+            continue  # no storage to check (sparse tensors are refused by the readers that get one)
+        last = item.storage_offset() + sum((n - 1) * step for n, step in zip(shape, item.stride(), strict=True))
+        if (last + 1) * item.element_size() > item.untyped_storage().nbytes():  # torch checks it too, today
+            raise LtcError(f"{where}: its shape {list(shape)}, strides {list(item.stride())} and offset "
+                           f"{item.storage_offset()} reach past its storage of {item.untyped_storage().nbytes():,} "
+                           f"bytes; the file is corrupt or forged: save it again with torch.save")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ltc.errors import LtcError, first_line
-from ltc.fileio import check_input_file, write_json_atomic
+from ltc.fileio import check_input_file, out_of_memory, write_json_atomic
 
 PACKAGE = Path(__file__).parent
 SCHEMAS = {  # kind -> (schema file inside the package, what writes such a file)
@@ -84,6 +84,8 @@ def load_report_json(path: str | Path, kind: str) -> dict:
                        f"written by {writer}")
     try:
         doc = json.loads(path.read_bytes())
+    except MemoryError:
+        raise out_of_memory(path, f"{kind} JSON") from None
     except (OSError, ValueError, RecursionError) as exc:
         raise LtcError(f"{path}: not a readable {kind} JSON ({first_line(exc)}); pass a file written by "
                        f"{writer}") from None

@@ -492,9 +492,14 @@ def build_model(name: str, in_shape: tuple[int, ...], classes: int, dropout: flo
 
     name, in_shape, classes, dropout = check_arch(name, in_shape, classes, dropout)
     try:
-        return _builder(name)(tuple(in_shape), classes, dropout)
+        model = _builder(name)(tuple(in_shape), classes, dropout)
     except ValueError as exc:
         raise LtcError(f"model {name!r} cannot take inputs of shape {tuple(in_shape)}: {exc}") from None
+    if name not in REGISTRY:  # the user's (or a model library's) model: it must hold values
+        from ltc.compressor.usercode import check_materialised
+
+        check_materialised(model, f"--model {name}")
+    return model
 
 
 def memory_estimate(name: str, in_shape: tuple[int, ...], classes: int, dropout: float = 0.0,
@@ -512,21 +517,26 @@ def memory_estimate(name: str, in_shape: tuple[int, ...], classes: int, dropout:
     low = {"parameters": 4 * classes, "activations": input_bytes + 4 * batch * classes, "lower_bound": 1}
     if limit is not None and low["parameters"] + low["activations"] > limit:
         return low
-    ours = name in REGISTRY  # a model from elsewhere may not run on the meta device (.item(), asserts): its
-    try:                     # estimate is then the lower bound; its errors surface when it is built for real
+    # A model from elsewhere may not run on the meta device (.item(), asserts, sys.exit): its estimate is
+    # then the lower bound, and its errors surface when it is built for real. A factory file is imported
+    # here, before the meta device is entered: its module-level tensors are real ones.
+    ours = name in REGISTRY
+    build = _builder(name)
+    try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
-            model = _builder(name)(in_shape, classes, dropout)
-    except LtcError:
-        raise
-    except Exception as exc:
-        if not ours:
+            model = build(in_shape, classes, dropout)
+    except BaseException as exc:
+        if not ours and not isinstance(exc, KeyboardInterrupt):
             return low
-        if not isinstance(exc, (ValueError, RuntimeError, OverflowError)):
+        if isinstance(exc, LtcError) or not isinstance(exc, (ValueError, RuntimeError, OverflowError)):
             raise
         raise LtcError(f"model {name!r} cannot be built for inputs of shape {in_shape} with {classes} classes: "
                        f"{first_line(exc)}") from None
-    params = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(nn.parameter.is_lazy(t) for t in tensors):  # shapes unknown until a call: refused when built
+        return low
+    params = sum(t.numel() * t.element_size() for t in tensors)
     acts = [input_bytes]
 
     def hook(_module, _inputs, output):
@@ -539,8 +549,8 @@ def memory_estimate(name: str, in_shape: tuple[int, ...], classes: int, dropout:
     try:
         with torch.no_grad():
             model.eval()(torch.empty(batch, *in_shape, device="meta"))
-    except Exception as exc:
-        if not ours:
+    except BaseException as exc:
+        if not ours and not isinstance(exc, KeyboardInterrupt):
             return low
         if not isinstance(exc, (ValueError, RuntimeError, IndexError, OverflowError)):
             raise

@@ -13,12 +13,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
+from ltc.compressor.usercode import describe, guard, is_users_failure
 from ltc.errors import LtcError, first_line
 
 
@@ -40,10 +42,8 @@ def call_builder(fn: Callable, what: str, **offered) -> nn.Module:
         params = {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in offered.items() if v is not None and (takes_all or k in params)}
-    try:
+    with guard(f"{what}: building the model", "fix the model's code"):  # sys.exit included
         model = fn(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - the user's (or a model library's) code may raise anything
-        raise LtcError(f"{what}: building the model raised {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise LtcError(f"{what}: returned a {type(model).__name__}, not a torch nn.Module")
     return model
@@ -86,6 +86,8 @@ def load_factory(spec: str) -> Callable:
         raise LtcError(f"--model {spec}: {path} {'is not a file' if path.exists() else 'not found'}; give "
                        "path/to/file.py:function")
     mod_name = f"ltc_user_model_{abs(hash(str(path.resolve())))}"
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun rank
+        print(f"ltc: importing and running {path} (a factory file runs with your permissions)", file=sys.stderr)
     try:
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         if module_spec is None or module_spec.loader is None:
@@ -93,9 +95,11 @@ def load_factory(spec: str) -> Callable:
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module  # dataclasses and pickling look the module up by name
         module_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001 - importing the user's file may raise anything
+    except BaseException as exc:  # importing the user's file may raise anything, or call sys.exit
         sys.modules.pop(mod_name, None)
-        raise LtcError(f"--model {spec}: importing {path} raised {type(exc).__name__}: {first_line(exc)}") from None
+        if not is_users_failure(exc):
+            raise
+        raise LtcError(f"--model {spec}: importing {path} {describe(exc)}; fix the file") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise LtcError(f"--model {spec}: {path} has no function {fn_name!r}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ltc.compressor.hparams import PruneHparams, TrainHparams
+from ltc.compressor.usercode import check_materialised, guard
 from ltc.errors import LtcError
 
 # TrainHparams fields that name or shape the data ltc loads itself: not options of ltc.search
@@ -38,7 +39,9 @@ def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
     search sets. A parameter that no such method owns (a bare ``nn.Parameter`` such as a position
     embedding) would keep the template's value in every trial and in the reinit control: refused, with
     the factory form as the way out."""
-    template = copy.deepcopy(model).cpu()
+    check_materialised(model, "the model")
+    with guard("the model: copying it"):
+        template = copy.deepcopy(model).cpu()
     covered = {id(p) for m in template.modules() if _reset_of(m) for p in m.parameters()}
     left = [n for n, p in template.named_parameters() if id(p) not in covered]
     if left:
@@ -47,11 +50,12 @@ def _template_builder(model: nn.Module) -> Callable[[], nn.Module]:
                        "builds the model (ltc.search(lambda: MyNet(), ...)): it is called under each trial's seed")
 
     def build() -> nn.Module:
-        m = copy.deepcopy(template)
-        for module in m.modules():
-            reset = _reset_of(module)
-            if reset:
-                reset()
+        with guard("the model: copying it and re-initialising it with reset_parameters()"):
+            m = copy.deepcopy(template)
+            for module in m.modules():
+                reset = _reset_of(module)
+                if reset:
+                    reset()
         return m
 
     return build
@@ -109,13 +113,17 @@ def _search(model, train, val, test, out, run_dir, loss, progress, options) -> d
         build = _template_builder(model)
     elif callable(model):
         def build() -> nn.Module:
-            return call_builder(model, "the model factory")
+            built = call_builder(model, "the model factory")
+            check_materialised(built, "the model factory's model")
+            return built
     else:
         raise LtcError(f"model must be an nn.Module or a function returning one, got {type(model).__name__}")
     data = user_splits(train, val, test)
     torch.manual_seed(0)
     probe = build()
-    thp = TrainHparams(model=architecture_id(probe, loss), dataset=f"custom:{fingerprint(data)}", **train_opts)
+    with guard("the model: reading its state_dict() and repr()"):
+        arch_id = architecture_id(probe, loss)
+    thp = TrainHparams(model=arch_id, dataset=f"custom:{fingerprint(data)}", **train_opts)
     php = PruneHparams(**prune_opts)
     thp.validate()
     php.validate()

@@ -37,6 +37,7 @@ from ltc.compressor.pruning import (
 )
 from ltc.compressor.structure import random_regroup, refill, regroup
 from ltc.compressor.training import distributed, total_iterations, train
+from ltc.compressor.usercode import guard
 from ltc.controls import VARIANTS as CONTROL_VARIANTS
 from ltc.errors import LtcError, first_line
 from ltc.fileio import check_input_file, load_torch_data, write_json_atomic, write_text_atomic
@@ -351,7 +352,15 @@ class Setup:
         """Choose the layers to prune (``--include``/``--exclude``, the output layer by a forward pass)."""
         probe = self.fresh(0)
         x, _ = self.data.train_batch(torch.arange(min(2, self.data.n_train())))
-        self.layers = select_layers(probe, php.include, php.exclude, x)
+        with self.running("the model, on an example batch,"):
+            self.layers = select_layers(probe, php.include, php.exclude, x)
+
+    def running(self, what: str):
+        """Where a step runs the user's model, data or loss (``users_code``): what it raises, sys.exit
+        included, is one LtcError line that begins with ``what``."""
+        if not self.users_code:
+            return contextlib.nullcontext()
+        return guard(what, "fix it and run again (completed rounds are kept)")
 
 
 def registry_setup(thp: TrainHparams, data: Splits) -> Setup:
@@ -458,8 +467,9 @@ def _run_trial(thp: TrainHparams, php: PruneHparams, setup: Setup, trial_dir: Pa
         if r > 0:
             pruned_from = setup.fresh(seed)
             pruned_from.load_state_dict(prev_final)
-            mask = STRATEGIES[php.strategy](pruned_from, mask, php.rates())
-            mask, detail = apply_structure(php, pruned_from, mask)
+            with setup.running(f"trial {seed} round {r}, pruning: the model"):  # structure probes run it
+                mask = STRATEGIES[php.strategy](pruned_from, mask, php.rates())
+                mask, detail = apply_structure(php, pruned_from, mask)
             _check_same_on_ranks(mask, world)
         record = {"round": r, "density": density(mask), "layer_density": layer_densities(mask), "results": {}}
         rewind = php.rewind_iteration if (r == 0 and php.reset == "rewind") else None

@@ -22,7 +22,8 @@ from torch import nn
 from ltc.compressor.data import Splits, augment_batch
 from ltc.compressor.hparams import TrainHparams
 from ltc.compressor.pruning import Mask, apply_mask
-from ltc.errors import LtcError, first_line
+from ltc.compressor.usercode import describe, is_users_failure
+from ltc.errors import LtcError
 
 
 @dataclass
@@ -291,7 +292,8 @@ def train(model: nn.Module, data: Splits, hp: TrainHparams, mask: Mask | None = 
     best = early.best
     if math.isnan(best[0]):  # no validation set: early stop = end
         best = (float("nan"), total, final["test_acc"])
-    _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), user_loss)
+    with _users(users_code, label, final["iteration"]):
+        _, train_acc = evaluate(model, data.eval_batches("train", limit=10000), user_loss)
     return TrainResult(state.history, best[1], best[0], best[2], final["test_acc"], train_acc, final["iteration"],
                        {k: v.detach().clone() for k, v in model.state_dict().items()},
                        rewind.state if rewind else None)
@@ -319,7 +321,8 @@ def _loop(state: TrainState, net: nn.Module, data: Splits, hp: TrainHparams, opt
                 break
         if it == total:
             break
-        x, y = next(batches)
+        with _users(users_code, label, it):  # a user's dataset is read here
+            x, y = next(batches)
         if augment:
             x = augment_batch(x, gen)
         for g in opt.param_groups:
@@ -335,14 +338,15 @@ def _loop(state: TrainState, net: nn.Module, data: Splits, hp: TrainHparams, opt
 
 @contextlib.contextmanager
 def _users(users_code: bool, label: str, it: int):
-    """An exception from a user's model, data or loss is a bad input (exit 1), not an ltc fault."""
+    """An exception from a user's model, data or loss (sys.exit included) is a bad input (exit 1), not an
+    ltc fault."""
     try:
         yield
-    except Exception as exc:
-        if not users_code or isinstance(exc, LtcError):
+    except BaseException as exc:
+        if not users_code or not is_users_failure(exc):
             raise
-        raise LtcError(f"{label}, iteration {it}: the model, the data or the loss raised {type(exc).__name__}: "
-                       f"{first_line(exc)}; fix it and run again (completed rounds are kept)") from None
+        raise LtcError(f"{label}, iteration {it}: the model, the data or the loss {describe(exc)}; fix it and run "
+                       "again (completed rounds are kept)") from None
 
 
 def open_log(path: Path):

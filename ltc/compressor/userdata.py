@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ltc.compressor.usercode import guard
 from ltc.errors import LtcError, first_line
+from ltc.fileio import check_input_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MAX_IMAGES = 1_000_000
@@ -48,10 +50,8 @@ class DatasetSplits:
         self.classes = classes
 
     def _sample(self, i: int):
-        try:
+        with _reading(f"train[{i}]"):
             s = self.train[i]
-        except Exception as exc:  # noqa: BLE001 - the user's dataset may raise anything
-            raise LtcError(f"train[{i}] raised {type(exc).__name__}: {first_line(exc)}; fix the dataset") from None
         if not isinstance(s, (tuple, list)) or len(s) < 2 or not hasattr(s[0], "shape"):
             raise LtcError(f"train[{i}] is a {type(s).__name__}; ltc.search needs (input, label) pairs with a "
                            "tensor or array input")
@@ -62,7 +62,8 @@ class DatasetSplits:
         return self._in_shape
 
     def n_train(self) -> int:
-        return len(self.train)
+        with _reading("train data: len()"):
+            return len(self.train)
 
     def train_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.examples("train", idx)
@@ -76,8 +77,10 @@ class DatasetSplits:
             ds = getattr(src, "dataset", src)
             if not hasattr(ds, "__getitem__"):
                 return ()
-            samples = [ds[int(i)] for i in idx]
-        batch = tuple(self.collate(samples))
+            with _reading(f"{split} data: reading an example"):
+                samples = [ds[int(i)] for i in idx]
+        with _reading(f"{split} data: collating a batch"):
+            batch = tuple(self.collate(samples))
         if len(batch) < 2:
             raise LtcError(f"{split}: a batch collates to {len(batch)} item(s); ltc.search needs (input, label)")
         return batch[:2]
@@ -85,10 +88,11 @@ class DatasetSplits:
     def n_eval(self, split: str) -> int:
         src = self.sources[split]
         ds = getattr(src, "dataset", src)
-        try:
-            return len(ds)
-        except TypeError:
-            return 0
+        with _reading(f"{split} data: len()"):
+            try:
+                return len(ds)
+            except TypeError:  # no len(): an iterable dataset
+                return 0
 
     def train_batches(self, gen: torch.Generator, batch: int, rank: int = 0, world: int = 1
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -98,14 +102,12 @@ class DatasetSplits:
         from ltc.compressor.data import epoch_batches
 
         order_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        index_lists = (idx.tolist() for idx in epoch_batches(len(self.train), order_gen, batch, rank, world))
+        index_lists = (idx.tolist() for idx in epoch_batches(self.n_train(), order_gen, batch, rank, world))
 
         while True:  # one DataLoader over an endless sampler: workers keep their state between steps
             loader = DataLoader(self.train, batch_sampler=index_lists, collate_fn=self.collate,
                                 num_workers=self.workers)
-            for batch_ in loader:
-                x, y, *_ = batch_
-                yield x, y
+            yield from _batches(loader, "train")
 
     def eval_batches(self, split: str, batch: int = 256, limit: int | None = None
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -115,7 +117,7 @@ class DatasetSplits:
         loader = src if isinstance(src, DataLoader) else DataLoader(src, batch_size=batch, shuffle=False,
                                                                      collate_fn=self.collate)
         seen = 0
-        for x, y, *_ in loader:
+        for x, y in _batches(loader, split):
             if limit is not None and seen + len(x) > limit:
                 x, y = x[:limit - seen], y[:limit - seen]
             if len(x) == 0:
@@ -126,6 +128,27 @@ class DatasetSplits:
                 return
 
 
+def _reading(what: str):
+    """Where the user's dataset (or its collate_fn) runs: what it raises is one line that begins with ``what``."""
+    return guard(what, "fix the dataset and run again")
+
+
+_END = object()
+
+
+def _batches(loader, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, labels) of each batch of ``loader``; a failure of the user's dataset is one line."""
+    with _reading(f"{split} data: reading a batch"):
+        batches = iter(loader)
+    while True:
+        with _reading(f"{split} data: reading a batch"):
+            batch = next(batches, _END)
+            if batch is _END:
+                return
+            x, y, *_ = batch
+        yield x, y  # outside the guard: what the consumer throws in here is not the dataset's
+
+
 def _map_style(src, split: str):
     from torch.utils.data import DataLoader, IterableDataset
 
@@ -133,7 +156,9 @@ def _map_style(src, split: str):
     if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__"):
         raise LtcError(f"{split}: a {type(ds).__name__} cannot be indexed; the training data must be a map-style "
                        "Dataset (len and [i]) or a DataLoader over one, so that ltc can draw seeded batches")
-    if len(ds) == 0:
+    with _reading(f"{split} data: len()"):
+        n = len(ds)
+    if n == 0:
         raise LtcError(f"{split}: the dataset is empty")
     return ds
 
@@ -147,28 +172,41 @@ def _as_tensor(a, what: str) -> torch.Tensor:
         raise LtcError(f"{what}: not an array ({first_line(exc)})") from None
 
 
+def _pair(p, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) arrays as tensors: float inputs as float32, integer labels as int64."""
+    x, y = _as_tensor(p[0], f"{split} inputs"), _as_tensor(p[1], f"{split} labels")
+    if len(x) != len(y):
+        raise LtcError(f"{split}: {len(x)} inputs but {len(y)} labels")
+    if x.is_floating_point():
+        x = x.to(torch.float32)
+    return x, (y.to(torch.int64) if not y.is_floating_point() else y)
+
+
+def _is_pair(p) -> bool:
+    return isinstance(p, (tuple, list)) and len(p) == 2
+
+
 def user_splits(train, val, test=None, name: str = "custom"):
     """The search's data from what a user passes: (inputs, labels) pairs of arrays or tensors become
-    in-memory :class:`~ltc.compressor.data.Splits`; Datasets and DataLoaders a :class:`DatasetSplits`."""
+    in-memory :class:`~ltc.compressor.data.Splits`; Datasets and DataLoaders a :class:`DatasetSplits`
+    (where some splits are Datasets and others pairs of arrays, the pairs become TensorDatasets)."""
+    from torch.utils.data import TensorDataset
+
     from ltc.compressor.data import Splits
 
     if val is None:
         raise LtcError("val is required: early stopping and the reported accuracy read the validation set")
     parts = [train, val, test]
-    if all(p is None or (isinstance(p, (tuple, list)) and len(p) == 2) for p in parts):
-        arrays = {}
-        for split, p in zip(("train", "val", "test"), (train, val, test if test is not None else val), strict=True):
-            x, y = _as_tensor(p[0], f"{split} inputs"), _as_tensor(p[1], f"{split} labels")
-            if len(x) != len(y):
-                raise LtcError(f"{split}: {len(x)} inputs but {len(y)} labels")
-            if x.is_floating_point():
-                x = x.to(torch.float32)
-            arrays[split] = (x, y.to(torch.int64) if not y.is_floating_point() else y)
+    if all(p is None or _is_pair(p) for p in parts):
+        arrays = {split: _pair(p, split) for split, p in
+                  zip(("train", "val", "test"), (train, val, test if test is not None else val), strict=True)}
         if len(arrays["train"][0]) == 0:
             raise LtcError("train: no examples")
         classes = int(max(int(arrays[s][1].max()) for s in arrays if len(arrays[s][1])) + 1) \
             if not arrays["train"][1].is_floating_point() else 0
         return Splits(name, *arrays["train"], *arrays["val"], *arrays["test"], classes)
+    train, val, test = (TensorDataset(*_pair(p, split)) if _is_pair(p) and all(hasattr(t, "shape") for t in p)
+                        else p for split, p in zip(("train", "val", "test"), parts, strict=True))
     return DatasetSplits(name, train, val, test)
 
 
@@ -226,9 +264,16 @@ def _images(folder: Path, root: Path) -> list[Path]:
             p = Path(dirpath) / f
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            real = p.resolve()
+            try:
+                real = p.resolve(strict=True)
+            except (OSError, RuntimeError) as exc:  # a loop is a RuntimeError before Python 3.13
+                what = "a dangling symbolic link" if isinstance(exc, FileNotFoundError) else \
+                    f"a link that cannot be resolved ({first_line(exc)}; a symlink loop?)"
+                raise LtcError(f"{p}: is {what}; remove it from the image folder") from None
             if real != root and root not in real.parents:
                 continue  # ltc reads only inside the folder it was given
+            # a FIFO would block the decoder forever, a device never end: only regular files are read
+            check_input_file(p, "image file", "remove it from the image folder")
             out.append(p)
             if len(out) > MAX_IMAGES:
                 raise LtcError(f"{folder}: more than {MAX_IMAGES:,} images; ltc loads an image folder into memory, "

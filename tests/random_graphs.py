@@ -119,14 +119,12 @@ class RandomGraph:
         dead_cols = np.flatnonzero(self.rng.random(cin // group) < 0.2) if self.rng.random() < 0.3 else None
         wname = self.weight((cout, cin // group, k, k), dead, dead_cols)
         inputs = [x, wname]
-        zero_bias = True
         if self.rng.random() < 0.7:
-            b = self.bias(cout, dead)
-            zero_bias = not np.any(b[dead])
-            inputs.append(self.const(b, "b"))
+            inputs.append(self.const(self.bias(cout, dead), "b"))
         hw = h - k + 1 + 2 * pad
         y = self.op("Conv", inputs, [n, cout, hw, hw], pads=[pad] * 4, group=group)
-        if track and group == 1 and zero_bias and 0 < len(dead) < cout and dead_cols is None:
+        if track and group == 1 and 0 < len(dead) < cout and dead_cols is None:  # (a non-zero bias too:
+            # its constant reaches a plain Conv, folded into its bias or, through padding, as a map)
             self._pending = (wname, cout - len(dead), y)
         return y
 

@@ -60,6 +60,10 @@ def unfold(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
             keep.append(t)
     del g.initializer[:]
     g.initializer.extend(keep)
+    computed = {o for n in chains for o in n.output}  # (an initializer listed as an input is computed now)
+    inputs = [i for i in g.input if i.name not in computed]
+    del g.input[:]
+    g.input.extend(inputs)
     nodes = list(g.node)
     del g.node[:]
     g.node.extend(chains + nodes)

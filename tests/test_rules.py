@@ -62,22 +62,34 @@ def test_nonzero_bias_constant_folds_into_1x1_consumer():
     assert first_conv_out(r) == 5
 
 
-def test_nonzero_constant_stays_before_padded_conv_and_says_why():
+def test_nonzero_constant_before_padded_conv_goes_with_its_map():
+    """A dead filter's non-zero constant through a zero-padded Conv differs at the borders: removed
+    exactly, its contribution added back as Conv(ones, sum_c k_c W[:, c]) with the same padding."""
     p, pi = producer(vec(8, 0.5, 1.0))
     c, ci = consumer("r", k=3)
     model = make_model(p + [node("Relu", ["a"], ["r"])] + c, X, ["y"], pi | ci)
     r = compressed(model)
+    assert first_conv_out(r) == 5 and not r.lossy
+    assert [n.op_type for n in r.model.graph.node].count("ConstantOfShape") == 1
+
+
+def _grouped_padded_consumer(dead=(1, 5)):
+    """x -> Conv (dead filters with a non-zero bias) -> Relu -> grouped 3x3 Conv with zero padding."""
+    p, pi = producer(vec(8, 0.5, 1.0), dead=list(dead))
+    c = [node("Conv", ["r", "w1", "b1"], ["y"], pads=[1] * 4, group=2)]
+    return make_model(p + [node("Relu", ["a"], ["r"])] + c, X, ["y"], pi | {"w1": conv_weight(4, 4, 3), "b1": vec(4)})
+
+
+def test_nonzero_constant_stays_before_grouped_padded_conv_and_says_why():
+    r = compressed(_grouped_padded_consumer())
     assert first_conv_out(r) == 8
     why = r.layers[0]["kept_because"]
-    assert sum(why.values()) == 3 and "zero padding" in next(iter(why))
+    assert sum(why.values()) == 2 and "zero padding" in next(iter(why))
 
 
 def test_allow_lossy_folds_across_padding_and_reports_error():
-    p, pi = producer(vec(8, 0.5, 1.0))
-    c, ci = consumer("r", k=3)
-    model = make_model(p + [node("Relu", ["a"], ["r"])] + c, X, ["y"], pi | ci)
-    r = compress(model, allow_lossy=True)
-    assert r.lossy and first_conv_out(r) == 5
+    r = compress(_grouped_padded_consumer(), allow_lossy=True)
+    assert r.lossy and first_conv_out(r) == 6
     assert r.verification.max_abs > 1e-3  # border pixels differ: measured, not hidden
 
 

@@ -250,7 +250,9 @@ def _times_tolerance(o: dict) -> float:
 def normalize(model: onnx.ModelProto, rounds: int = 64) -> onnx.ModelProto:
     """What the analysis reads: constant chains and static shape reads folded into initializers, and
     channel shuffles as one Gather, repeated while either finds more (a shuffle's output gets a
-    static shape once the shuffle before it is a Gather)."""
+    static shape once the shuffle before it is a Gather). Initializers that are also graph inputs
+    are taken as the constants they hold (dropped from the inputs)."""
+    model, _ = without_initializer_inputs(model)
     for _ in range(rounds):
         folded = FoldConstants()(model)
         shuffled = ShuffleToGather()(folded.model)

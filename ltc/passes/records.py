@@ -55,6 +55,8 @@ class Edits:
         self.drop_attrs: list[tuple[gs.Node, str]] = []
         # Convs to split (grouped Convs left with unequal groups): node, [(input width, groups, weight)]
         self.splits: list[tuple[gs.Node, list[tuple[int, int, np.ndarray | None]]]] = []
+        # Convs whose removed constant inputs come back as a map: node, kernel sums [C_out, *kernel]
+        self.maps: list[tuple[gs.Node, np.ndarray]] = []
 
     def get(self, node: gs.Node, index: int) -> np.ndarray:
         key = (id(node), index)
@@ -546,6 +548,19 @@ class Contraction:
     bias: BiasSlot | None
     lossy_foldable: bool = False
     blocked_why: str = "no bias to fold into"
+    # a padded Conv: ``map_fold(units, k)`` is the kernel ``S[o, *kernel] = sum_u k_u W[o, u, *kernel]``
+    # whose convolution of a ones image (same padding, strides, dilations) is exactly what constants
+    # ``k`` on ``units`` add, border terms included; the rewrite adds it as a map (see :class:`MapSlot`)
+    map_fold: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    out: ChannelTensor | None = None  # the output channels ``map_fold`` rows run along
+
+
+@dataclass
+class MapSlot:
+    """A Conv whose output gets ``Conv(ones, S)``: the map of removed constant input channels."""
+
+    node: gs.Node
+    out: ChannelTensor
 
 
 @dataclass

@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from ltc.errors import InternalError
 from ltc.passes.channels import ChannelGraph
-from ltc.passes.records import BiasSlot, Edits, IndexOf, Record
+from ltc.passes.records import BiasSlot, Edits, IndexOf, MapSlot, Record
 from ltc.passes.rules import const_value, is_empty, op_of
 
 Plan = dict[str, np.ndarray]
@@ -53,11 +53,14 @@ def refusals(cg: ChannelGraph, plan: Plan) -> list[str]:
     return problems
 
 
-def apply_reindex(cg: ChannelGraph, plan: Plan, folds: list[tuple[BiasSlot, np.ndarray]] = ()) -> bool:
+def apply_reindex(cg: ChannelGraph, plan: Plan, folds: list[tuple[BiasSlot, np.ndarray]] = (),
+                  maps: list[tuple[MapSlot, np.ndarray]] = ()) -> bool:
     """Rewrite ``cg.graph`` in place so every channel tensor holds its plan's units, in that order.
 
     ``folds`` add per-output-entry vectors (in the original indexing) to biases: the constants that
-    removed channels contributed. Raises :class:`InternalError` if the plan is not admissible (a
+    removed channels contributed. ``maps`` do it for padded Convs, where the contribution varies at
+    the borders: kernel sums ``[C_out, *kernel]`` (original indexing) whose convolution of a ones
+    image with the Conv's own padding is added to its output. Raises :class:`InternalError` if the plan is not admissible (a
     plan's author is ltc or a pipeline, never the model). Returns whether anything changed.
     """
     problems = refusals(cg, plan)
@@ -70,9 +73,13 @@ def apply_reindex(cg: ChannelGraph, plan: Plan, folds: list[tuple[BiasSlot, np.n
         r.apply(idx, edits)
     for slot, contribution in folds:
         _add_to_bias(edits, slot, np.asarray(contribution, dtype=np.float64)[slot.out.features(idx(slot.out.name))])
-    if not (edits.values or edits.attrs or edits.inputs or edits.splits):
+    for slot, sums in maps:
+        edits.maps.append((slot.node, np.asarray(sums)[slot.out.features(idx(slot.out.name))]))
+    if not (edits.values or edits.attrs or edits.inputs or edits.splits or edits.maps):
         return False
     _write(cg.graph, edits)
+    if edits.maps:
+        cg.graph.toposort()
     cg.graph.cleanup()
     return True
 
@@ -137,6 +144,52 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
         node.attrs.pop(name, None)
     for node, pieces in edits.splits:
         split_conv(graph, node, pieces, names)
+    for node, sums in edits.maps:
+        add_constant_map(graph, node, sums, names)
+
+
+def add_constant_map(graph: gs.Graph, node: gs.Node, sums: np.ndarray, names: set[str]) -> None:
+    """``node`` (a Conv) outputs ``Conv(x) + Conv(ones, sums)``: what removed input channels that were
+    a constant ``k_c`` everywhere contributed through its zero padding, exactly (``sums`` is
+    ``sum_c k_c W[:, c]``, [C_out, *kernel]). The ones image takes ``x``'s spatial shape at run time
+    (Shape -> ConstantOfShape), so dynamic sizes work, and a static one folds into a constant when
+    ONNX Runtime loads the model."""
+    out = node.outputs[0]
+    base = node.name or out.name
+    dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.float32)
+
+    def var(suffix: str, vtype=None) -> gs.Variable:
+        return gs.Variable(fresh_name(names, base, suffix), dtype=vtype)
+
+    def const(suffix: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(fresh_name(names, base, suffix), np.ascontiguousarray(value))
+
+    shape, spatial, full, ones, conv_map = (var("__map_shape", np.int64), var("__map_hw", np.int64),
+                                            var("__map_dims", np.int64), var("__map_ones", dtype),
+                                            var("__map", dtype))
+    rank = sums.ndim + 1
+    new = [
+        gs.Node("Shape", fresh_name(names, base, "__map_Shape"), {}, [node.inputs[0]], [shape]),
+        gs.Node("Slice", fresh_name(names, base, "__map_Slice"), {},
+                [shape, const("__map_from", np.array([2], np.int64)), const("__map_to", np.array([rank], np.int64))],
+                [spatial]),
+        gs.Node("Concat", fresh_name(names, base, "__map_Concat"), {"axis": 0},
+                [const("__map_lead", np.array([1, 1], np.int64)), spatial], [full]),
+        gs.Node("ConstantOfShape", fresh_name(names, base, "__map_ConstantOfShape"),
+                {"value": gs.Constant(fresh_name(names, base, "__map_one"), np.ones(1, dtype))}, [full], [ones]),
+        gs.Node("Conv", fresh_name(names, base, "__map_Conv"), {k: v for k, v in node.attrs.items() if k != "group"},
+                [ones, const("__map_kernel", sums[:, None].astype(dtype))], [conv_map]),
+    ]
+    pre = var("__conv", dtype)
+    if out.shape is not None:  # (shapes as written: the MACs of the rewritten graph are counted from them)
+        pre.shape = [out.shape[0], len(sums), *out.shape[2:]]
+        conv_map.shape = [1, len(sums), *out.shape[2:]]
+    x_shape = node.inputs[0].shape
+    if x_shape is not None:
+        ones.shape = [1, 1, *x_shape[2:]]
+    node.outputs[0] = pre
+    new.append(gs.Node("Add", fresh_name(names, base, "__map_Add"), {}, [pre, conv_map], [out]))
+    graph.nodes.extend(new)
 
 
 def _behind_identity(t: gs.Tensor) -> gs.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 from ltc.errors import LtcError
 from ltc.hardware import UNEQUAL_GROUPS
 from ltc.passes.channels import ChannelGraph
-from ltc.passes.records import BiasSlot, Record
+from ltc.passes.records import BiasSlot, MapSlot, Record
 from ltc.passes.reindex import Plan, apply_reindex
 
 
@@ -28,6 +28,7 @@ class RemovalPlan:
     lossy: bool = False
     notes: list[str] = field(default_factory=list)
     folds: list[tuple[BiasSlot, np.ndarray]] = field(default_factory=list)
+    maps: list[tuple[MapSlot, np.ndarray]] = field(default_factory=list)  # padded Convs: kernel sums to map
 
     def kept_units(self, cg: ChannelGraph, name: str) -> np.ndarray:
         return ~self.removed[cg.classes_of(name)]
@@ -68,8 +69,9 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
         classes = cg.classes_of(c.tensor)
         k = cg.const[c.tensor]
         finite = np.isfinite(k)
-        lossy_ok = allow_lossy and c.lossy_foldable and not c.foldable and c.bias is not None
-        foldable = c.bias is not None and (c.foldable or lossy_ok)
+        mappable = c.map_fold is not None and not c.foldable  # exact, border terms included
+        lossy_ok = allow_lossy and c.lossy_foldable and not c.foldable and not mappable and c.bias is not None
+        foldable = (c.bias is not None and (c.foldable or lossy_ok)) or mappable
         ok = c.zero | (finite & ((k == 0) | foldable))
         lossy_classes[classes[~c.zero & finite & (k != 0) & lossy_ok]] = True
         for u in np.flatnonzero(~ok):
@@ -83,7 +85,7 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})
     _enforce(cg, plan, round_to, unequal_groups)
     plan.lossy = bool(np.any(lossy_classes & plan.removed))
-    plan.folds = _folds(cg, plan)
+    plan.folds, plan.maps = _folds(cg, plan)
     return plan
 
 
@@ -117,16 +119,22 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int, unequal_groups:
                 changed |= keep(name, units, r.reason)
 
 
-def _folds(cg: ChannelGraph, plan: RemovalPlan) -> list[tuple[BiasSlot, np.ndarray]]:
-    """What removed constant channels contributed to each reader, to be added to its bias."""
-    folds = []
+def _folds(cg: ChannelGraph, plan: RemovalPlan) -> tuple[list[tuple[BiasSlot, np.ndarray]],
+                                                         list[tuple[MapSlot, np.ndarray]]]:
+    """What removed constant channels contributed to each reader: per output channel, to be added to
+    its bias, or (a padded Conv) as kernel sums whose map is added to its output."""
+    folds, maps = [], []
     for c in cg.contractions:
         removed = plan.removed[cg.classes_of(c.tensor)]
         k = cg.const[c.tensor]
         fold = removed & ~c.zero & np.isfinite(k) & (k != 0)
-        if fold.any():
+        if not fold.any():
+            continue
+        if c.map_fold is not None and not c.foldable:
+            maps.append((MapSlot(c.node, c.out), c.map_fold(np.flatnonzero(fold), k)))
+        else:
             folds.append((c.bias, c.contribution(np.flatnonzero(fold), k)))
-    return folds
+    return folds, maps
 
 
 def apply_removal(cg: ChannelGraph, plan: RemovalPlan) -> bool:
@@ -134,7 +142,7 @@ def apply_removal(cg: ChannelGraph, plan: RemovalPlan) -> bool:
     index = plan.index(cg)
     if not index:
         return False
-    return apply_reindex(cg, index, plan.folds)
+    return apply_reindex(cg, index, plan.folds, plan.maps)
 
 
 @dataclass

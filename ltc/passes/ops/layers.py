@@ -148,10 +148,13 @@ class Conv(Rule):
         else:
             v.record(GroupedConv(v.node, x, y, groups))
             zero_in = ~nz.reshape(groups, c_out // groups, -1).any(axis=1).reshape(-1)
+        mappable = groups == 1 and not pad_free and np.issubdtype(w.dtype, np.floating)
         v.contract(Contraction(
             v.node, x.name, zero_in, pad_free, lambda units, k: _conv_contribution(w, units, k, groups),
             BiasSlot(v.node, 2, y, lambda n: (n,), w.dtype), lossy_foldable=True,
-            blocked_why="zero padding; --allow-lossy folds it"))
+            blocked_why="zero padding; --allow-lossy folds it",
+            map_fold=(lambda units, k: np.einsum("u,ou...->o...", k[units], w[:, units].astype(np.float64)))
+            if mappable else None, out=y))
         v.set_const(y, conv_const(w, nz, v.const(x), bias, groups, pad_free))
 
     def macs(self, node: gs.Node, shape: ShapeOf) -> int | None:

@@ -95,7 +95,7 @@ def main() -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--mask", type=click.Path(dir_okay=False), help="ticket.pt, prune state dict (.pt) or .npz; default: zeros in the weights")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="where to write the compressed model")
-@click.option("--allow-lossy", is_flag=True, help="fold dead-channel constants across zero padding too; the error is measured and reported")
+@click.option("--allow-lossy", is_flag=True, help="fold dead-channel constants across zero padding into the bias instead of adding their exact map (fewer nodes, wrong at the borders); the error is measured and reported")
 @click.option("--round-to", default="auto", show_default=True, help="keep channel counts a multiple of N (extra dead channels stay, exact); 'auto' picks per --provider")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True, help="deployment target that --round-to auto aligns for")
 @click.option("--inputs", type=click.Path(dir_okay=False), help=".npz of real inputs for verification (one array per model input)")

@@ -365,14 +365,14 @@ def test_inspect_sorts_every_dead_filter_into_removed_coupled_pinned_unfoldable_
     w = {"wa": conv_weight(6, 4, 1, dead=[1, 2]), "wb": conv_weight(3, 6, 1),  # removable
          "wc": conv_weight(6, 4, 1, dead=[0]), "wd": conv_weight(6, 4, 1), "we": conv_weight(3, 6, 1),  # coupled
          "wf": conv_weight(6, 4, 1, dead=[3]), "bf": np.where(np.arange(6) == 3, 1.0, 0.0).astype(np.float32),
-         "wg": conv_weight(4, 3, 3),  # a grouped padded reader of a constant 1: unfoldable
+         "wg": conv_weight(6, 3, 3),  # a transposed conv reading a constant 1: unfoldable
          "wh": conv_weight(6, 4, 1, dead=[2]), "wi": conv_weight(3, 6, 1),  # behind LRN (no rule): blocked
          "wj": conv_weight(6, 4, 1, dead=[4]), "wm": RNG.standard_normal((6, 3)).astype(np.float32)}  # pinned
     nodes = [node("Conv", ["x", "wa"], ["a"]), node("Relu", ["a"], ["ar"]), node("Conv", ["ar", "wb"], ["yb"]),
              node("Conv", ["x", "wc"], ["c"]), node("Conv", ["x", "wd"], ["d"]), node("Add", ["c", "d"], ["cd"]),
              node("Relu", ["cd"], ["cdr"]), node("Conv", ["cdr", "we"], ["ye"]),
              node("Conv", ["x", "wf", "bf"], ["f"]), node("Relu", ["f"], ["fr"]),
-             node("Conv", ["fr", "wg"], ["yg"], pads=[1, 1, 1, 1], group=2),
+             node("ConvTranspose", ["fr", "wg"], ["yg"], pads=[1, 1, 1, 1]),
              node("Conv", ["x", "wh"], ["h"]), node("LRN", ["h"], ["hl"], size=3), node("Conv", ["hl", "wi"], ["yi"]),
              node("Conv", ["x", "wj"], ["j"]), node("Transpose", ["j"], ["jt"], perm=[0, 2, 3, 1]),
              node("LayerNormalization", ["jt", "ln_s", "ln_b"], ["jn"], axis=-1),

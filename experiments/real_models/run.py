@@ -223,7 +223,8 @@ def one(lib: str, name: str, side: int, mask: str, how: str, tmp: Path, seed: in
         for reason, count in entry["kept_because"].items():
             why[_short(reason)] += count
     row["kept_because"] = dict(why.most_common(3))
-    row["removable"] = row["removed"] + row["blocked"]
+    # removable: what an exact tool can take; a constant through zero padding is (as a map), so it counts
+    row["removable"] = row["removed"] + row["blocked"] + row["unfoldable"]
     row["removed_share"] = row["removed"] / row["removable"] if row["removable"] else 1.0
     row["verified"] = doc["verification"]["passed"] if doc["verification"] else None
     row["error_vs_tolerance"] = independent_error(src, out, side, seed)

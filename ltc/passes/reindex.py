@@ -142,10 +142,10 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
         node.attrs[name] = value
     for node, name in edits.drop_attrs:
         node.attrs.pop(name, None)
+    for node, sums in edits.maps:  # (before splits: a split Conv's pieces then write the map's input)
+        add_constant_map(graph, node, sums, names)
     for node, pieces in edits.splits:
         split_conv(graph, node, pieces, names)
-    for node, sums in edits.maps:
-        add_constant_map(graph, node, sums, names)
 
 
 def add_constant_map(graph: gs.Graph, node: gs.Node, sums: np.ndarray, names: set[str]) -> None:

@@ -69,8 +69,8 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
         classes = cg.classes_of(c.tensor)
         k = cg.const[c.tensor]
         finite = np.isfinite(k)
-        mappable = c.map_fold is not None and not c.foldable  # exact, border terms included
-        lossy_ok = allow_lossy and c.lossy_foldable and not c.foldable and not mappable and c.bias is not None
+        lossy_ok = allow_lossy and c.lossy_foldable and not c.foldable and c.bias is not None
+        mappable = c.map_fold is not None and not c.foldable and not lossy_ok  # exact, border terms included
         foldable = (c.bias is not None and (c.foldable or lossy_ok)) or mappable
         ok = c.zero | (finite & ((k == 0) | foldable))
         lossy_classes[classes[~c.zero & finite & (k != 0) & lossy_ok]] = True
@@ -85,7 +85,7 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})
     _enforce(cg, plan, round_to, unequal_groups)
     plan.lossy = bool(np.any(lossy_classes & plan.removed))
-    plan.folds, plan.maps = _folds(cg, plan)
+    plan.folds, plan.maps = _folds(cg, plan, allow_lossy)
     return plan
 
 
@@ -119,10 +119,11 @@ def _enforce(cg: ChannelGraph, plan: RemovalPlan, round_to: int, unequal_groups:
                 changed |= keep(name, units, r.reason)
 
 
-def _folds(cg: ChannelGraph, plan: RemovalPlan) -> tuple[list[tuple[BiasSlot, np.ndarray]],
-                                                         list[tuple[MapSlot, np.ndarray]]]:
+def _folds(cg: ChannelGraph, plan: RemovalPlan, allow_lossy: bool = False) -> tuple[
+        list[tuple[BiasSlot, np.ndarray]], list[tuple[MapSlot, np.ndarray]]]:
     """What removed constant channels contributed to each reader: per output channel, to be added to
-    its bias, or (a padded Conv) as kernel sums whose map is added to its output."""
+    its bias, or (a padded Conv) as kernel sums whose map is added to its output; ``allow_lossy``
+    folds those into the bias too (no map, wrong at the borders, measured)."""
     folds, maps = [], []
     for c in cg.contractions:
         removed = plan.removed[cg.classes_of(c.tensor)]
@@ -130,7 +131,7 @@ def _folds(cg: ChannelGraph, plan: RemovalPlan) -> tuple[list[tuple[BiasSlot, np
         fold = removed & ~c.zero & np.isfinite(k) & (k != 0)
         if not fold.any():
             continue
-        if c.map_fold is not None and not c.foldable:
+        if c.map_fold is not None and not c.foldable and not (allow_lossy and c.lossy_foldable and c.bias is not None):
             maps.append((MapSlot(c.node, c.out), c.map_fold(np.flatnonzero(fold), k)))
         else:
             folds.append((c.bias, c.contribution(np.flatnonzero(fold), k)))
@@ -190,8 +191,8 @@ class DeadFilters:
       residual sum, a Concat or an SE gate with a live partner): no exact rewrite removes it;
     - ``pinned``: its class is read by an op that reads all channels together (LayerNorm, Softmax,
       a reduction over channels), where removing even a zero channel changes the others;
-    - ``unfoldable``: the constant it outputs cannot be folded exactly into a reader (a zero-padded
-      conv sees it inside and zero at the border); ``--allow-lossy`` folds it;
+    - ``unfoldable``: the constant it outputs cannot be folded exactly into a reader (a transposed
+      conv spreads it unevenly; a zero-padded conv folds it as a map);
     - ``blocked``: kept for any other reason (an op or pattern ltc does not handle, a graph output,
       ``--round-to``, grouped-conv balance), with the reasons in ``blockers``.
 

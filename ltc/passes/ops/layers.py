@@ -148,19 +148,32 @@ class Conv(Rule):
         else:
             v.record(GroupedConv(v.node, x, y, groups))
             zero_in = ~nz.reshape(groups, c_out // groups, -1).any(axis=1).reshape(-1)
-        mappable = groups == 1 and not pad_free and np.issubdtype(w.dtype, np.floating)
+        mappable = not pad_free and np.issubdtype(w.dtype, np.floating)
         v.contract(Contraction(
             v.node, x.name, zero_in, pad_free, lambda units, k: _conv_contribution(w, units, k, groups),
             BiasSlot(v.node, 2, y, lambda n: (n,), w.dtype), lossy_foldable=True,
             blocked_why="zero padding; --allow-lossy folds it",
-            map_fold=(lambda units, k: np.einsum("u,ou...->o...", k[units], w[:, units].astype(np.float64)))
-            if mappable else None, out=y))
+            map_fold=(lambda units, k: _conv_kernel_sums(w, units, k, groups)) if mappable else None, out=y))
         v.set_const(y, conv_const(w, nz, v.const(x), bias, groups, pad_free))
 
     def macs(self, node: gs.Node, shape: ShapeOf) -> int | None:
         out, w = shape(node.outputs[0]), shape(node.inputs[1])
         a, b = static(out[1:]) if out else None, static(w[1:]) if w else None
         return a * b if a is not None and b is not None else None
+
+
+def _conv_kernel_sums(w: np.ndarray, units: np.ndarray, k: np.ndarray, groups: int) -> np.ndarray:
+    """``S[o] = sum over input channels u of o's group: k_u W[o, u mod C_in/G]``, [C_out, *kernel]: a
+    Conv of a ones image with ``S`` (group 1, the Conv's own padding) is what the constants add."""
+    c_out, per_in = w.shape[0], w.shape[1]
+    if groups == 1:
+        return np.einsum("u,ou...->o...", k[units], w[:, units].astype(np.float64))
+    rows = c_out // groups
+    sums = np.zeros((c_out, *w.shape[2:]))
+    for u in units:
+        g, j = divmod(int(u), per_in)
+        sums[g * rows:(g + 1) * rows] += k[u] * w[g * rows:(g + 1) * rows, j].astype(np.float64)
+    return sums
 
 
 def _conv_contribution(w: np.ndarray, units: np.ndarray, k: np.ndarray, groups: int) -> np.ndarray:

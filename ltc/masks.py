@@ -145,13 +145,14 @@ def _normalize(name: str) -> str:
 
 
 def _proportional_rows(a: np.ndarray, b: np.ndarray) -> bool:
-    """``a`` equals ``b`` up to one scale per output row (how BN folding changes a conv weight)."""
+    """``a`` equals ``b`` up to one scale per output row (how BN folding changes a conv weight), with
+    some row scaled by more than 0: an all-zero ``a`` is no evidence."""
     a2 = a.reshape(a.shape[0], -1).astype(np.float64)
     b2 = b.reshape(b.shape[0], -1).astype(np.float64)
     denom = np.einsum("ij,ij->i", b2, b2)
     scale = np.divide(np.einsum("ij,ij->i", a2, b2), denom, out=np.zeros(len(a2)), where=denom > 0)
     tol = 1e-5 * max(float(np.abs(a2).max(initial=0)), 1e-12)
-    return bool(np.allclose(a2, scale[:, None] * b2, rtol=1e-4, atol=tol))
+    return bool(np.any(scale != 0) and np.allclose(a2, scale[:, None] * b2, rtol=1e-4, atol=tol))
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
         shape = tuple(inits[target].dims)
         if shape != m.shape:
             flip = _Candidate(target, True)
-            if not (m.ndim == 2 and shape == m.shape[::-1] and _confirmed(name, [flip], inits, masks, arrays)):
+            if not (m.ndim == 2 and shape == m.shape[::-1]
+                    and (m.all() or _confirmed(name, [flip], inits, masks, arrays))):
                 raise LtcError(f"mask '{name}' has shape {m.shape} but initializer '{target}' is {shape}; "
                                "is the mask for another model?")
             flipped.add(name)
@@ -237,8 +239,8 @@ def match_masks(model: onnx.ModelProto, masks: MaskSet, strict: bool = False) ->
             others = [k for k, v in matched.items() if v in {c.init for c in found}]
             raise LtcError(f"mask '{name}' matches '{found[0].init}', which mask '{others[0]}' matched too; "
                            "rename the masks to the model's initializer names")
-        shaped = [c for c in by_shape[name] if c.init not in taken] or by_shape[name]
-        if shaped and not m.all():
+        shaped = [c for c in by_shape[name] if c.init not in taken]  # (all taken by confirmed masks: a
+        if shaped and not m.all():  # layer the export does not hold, e.g. an auxiliary head: unmatched)
             what = "equals the weights the mask file carries or " if _reference_weights(name, masks) else ""
             raise LtcError(
                 f"mask '{name}' {m.shape} names no initializer of this model, and no weight of its shape "
@@ -275,7 +277,8 @@ def _confirmed(name: str, cands: list[_Candidate], inits: dict, masks: MaskSet,
         a = _array(c.init, inits, arrays)
         return a.T if c.transposed else a
 
-    cands = [c for c in cands if np.issubdtype(value(c).dtype, np.floating)]
+    # a weight holding none of the mask's live entries (an all-zero layer) is no evidence of anything
+    cands = [c for c in cands if np.issubdtype(value(c).dtype, np.floating) and np.any(value(c)[m])]
     refs = _reference_weights(name, masks)
     by_values = [c for c in cands if any(_proportional_rows(value(c), w) for w in refs)]
     if by_values:

@@ -376,32 +376,33 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
     ONNX's inference gives up on some nodes (GroupNormalization-21's function body, for one), and
     then on everything downstream. Where such a node keeps its input's shape by the spec
-    (:data:`SAME_SHAPE`), its output is given that shape and inference runs again from there."""
+    (:data:`SAME_SHAPE`), it is read as an Identity (in a copy) and inference runs again: a chain of
+    such nodes (a UNet's GroupNorms) resolves in one more round."""
     light = light_copy(model)
     del light.graph.value_info[:]
-    for _ in range(16):
-        try:
-            inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
-        except Exception as exc:  # noqa: BLE001 - onnx raises many types; inference is best-effort
-            raise LtcError(f"shape inference failed ({first_line(exc)}); is the model valid? try onnx.checker") from None
+    swapped: set[int] = set()
+    for _ in range(8):
+        inferred = _infer(light)
         g = inferred.graph
-        typed = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output] if vi.type.tensor_type.HasField("shape")}
-        for t in g.initializer:
-            typed.setdefault(t.name, onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        added = []
-        for n in g.node:
-            if (n.domain in ("", "ai.onnx") and n.op_type in SAME_SHAPE and n.input and n.input[0] in typed
-                    and n.output and n.output[0] and n.output[0] not in typed):
-                vi = onnx.ValueInfoProto()
-                vi.CopyFrom(typed[n.input[0]])
-                vi.name = n.output[0]
-                typed[vi.name] = vi
-                added.append(vi)
-        if not added:
+        typed = {vi.name for vi in [*g.input, *g.value_info, *g.output] if vi.type.tensor_type.HasField("shape")}
+        typed |= {t.name for t in g.initializer}
+        swap = [i for i, n in enumerate(light.graph.node)
+                if i not in swapped and n.domain in ("", "ai.onnx") and n.op_type in SAME_SHAPE and n.input
+                and n.output and n.output[0] and n.output[0] not in typed and not any(n.output[1:])]
+        if not swap:
             return inferred
-        light = inferred
-        light.graph.value_info.extend(added)
+        for i in swap:
+            n = light.graph.node[i]
+            n.CopyFrom(onnx.helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
+        swapped.update(swap)
     return inferred
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - onnx raises many types; inference is best-effort
+        raise LtcError(f"shape inference failed ({first_line(exc)}); is the model valid? try onnx.checker") from None
 
 
 def checker_problem(model: onnx.ModelProto) -> str | None:

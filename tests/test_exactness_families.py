@@ -222,3 +222,59 @@ def test_initializers_that_are_graph_inputs_are_constants(seed, tmp_path):
     feeds = {"x": np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)}
     for a, b in zip(run(model, feeds, False), run(out, feeds, False), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 + 1e-4 * float(np.abs(a).max(initial=0)))
+
+
+# --------------------------------------------------------------------------- review findings as families
+@pytest.mark.parametrize("readers", [2, 3, 4])
+def test_constant_maps_never_grow_the_model(readers):
+    """One 3x3 weight shared by several padded readers of one dead constant channel, or a grouped
+    Conv losing one channel: a map per reader would add more than the removal saves; then the
+    channel stays (same parameters, per use and stored), and the model is exact either way."""
+    from ltc.passes.stats import count_parameters
+
+    p = [node("Conv", ["x", "w0", "b0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"])]
+    reads = [node("Conv", ["r", "w1"], [f"y{i}"], pads=[1] * 4) for i in range(readers)]
+    bias = np.where(np.arange(8) == 3, 0.7, 0.0).astype(np.float32)
+    model = make_model(p + reads, X, [f"y{i}" for i in range(readers)],
+                       {"w0": conv_weight(8, 4, dead=[3]), "b0": bias, "w1": conv_weight(8, 8, 3)})
+    r = compress(model)
+    assert count_parameters(r.model) <= count_parameters(model)
+    assert sum(math.prod(t.dims) for t in r.model.graph.initializer) <= sum(math.prod(t.dims) for t in model.graph.initializer)
+    assert r.verification.passed
+
+
+@pytest.mark.parametrize("empty", ["roi", "scales"])
+def test_an_empty_auxiliary_constant_does_not_block(empty):
+    """Resize's unused roi (or scales beside sizes) written as an empty initializer is a placeholder."""
+    roi = np.zeros(0, np.float32)
+    nodes = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]),
+             node("Resize", ["r", "roi", "sc"], ["z"], mode="nearest"), node("Conv", ["z", "w1"], ["y"])]
+    model = make_model(nodes, X, ["y"], {"w0": conv_weight(8, 4, dead=[1, 2]), "w1": conv_weight(5, 8, 1), "roi": roi,
+                                         "sc": np.array([1, 1, 2, 2], np.float32)})
+    r = compress(model)
+    assert r.after["parameters"] < r.before["parameters"] and r.verification.passed
+
+
+def test_an_infinity_in_the_reference_is_no_scale():
+    """An infinity in the reference must not widen the tolerance to infinity (every output would pass)."""
+    ref = {"y": np.array([np.inf, 1, 2, 3], np.float32)}
+    assert not _compare(ref, {"y": np.array([7, 100, -50, 3], np.float32)}, 1e-4, 1e-5)[0]
+    assert _compare(ref, {"y": np.array([np.inf, 1, 2, 3], np.float32)}, 1e-4, 1e-5)[0]
+
+
+def test_float16_rounding_is_called_rounding():
+    """A miss of one float16 unit in the last place at the output's scale gets the --rtol advice."""
+    ref = {"y": np.array([149.0, 1.0], np.float16)}
+    got = {"y": np.array([149.125, 1.0], np.float16)}
+    v = _verification(ref, got)
+    assert not v.passed
+    line = verification_failure(v, 1e-4, 1e-5)
+    assert "--rtol" in line and "bug in ltc" not in line
+
+
+def test_register_rule_with_the_onnx_domain_spelled_out(monkeypatch):
+    import ltc.passes.rules as rules_module
+
+    monkeypatch.setattr(rules_module, "RULES", dict(RULES))
+    register_rule("ai.onnx::MyOp", rules_module.RULES["Relu"])
+    assert "MyOp" in rules_module.RULES and "ai.onnx::MyOp" not in rules_module.RULES

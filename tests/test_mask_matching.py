@@ -138,3 +138,44 @@ def test_prune_state_dict_with_a_bad_orig_is_refused(orig, tmp_path):
     torch.save({"fc.weight_mask": mask, "fc.weight_orig": value}, tmp_path / "sd.pt")
     with pytest.raises(LtcError, match="fc.weight_orig"):
         read_masks(tmp_path / "sd.pt")
+
+
+def test_an_all_zero_layer_of_the_same_shape_takes_no_mask(tmp_path):
+    """A zero-initialised layer (ControlNet's zero convs, adapters) holds every mask's zeros and equals
+    any weights scaled by 0: it is no evidence. A mask that only it would fit is refused; with the
+    real weight masked in the export, the mask lands there."""
+    from ltc.masks import MaskSet
+    from tests.helpers import conv_weight, make_model, node
+
+    trained = conv_weight(4, 4, 3)
+    mask = np.ones((4, 4, 3, 3), bool)
+    mask[1] = False
+    nodes = [node("Conv", ["x", "onnx::Conv_1"], ["a"], pads=[1] * 4), node("Conv", ["a", "onnx::Conv_2"], ["y"], pads=[1] * 4)]
+    for weights in ({"layer1.conv.weight": trained}, {}):
+        model = make_model(nodes, {"x": ["N", 4, 6, 6]}, ["y"], {"onnx::Conv_1": trained, "onnx::Conv_2": np.zeros((4, 4, 3, 3), np.float32)})
+        if weights:  # the file's weights are the dense layer's: that confirms it, not the zero one
+            assert match_masks(model, MaskSet({"layer1.conv.weight": mask}, weights)).matched == {
+                "layer1.conv.weight": "onnx::Conv_1"}
+        else:
+            with pytest.raises(LtcError, match="does not guess"):
+                match_masks(model, MaskSet({"layer1.conv.weight": mask}, weights))
+        masked = make_model(nodes, {"x": ["N", 4, 6, 6]}, ["y"], {"onnx::Conv_1": np.where(mask, trained, 0),
+                                                                  "onnx::Conv_2": np.zeros((4, 4, 3, 3), np.float32)})
+        assert match_masks(masked, MaskSet({"layer1.conv.weight": mask}, weights)).matched == {"layer1.conv.weight": "onnx::Conv_1"}
+
+
+def test_a_mask_for_a_layer_the_export_dropped_is_unmatched_not_refused(tmp_path):
+    """An auxiliary head (Inception's AuxLogits) is gone from an eval export; its mask has the shape
+    of a weight another mask took by its values: listed as unmatched, not refused."""
+    from ltc.masks import MaskSet
+    from tests.helpers import conv_weight, make_model, node
+
+    w = conv_weight(4, 4, 3)
+    m = np.ones((4, 4, 3, 3), bool)
+    m[2] = False
+    model = make_model([node("Conv", ["x", "onnx::Conv_9"], ["y"], pads=[1] * 4)], {"x": ["N", 4, 6, 6]}, ["y"],
+                       {"onnx::Conv_9": np.where(m, w, 0)})
+    aux = np.ones((4, 4, 3, 3), bool)
+    aux[0] = False
+    r = match_masks(model, MaskSet({"body.conv.weight": m, "aux.conv.weight": aux}, {"body.conv.weight": w}))
+    assert r.matched == {"body.conv.weight": "onnx::Conv_9"} and r.unmatched == ["aux.conv.weight"]

@@ -288,11 +288,16 @@ class ChannelGraph:
         self._components()
 
     def _zero_sized(self, node: gs.Node) -> str | None:
-        """The name of a tensor of ``node`` with a zero-sized dimension (a constant, or a known shape)."""
+        """The name of an output, a computed input or a layer's weight of ``node`` with a zero-sized
+        dimension (an empty auxiliary constant, such as Resize's unused ``roi``, is no reason)."""
+        weight = node.inputs[1] if rule_for(self.rules, node) is not None and rule_for(self.rules, node).layer \
+            and len(node.inputs) > 1 else None
         for t in [*node.inputs, *node.outputs]:
             if is_empty(t):
                 continue
             value = const_value(t) if isinstance(t, gs.Constant) or t.inputs else None
+            if value is not None and t is not weight:
+                continue
             shape = value.shape if value is not None else self.shapes.get(t.name)
             if shape is not None and any(isinstance(d, int) and d == 0 for d in shape):
                 return t.name

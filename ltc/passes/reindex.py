@@ -156,7 +156,8 @@ def add_constant_map(graph: gs.Graph, node: gs.Node, sums: np.ndarray, names: se
     ONNX Runtime loads the model."""
     out = node.outputs[0]
     base = node.name or out.name
-    dtype = np.dtype(out.dtype) if out.dtype is not None else np.dtype(np.float32)
+    weight = const_value(node.inputs[1])
+    dtype = np.dtype(out.dtype) if out.dtype is not None else weight.dtype
 
     def var(suffix: str, vtype=None) -> gs.Variable:
         return gs.Variable(fresh_name(names, base, suffix), dtype=vtype)

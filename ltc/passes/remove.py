@@ -55,10 +55,11 @@ def check_unequal_groups(mode: str) -> None:
 
 
 def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
-                 unequal_groups: str = "auto") -> RemovalPlan:
+                 unequal_groups: str = "auto", maps: bool = True) -> RemovalPlan:
     """Mark classes removable where there is evidence and every reader ignores them or sees a foldable
     constant. ``unequal_groups``: whether a grouped Conv may lose different numbers of channels per
-    group (it is then split): "always", "never", or "auto" (where the cost table predicts it faster)."""
+    group (it is then split): "always", "never", or "auto" (where the cost table predicts it faster).
+    ``maps``: constants through zero padding may come back as maps (see :func:`apply_reindex`)."""
     check_unequal_groups(unequal_groups)
     n = cg.n_classes
     evidence = cg.evidence()
@@ -70,7 +71,7 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
         k = cg.const[c.tensor]
         finite = np.isfinite(k)
         lossy_ok = allow_lossy and c.lossy_foldable and not c.foldable and c.bias is not None
-        mappable = c.map_fold is not None and not c.foldable and not lossy_ok  # exact, border terms included
+        mappable = maps and c.map_fold is not None and not c.foldable and not lossy_ok  # exact, borders included
         foldable = (c.bias is not None and (c.foldable or lossy_ok)) or mappable
         ok = c.zero | (finite & ((k == 0) | foldable))
         lossy_classes[classes[~c.zero & finite & (k != 0) & lossy_ok]] = True
@@ -85,7 +86,7 @@ def plan_removal(cg: ChannelGraph, allow_lossy: bool = False, round_to: int = 1,
     plan = RemovalPlan(removable, {c: r for c, r in reasons.items() if evidence[c]})
     _enforce(cg, plan, round_to, unequal_groups)
     plan.lossy = bool(np.any(lossy_classes & plan.removed))
-    plan.folds, plan.maps = _folds(cg, plan, allow_lossy)
+    plan.folds, plan.maps = _folds(cg, plan, allow_lossy or not maps)
     return plan
 
 

@@ -74,7 +74,8 @@ def register_rule(op_type: str | Sequence[str], rule: Rule, domain: str = "") ->
     if not isinstance(rule, Rule):
         raise TypeError(f"rule must be an ltc.passes.rules.Rule, got {type(rule).__name__}")
     for op in [op_type] if isinstance(op_type, str) else op_type:
-        RULES[op if "::" in op else op_key(op, domain)] = rule
+        dom, _, name = op.rpartition("::")
+        RULES[op_key(name, dom or domain)] = rule
 
 
 def register(cls: type[Rule]) -> type[Rule]:

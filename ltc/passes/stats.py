@@ -29,6 +29,12 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return sum(sizes.get(i, 0) for node in model.graph.node if node.op_type != "Identity" for i in node.input)
 
 
+def stored_parameters(model: onnx.ModelProto) -> int:
+    """Elements of the floating-point initializers the file stores (a tensor shared by several ops counts
+    once, unlike :func:`count_parameters`)."""
+    return sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES)
+
+
 def graph_macs(graph, rules: dict, shape_of) -> dict[str, int]:
     """MACs per sample of every weight layer of a graphsurgeon graph, from each op's rule, with
     ``shape_of(tensor)`` giving shapes (the analysis' own: no second shape inference)."""

@@ -280,11 +280,15 @@ def _compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol: float
         diff = np.abs(r64 - g64)
         diff = np.where(np.isnan(diff), np.inf, diff)
         max_abs = float(diff.max()) if diff.size else 0.0
-        max_rel = float((diff / np.maximum(np.abs(r64), 1e-12)).max()) if diff.size else 0.0
-        scale = float(np.abs(r64).max()) if r64.size else 0.0
+        with np.errstate(invalid="ignore"):  # (inf / inf where an infinity differs: counted as inf)
+            rel = np.nan_to_num(diff / np.maximum(np.abs(r64), 1e-12), nan=np.inf)
+        max_rel = float(rel.max()) if diff.size else 0.0
+        finite = np.abs(r64[np.isfinite(r64)])  # (an infinity left in the reference is no scale: it
+        scale = float(finite.max()) if finite.size else 0.0  # would make every difference pass)
         tolerance = atol + rtol * scale
         ok = max_abs <= tolerance
+        ulp = float(np.spacing(np.asarray(scale, dtype=r.dtype))) if r.dtype.kind == "f" else 0.0
         outputs[name] = {"max_abs": max_abs, "max_rel": max_rel, "scale": scale, "tolerance": tolerance,
-                         "rtol_needed": rtol_needed(max_abs, scale, atol), "passed": ok}
+                         "rtol_needed": rtol_needed(max_abs, scale, atol), "passed": ok, "ulp": ulp}
         passed &= ok
     return passed, outputs

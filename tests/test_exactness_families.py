@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from ltc.passes import ChannelGraph, apply_reindex, compress, permutation_plan
 from ltc.passes.compress import ROUNDING_MISS, normalize, verification_failure
@@ -278,3 +278,48 @@ def test_register_rule_with_the_onnx_domain_spelled_out(monkeypatch):
     monkeypatch.setattr(rules_module, "RULES", dict(RULES))
     register_rule("ai.onnx::MyOp", rules_module.RULES["Relu"])
     assert "MyOp" in rules_module.RULES and "ai.onnx::MyOp" not in rules_module.RULES
+
+
+def test_without_verification_a_result_that_does_not_run_is_not_written(monkeypatch):
+    """--no-verify still runs the result once: a rewrite that loads but fails at run time (here a
+    Reshape target broken after the rewrite, as a stand-in for any such defect) is ltc's bug, not a
+    written model; with a valid rewrite the same call succeeds."""
+    import sys
+
+    from ltc.errors import InternalError
+
+    compress_module = sys.modules["ltc.passes.compress"]  # (the package exports a function of that name)
+
+    p = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]), node("Conv", ["r", "w1"], ["y"])]
+    model = make_model(p, X, ["y"], {"w0": conv_weight(8, 4, dead=[1, 2]), "w1": conv_weight(5, 8, 1)})
+    assert compress(model, check=False).after["parameters"] < compress(model, check=False).before["parameters"]
+    real = compress_module.RemoveDeadChannels.call
+
+    def broken(self, m):
+        result = real(self, m)
+        out = onnx.ModelProto()
+        out.CopyFrom(result.model)
+        y = out.graph.output[0].name
+        for n in out.graph.node:
+            if y in n.output:
+                n.output[list(n.output).index(y)] = "pre_y"
+        # a target only known at run time: [int(max(pre_y) > -inf) * 7, -1] does not divide the size
+        out.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([7], np.int64), "seven"),
+                                      onnx.numpy_helper.from_array(np.array([-1], np.int64), "rest")])
+        out.graph.node.extend([
+            helper.make_node("ReduceMax", ["pre_y"], ["top"], keepdims=0),
+            helper.make_node("IsInf", ["top"], ["inf"]), helper.make_node("Not", ["inf"], ["finite"]),
+            helper.make_node("Cast", ["finite"], ["one"], to=TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["one", "zero_axis"], ["one1"]),
+            helper.make_node("Mul", ["one1", "seven"], ["n7"]),
+            helper.make_node("Concat", ["n7", "rest"], ["bad_shape"], axis=0),
+            helper.make_node("Reshape", ["pre_y", "bad_shape"], ["flat"]),
+            helper.make_node("Reshape", ["flat", "out_shape"], [y])])
+        out.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], np.int64), "zero_axis"),
+                                      onnx.numpy_helper.from_array(np.array([-1, 5, 6, 6], np.int64), "out_shape")])
+        result.model = out
+        return result
+
+    monkeypatch.setattr(compress_module.RemoveDeadChannels, "call", broken)
+    with pytest.raises(InternalError, match="cannot run the compressed model"):
+        compress(model, check=False)

@@ -34,7 +34,7 @@ from ltc.passes.remove import (
 from ltc.passes.rules import op_of
 from ltc.passes.shuffle import ShuffleToGather
 from ltc.passes.stats import count_parameters, model_stats, stored_parameters
-from ltc.passes.verify import Verification, load_check, random_inputs, verify
+from ltc.passes.verify import Verification, load_check, random_inputs, run_check, verify
 
 
 class ApplyMasks(Pass):
@@ -217,8 +217,14 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
                 + " while it runs the input as is: an optimizer fusion the rewrite exposed (ORT fuses a zero Pad "
                 "into MaxPool once the Pad has no other reader); --no-verify writes it anyway, to be run with "
                 "graph optimizations off")
-    elif result.modified:  # never write a model that does not load, verified or not
+    elif result.modified:  # never write a model that does not load and run, verified or not
         load_check(result.model, reference_run)
+        try:
+            feeds = feeds if feeds is not None else random_inputs(reference)
+        except LtcError:  # (inputs ltc cannot make: symbolic dims it cannot choose, strings)
+            feeds = None
+        if feeds is not None:
+            run_check(candidate, reference_run, feeds)
     else:  # an unchanged copy of an input that ONNX Runtime cannot load is not written either
         load_check(reference)
     if result.modified:

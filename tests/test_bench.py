@@ -93,7 +93,7 @@ def test_report_matches_the_schema_and_compares_to_the_first(models):
     run = report["runs"][0]
     assert set(run["models"]) == {"w16", "w8"} and "vs_first" in run["models"]["w8"]
     assert "vs_first" not in run["models"]["w16"]
-    assert run["profile"]["w16"][0]["op"] in {"Conv", "FusedConv"}
+    assert {"Conv", "FusedConv"} & {row["op"] for row in run["profile"]["w16"]}  # (which op is slowest is timing)
     assert report["models"]["w8"]["macs_per_sample"] * 2 == report["models"]["w16"]["macs_per_sample"]
     assert "## CPUExecutionProvider, batch 4" in B.markdown(report)
 

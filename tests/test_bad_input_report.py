@@ -305,6 +305,14 @@ def _text_ok(*texts: str) -> None:
         assert not UNDEFINED.search(text), UNDEFINED.search(text).group()
 
 
+def _edged(doc: dict, value):
+    """(where, doc with the number at ``where`` set to ``value``) for each number the schema lets take it."""
+    for where in _numbers(doc):
+        edged = _set(doc, where, value)
+        if _accepted(edged):
+            yield where, edged
+
+
 @pytest.mark.parametrize("value", EDGES.values(), ids=EDGES)
 def test_every_bench_number_at_an_edge_is_refused_or_shown(tmp_path, monkeypatch, value):
     """Each number of a bench report set alone to ``value``: the tables and text of the report (the
@@ -313,12 +321,8 @@ def test_every_bench_number_at_an_edge_is_refused_or_shown(tmp_path, monkeypatch
     import ltc.reporting.report as report
 
     monkeypatch.setattr(report, "_plots", lambda *a: {})
-    doc = _bench_doc(tmp_path)
     path = tmp_path / "edge.json"
-    for where in _numbers(doc):
-        edged = _set(doc, where, value)
-        if not _accepted(edged):
-            continue
+    for _where, edged in _edged(_bench_doc(tmp_path), value):
         path.write_text(json.dumps(edged))
         rep = report.build_report(None, [str(path)], [])
         md, page = report.render_markdown(rep)[0], report.render_html(rep)
@@ -352,12 +356,8 @@ def test_bench_numbers_at_an_edge_all_at_once_through_ltc_report(tmp_path, value
 @pytest.mark.parametrize("value", EDGES.values(), ids=EDGES)
 def test_every_bench_number_at_an_edge_through_ltc_report(tmp_path, value):
     """The first test's matrix end to end, plots drawn: every number alone at ``value``."""
-    doc = _bench_doc(tmp_path)
     path = tmp_path / "edge.json"
-    for where in _numbers(doc):
-        edged = _set(doc, where, value)
-        if not _accepted(edged):
-            continue
+    for where, edged in _edged(_bench_doc(tmp_path), value):
         path.write_text(json.dumps(edged))
         code, output, page, md = _report(tmp_path, "--bench", path)
         assert code == 0, (where, output)

@@ -267,7 +267,7 @@ class ChannelGraph:
             if not reads_channels and not rule.layer:
                 self._no_channel_inputs(node)
                 continue
-            empty = self._zero_sized(node)
+            empty = self._zero_sized(node, rule)
             if empty is not None:  # (no rule is written for tensors without elements)
                 self._block_node(node, f"{op_of(node)} '{node.name}' reads or writes '{empty}', which has no elements")
                 continue
@@ -287,11 +287,10 @@ class ChannelGraph:
         self.n_units = self._next
         self._components()
 
-    def _zero_sized(self, node: gs.Node) -> str | None:
+    def _zero_sized(self, node: gs.Node, rule: Rule) -> str | None:
         """The name of an output, a computed input or a layer's weight of ``node`` with a zero-sized
         dimension (an empty auxiliary constant, such as Resize's unused ``roi``, is no reason)."""
-        weight = node.inputs[1] if rule_for(self.rules, node) is not None and rule_for(self.rules, node).layer \
-            and len(node.inputs) > 1 else None
+        weight = node.inputs[1] if rule.layer and len(node.inputs) > 1 else None
         for t in [*node.inputs, *node.outputs]:
             if is_empty(t):
                 continue

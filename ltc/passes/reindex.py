@@ -12,7 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ltc.errors import InternalError
-from ltc.passes.channels import ChannelGraph
+from ltc.passes.channels import ChannelGraph, _source
 from ltc.passes.records import BiasSlot, Edits, IndexOf, MapSlot, Record
 from ltc.passes.rules import const_value, is_empty, op_of
 
@@ -194,11 +194,9 @@ def add_constant_map(graph: gs.Graph, node: gs.Node, sums: np.ndarray, names: se
 
 
 def _behind_identity(t: gs.Tensor) -> gs.Tensor:
-    """The constant ``t`` passes on through Identity nodes, or ``t`` itself."""
-    s = t
-    while isinstance(s, gs.Variable) and len(s.inputs) == 1 and op_of(s.inputs[0]) == "Identity" and s.inputs[0].inputs:
-        s = s.inputs[0].inputs[0]
-    return s if isinstance(s, gs.Constant) else t
+    """The initializer ``t`` passes on through Identity nodes, or ``t`` itself."""
+    src = _source(t)
+    return src if isinstance(src, gs.Constant) else t
 
 
 def _readers(t: gs.Tensor, graph_outputs: set[int]) -> tuple[list, list[gs.Variable]]:

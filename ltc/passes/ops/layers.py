@@ -177,17 +177,9 @@ def _conv_kernel_sums(w: np.ndarray, units: np.ndarray, k: np.ndarray, groups: i
 
 
 def _conv_contribution(w: np.ndarray, units: np.ndarray, k: np.ndarray, groups: int) -> np.ndarray:
-    """Per output channel: what constant inputs ``k`` on input channels ``units`` add (no padding)."""
-    c_out, per_in = w.shape[0], w.shape[1]
-    sums = w.reshape(c_out, per_in, -1).sum(axis=2, dtype=np.float64)  # [C_out, C_in/G]
-    if groups == 1:
-        return sums[:, units] @ k[units]
-    rows = c_out // groups
-    out = np.zeros(c_out)
-    for u in units:
-        g, j = divmod(int(u), per_in)
-        out[g * rows:(g + 1) * rows] += k[u] * sums[g * rows:(g + 1) * rows, j]
-    return out
+    """Per output channel: what constant inputs ``k`` on input channels ``units`` add (no padding):
+    the kernel sums, summed over the kernel."""
+    return _conv_kernel_sums(w, units, k, groups).reshape(w.shape[0], -1).sum(axis=1)
 
 
 @register

@@ -133,7 +133,7 @@ class RandomGraph:
         choice = self.rng.choice(["conv", "conv_bn_act", "conv_relu_conv", "grouped", "depthwise", "residual",
                                   "concat", "split", "slice", "se", "pool", "mlp", "unknown", "shared", "pad",
                                   "resize", "reduce", "prelu", "groupnorm", "shuffle", "attention", "order",
-                                  "domain", "loop", "empty"])
+                                  "domain", "loop", "empty", "dwchain"])
         x = self.four_d()
         c = self.channels(x)
         if choice == "conv":
@@ -254,9 +254,52 @@ class RandomGraph:
             self.pool.append(self.reused(x))
         elif choice == "empty":
             self.pool.append(self.empty(x))
+        elif choice == "dwchain":
+            self.pool.append(self.dw_chain(x))
         elif choice == "prelu":
             slope = (self.rng.random((c, 1, 1)) * 0.3).astype(np.float32)
             self.pool.append(self.op("PRelu", [x, self.const(slope)], self.shapes[x]))
+
+    def act(self, x: str) -> str:
+        acts = ["Relu", "Sigmoid", "Clip", "SiLU"] + (["HardSwish"] if self.opset >= 14 else [])
+        act = str(self.rng.choice(acts))
+        if act == "SiLU":  # as the exporters write it
+            return self.op("Mul", [x, self.op("Sigmoid", [x], self.shapes[x])], self.shapes[x])
+        extra = [self.const(np.float32(0)), self.const(np.float32(6))] if act == "Clip" else []
+        return self.op(act, [x, *extra], self.shapes[x])
+
+    def dw_chain(self, x: str) -> str:
+        """An inverted-residual block: 1x1 conv (dead filters whose bias stays: constants) -> act ->
+        zero-padded depthwise conv or AveragePool (the constants become images) -> BN -> act -> maybe
+        a squeeze-excitation gate -> a Conv that reads them. Without the gate, every dead filter of the
+        first conv must go (the chain is written again for them); with it, those whose gate is live stay."""
+        y = self.conv(x, k=1, same=True)
+        pending = self._pending
+        a = self.act(y)
+        c = self.channels(a)
+        if self.rng.random() < 0.75:
+            d = self.conv(a, group=c, k=3, same=True, track=False)
+        else:
+            d = self.op("AveragePool", [a], self.shapes[a], kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=1)
+        if self.rng.random() < 0.5:
+            params = [self.const((self.rng.random(c) + 0.5).astype(np.float32)),
+                      self.const((self.rng.standard_normal(c) * 0.2).astype(np.float32)),
+                      self.const((self.rng.standard_normal(c) * 0.2).astype(np.float32)),
+                      self.const((self.rng.random(c) + 0.5).astype(np.float32))]
+            d = self.op("BatchNormalization", [d, *params], self.shapes[d])
+        z = self.act(d)
+        gated = self.rng.random() < 0.3
+        if gated:
+            n = self.shapes[z][0]
+            g = self.op("GlobalAveragePool", [z], [n, c, 1, 1])
+            s1 = self.act(self.conv(g, cout=max(c // 2, 1), k=1, track=False))
+            sg = self.op("Sigmoid", [self.conv(s1, cout=c, k=1, track=False)], self.shapes[g])
+            z = self.op("Mul", [z, sg], self.shapes[z])
+        out = self.conv(z, k=int(self.rng.choice([1, 3])), track=False)
+        if pending is not None and not gated and x not in self.opaque:
+            self.provable.append((pending[0], pending[1], a))
+            self.outputs.append(out)  # (read, whatever the later steps pick)
+        return out
 
     def order_dependent(self, x: str) -> str:
         """An op that reads channel positions, after a ReLU (ties: many zeros), over the channel axis."""

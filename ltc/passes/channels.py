@@ -195,6 +195,7 @@ class ChannelGraph:
         self.pins: list[tuple[str, str]] = []
         self.ignores: list[tuple[str, np.ndarray]] = []
         self.layer_inputs: dict[int, tuple[str | None, int]] = {}
+        self.replicas: set[str] = set()  # nodes ltc wrote to carry removed constants (not the user's layers)
         self._next = 0
         for t in graph.tensors().values():
             if isinstance(t, gs.Variable):

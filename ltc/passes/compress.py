@@ -18,11 +18,13 @@ from ltc.errors import InternalError, LtcError
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes, without_initializer_inputs
 from ltc.passes.base import Pass, PassResult
+from ltc.passes.chains import chain_units, find_chains, replicate_chains
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.fold import FoldConstants
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.regroup import Regroup, RegroupInfo
 from ltc.passes.remove import (
+    READ_LIVE,
     LayerChannels,
     RemovalPlan,
     apply_removal,
@@ -81,25 +83,49 @@ class RemoveDeadChannels(Pass):
         self.round_to = round_to
         self.unequal_groups = unequal_groups
 
-    def analyze(self, model: onnx.ModelProto, maps: bool = True) -> RemovalAnalysis:
-        """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies."""
+    def analyze(self, model: onnx.ModelProto, maps: bool = True, chains: bool = True) -> RemovalAnalysis:
+        """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies.
+        ``chains``: constants that zero padding turns into images are written again for the removed
+        channels only (:mod:`ltc.passes.chains`), so the layers that read them lose those channels."""
         cg = ChannelGraph(import_graph(model))
         plan = plan_removal(cg, self.allow_lossy, self.round_to, self.unequal_groups, maps)
-        return RemovalAnalysis(cg, plan, layer_channels(cg, plan), frozen_reasons(cg))
+        macs = cg.macs()
+        found = find_chains(cg) if maps and chains and not self.allow_lossy else []
+        stuck = [ch for ch in found if ch.failed]
+        found = [ch for ch in found if not ch.failed]
+        replicated = 0
+        while found:  # (at most a few rounds: a chain whose channels stay anyway is not written)
+            rewritten, written = replicate_chains(model, found)
+            cg2 = ChannelGraph(import_graph(rewritten))
+            cg2.replicas = written
+            plan2 = plan_removal(cg2, self.allow_lossy, self.round_to, self.unequal_groups, maps)
+            gone = [plan2.removed[classes] for classes in chain_units(cg2, found)]
+            if all(g.all() for g in gone):
+                cg, plan, replicated = cg2, plan2, len(found)
+                break
+            for ch, g in zip(found, gone, strict=True):
+                ch.units[ch.index[~g]] = False
+            found = [ch for ch in found if ch.units.any()]
+        for ch, classes in zip(stuck, chain_units(cg, stuck), strict=True):  # input-independent, yet kept:
+            for c in classes[~plan.removed[classes]]:                          # not coupled but blocked
+                if plan.reasons.get(int(c), "").startswith(READ_LIVE):
+                    plan.reasons[int(c)] = f"a constant that zero padding made an image {ch.failed}"
+        return RemovalAnalysis(cg, plan, layer_channels(cg, plan), frozen_reasons(cg), macs, replicated)
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         result = self._remove(model, maps=True)
+        if result.info.chains and _grew(model, result.model):  # (a chain's copy stored more than it saved)
+            result = self._remove(model, maps=True, chains=False)
         if result.info.maps and _grew(model, result.model):  # (maps added more than the removal saved:
             result = self._remove(model, maps=False)          # a weight shared by padded readers, one
         return result                                         # channel of a grouped Conv)
 
-    def _remove(self, model: onnx.ModelProto, maps: bool) -> PassResult:
-        a = self.analyze(model, maps)
-        macs_before = a.cg.macs()
+    def _remove(self, model: onnx.ModelProto, maps: bool, chains: bool = True) -> PassResult:
+        a = self.analyze(model, maps, chains)
         modified = apply_removal(a.cg, a.plan)
-        macs_after = a.cg.macs(a.plan.index(a.cg)) if modified else macs_before
+        macs_after = a.cg.macs(a.plan.index(a.cg)) if modified else a.macs_before
         info = RemovalInfo(a.layers, int(a.cg.n_classes), int(a.plan.removed.sum()), a.frozen, a.plan.notes,
-                           a.plan.lossy, macs_before, macs_after, len(a.plan.maps))
+                           a.plan.lossy, a.macs_before, macs_after, len(a.plan.maps), a.chains)
         return PassResult(export_graph(a.cg.graph, model) if modified else model, modified, info)
 
 
@@ -120,6 +146,8 @@ class RemovalAnalysis:
     plan: RemovalPlan
     layers: list[LayerChannels]
     frozen: dict[str, int]  # reason -> classes that cannot go for it (frozen or pinned)
+    macs_before: dict[str, int] = field(default_factory=dict)  # of the model as given
+    chains: int = 0  # constant chains written again for their removed channels
 
 
 @dataclass
@@ -133,6 +161,7 @@ class RemovalInfo:
     macs_before: dict[str, int] = field(default_factory=dict)  # per weight layer, per sample
     macs_after: dict[str, int] = field(default_factory=dict)
     maps: int = 0  # padded Convs given a constant map
+    chains: int = 0  # constant chains written again for their removed channels
 
 
 @dataclass

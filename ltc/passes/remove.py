@@ -166,7 +166,7 @@ def layer_channels(cg: ChannelGraph, plan: RemovalPlan) -> list[LayerChannels]:
     rows = []
     own_dead = {id(p.node): int(p.zero.sum()) for p in cg.producers}
     for node in cg.graph.nodes:
-        if not cg.is_layer(node) or not node.outputs:
+        if not cg.is_layer(node) or not node.outputs or node.name in cg.replicas:
             continue
         out = cg.tensors.get(node.outputs[0].name)
         if out is None or id(node) not in cg.layer_inputs:  # refused: not a layer with constant weights
@@ -217,6 +217,8 @@ def dead_filters(cg: ChannelGraph, plan: RemovalPlan) -> DeadFilters:
     counts: Counter = Counter()
     blockers: Counter = Counter()
     for p in cg.producers:
+        if p.node.name in cg.replicas:
+            continue
         for c in cg.classes_of(p.tensor)[p.zero]:
             c = int(c)
             reason = plan.reasons.get(c, "")

@@ -102,6 +102,10 @@ class RemoveDeadChannels(Pass):
             gone = [plan2.removed[classes] for classes in chain_units(cg2, found)]
             if all(g.all() for g in gone):
                 cg, plan, replicated = cg2, plan2, len(found)
+                readers = sum(len(ch.readers) for ch in found)
+                plan.notes.append(f"{sum(int(ch.units.sum()) for ch in found)} dead channels whose constant zero padding "
+                                  f"made an image were removed exactly: {len(found)} runs of channel-wise ops written "
+                                  f"again for them (a batch-1 copy that reads no input), added to {readers} Conv outputs")
                 break
             for ch, g in zip(found, gone, strict=True):
                 ch.units[ch.index[~g]] = False

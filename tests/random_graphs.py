@@ -268,14 +268,15 @@ class RandomGraph:
         extra = [self.const(np.float32(0)), self.const(np.float32(6))] if act == "Clip" else []
         return self.op(act, [x, *extra], self.shapes[x])
 
-    def dw_chain(self, x: str) -> str:
-        """An inverted-residual block: 1x1 conv (dead filters whose bias stays: constants) -> act ->
-        zero-padded depthwise conv or AveragePool (the constants become images) -> BN -> act -> maybe
-        a squeeze-excitation gate -> a Conv that reads them. Without the gate, every dead filter of the
-        first conv must go (the chain is written again for them); with it, those whose gate is live stay."""
-        y = self.conv(x, k=1, same=True)
-        pending = self._pending
-        a = self.act(y)
+    def dead_rows(self, weight: str) -> np.ndarray:
+        """The all-zero output rows of ``weight`` once its mask (if any) is applied."""
+        w = self.inits[weight] * self.masks.get(weight, 1)
+        return np.flatnonzero(~w.reshape(len(w), -1).any(axis=1))
+
+    def spread(self, x: str) -> str:
+        """x -> act -> a zero-padded depthwise conv or AveragePool (constants become images) -> maybe BN
+        -> act."""
+        a = self.act(x)
         c = self.channels(a)
         if self.rng.random() < 0.75:
             d = self.conv(a, group=c, k=3, same=True, track=False)
@@ -287,17 +288,40 @@ class RandomGraph:
                       self.const((self.rng.standard_normal(c) * 0.2).astype(np.float32)),
                       self.const((self.rng.random(c) + 0.5).astype(np.float32))]
             d = self.op("BatchNormalization", [d, *params], self.shapes[d])
-        z = self.act(d)
-        gated = self.rng.random() < 0.3
-        if gated:
-            n = self.shapes[z][0]
-            g = self.op("GlobalAveragePool", [z], [n, c, 1, 1])
-            s1 = self.act(self.conv(g, cout=max(c // 2, 1), k=1, track=False))
-            sg = self.op("Sigmoid", [self.conv(s1, cout=c, k=1, track=False)], self.shapes[g])
+        return self.act(d)
+
+    def dw_chain(self, x: str) -> str:
+        """An inverted-residual block: 1x1 conv (dead filters whose bias stays: constants) -> act ->
+        zero-padded depthwise conv or AveragePool (the constants become images) -> BN -> act; maybe a
+        second such block whose images meet these at an Add (a channel goes where both are dead), or
+        the constants concatenated beside their images and read by a padded depthwise conv (GhostNet);
+        maybe a squeeze-excitation gate; a Conv reads them. Every dead filter that no live channel
+        meets must go (the chain is written again for them, a gate's rows with it)."""
+        y = self.conv(x, k=1, same=True)
+        w = self.nodes[-1].input[1]
+        c = self.channels(y)
+        z = self.spread(y)
+        dead = self.dead_rows(w)
+        weights = [w]
+        kind = self.rng.choice(["plain", "meet", "ghost"], p=[0.5, 0.25, 0.25])
+        if kind == "meet":
+            y2 = self.conv(x, cout=c, k=1, same=True)
+            weights.append(self.nodes[-1].input[1])
+            dead = np.intersect1d(dead, self.dead_rows(weights[-1]))
+            z = self.op("Add", [z, self.spread(y2)], self.shapes[z])
+        elif kind == "ghost":
+            n, _, h, w_ = self.shapes[z]
+            cat = self.op("Concat", [self.act(y), z], [n, 2 * c, h, w_], axis=1)
+            z = self.act(self.conv(cat, group=2 * c, k=3, same=True, track=False))
+        if self.rng.random() < 0.3:
+            n, cz = self.shapes[z][0], self.channels(z)
+            g = self.op("GlobalAveragePool", [z], [n, cz, 1, 1])
+            s1 = self.act(self.conv(g, cout=max(cz // 2, 1), k=1, track=False))
+            sg = self.op("Sigmoid", [self.conv(s1, cout=cz, k=1, track=False)], self.shapes[g])
             z = self.op("Mul", [z, sg], self.shapes[z])
         out = self.conv(z, k=int(self.rng.choice([1, 3])), track=False)
-        if pending is not None and not gated and x not in self.opaque:
-            self.provable.append((pending[0], pending[1], a))
+        if x not in self.opaque:
+            self.provable += [(wt, c - len(dead), y) for wt in weights]
             self.outputs.append(out)  # (read, whatever the later steps pick)
         return out
 

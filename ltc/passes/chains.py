@@ -12,8 +12,13 @@ everywhere. The copy stores the dead channels' depthwise kernels and the readers
 than the channels it replaces), and it reads no input: with static shapes ONNX Runtime computes it
 once when it loads the model.
 
-A chain stops at anything else: an input-dependent partner (a squeeze-excitation gate whose channel
-is live keeps that channel, which is then coupled), a layer that is not a plain Conv, a graph output.
+A squeeze-excitation gate (a Mul by one input-dependent number per channel) is followed too: the copy
+multiplies by a copy of the gate's rows for those channels (its writer, a plain Conv, and the
+channel-wise ops after it), so the dead filter, its depthwise channel and its gate row still go; the
+copy then depends on the input, as the gate does. A constant times a live gate starts a chain the
+same way. Two chains that meet at an elementwise op (a residual Add of two such images) become one.
+A chain stops at anything else: a layer that is not a plain Conv, an input-dependent partner that is
+not such a gate, a graph output.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import onnx_graphsurgeon as gs
 
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.reindex import fresh_name
+from ltc.passes.reindex import add_to_output, fresh_name, image_dims
 from ltc.passes.rules import const_value, is_empty, op_of
 
 UNARY = frozenset({"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Celu",
@@ -37,9 +42,12 @@ POOLS = frozenset({"AveragePool", "MaxPool", "LpPool", "GlobalAveragePool", "Glo
 REDUCE = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2",
                     "ReduceSumSquare", "ReduceLogSumExp"})
 
-# How a replica node gets one input: the copy of a chain tensor, the seed image, a constant with the
-# channel axis (sliced to the chain's units), a constant without it (copied), or a per-channel
-# constant of a computed tensor (known for the chain's units).
+# How a replica node gets one input, by kind: "chain" (the copy of a chain tensor), "seed" (the image
+# of a seed's constants), "rows" (a constant whose first axis is the channel: its rows for the units),
+# "operand" (a [1, C, 1, ...] constant: its channels for the units), "copied" (a constant without the
+# channel axis), "per_channel" (a computed tensor whose units are known constants), "live" (a gate:
+# the steps that compute it, written again for the units), "input" (an original tensor, read whole),
+# "empty" (an absent optional input).
 Spec = tuple[str, object]
 
 
@@ -49,21 +57,37 @@ class _Step:
     op: str  # "" for a Concat or Slice on channels: the copy passes on unchanged
     attrs: dict
     inputs: list[Spec]
-    offset: int = 0  # where the chain's channel 0 sits in the step's input (a Concat moves it)
+    offset: int = 0  # where the chain's unit 0 sits in the step's input (a Concat moves it)
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the units its copy carries, in order
+    rank: int = 4  # of its output
+
+
+@dataclass
+class Seed:
+    """A tensor whose channels are known constants where a chain starts."""
+
+    name: str
+    offset: int  # where the chain's unit 0 sits in it
+    values: np.ndarray  # its constants, per channel (NaN where unknown)
+    order: np.ndarray  # the units it starts, in the order its copy holds them
+    rank: int = 4
 
 
 @dataclass
 class Chain:
-    """Channels ``units`` of ``seed`` are the constants ``values``; ``steps`` carry them, as images, to
-    the Convs whose outputs are ``readers``."""
+    """The chain's ``units`` are channels of its seeds, constants that ``steps`` carry, as images, to
+    the Convs whose outputs are ``readers``. Unit ``u`` is channel ``offset + u`` of each seed and of
+    each tensor of the chain (``offsets``); a tensor carries the units ``orders`` lists, in the order
+    its copy holds them. Two chains that meet become one, and constants of a chain tensor that become
+    images where the chain goes on join it: a chain can have several seeds."""
 
-    seed: str
-    channels: int
-    values: np.ndarray  # per channel of seed (NaN where unknown)
-    units: np.ndarray  # bool per channel: replicated
+    channels: int  # how many units the chain could have
+    units: np.ndarray  # bool per unit: replicated
+    seeds: list[Seed]
     steps: list[_Step] = field(default_factory=list)
-    readers: list[tuple[str, int]] = field(default_factory=list)  # (output, offset of the chain in its input)
-    offsets: dict[str, int] = field(default_factory=dict)  # chain tensor -> where channel 0 sits in it
+    readers: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # (output, offset, order) of its input
+    offsets: dict[str, int] = field(default_factory=dict)  # chain tensor -> where unit 0 sits in it
+    orders: dict[str, np.ndarray] = field(default_factory=dict)  # chain tensor -> the units it carries
     failed: str = ""  # why the chain cannot be written again (its channels stay)
 
     def fail(self, why: str) -> None:
@@ -77,6 +101,53 @@ class Chain:
     def tensors(self) -> list[str]:
         return list(self.offsets)
 
+    @property
+    def gated(self) -> bool:
+        """Some step multiplies by a live gate (the copy reads the input)."""
+        return any(kind == "live" for st in self.steps for kind, _ in st.inputs)
+
+    def written(self, order: np.ndarray) -> np.ndarray:
+        """The units of ``order`` that are written, in its order."""
+        return order[self.units[order]]
+
+    def carried(self, name: str) -> np.ndarray:
+        """Bool per unit: tensor ``name`` carries it."""
+        out = np.zeros(self.channels, dtype=bool)
+        out[self.orders[name]] = True
+        return out
+
+    def used(self) -> np.ndarray:
+        """Bool per unit: some seed or tensor of the chain carries it (it may have stopped since: a
+        unit that stopped never starts again, whatever joins the chain later)."""
+        out = np.zeros(self.channels, dtype=bool)
+        for order in [*(s.order for s in self.seeds), *self.orders.values()]:
+            out[order] = True
+        return out
+
+    def widen(self, lo: int, hi: int) -> None:
+        """Units ``lo .. hi - 1`` become possible (unit numbers move up by ``-lo`` if ``lo < 0``)."""
+        shift, grow = max(0, -lo), max(0, hi - self.channels)
+        if not shift and not grow:
+            return
+        self.units = np.concatenate([np.zeros(shift, bool), self.units, np.zeros(grow, bool)])
+        self.channels += shift + grow
+        for s in self.seeds:
+            s.offset, s.order = s.offset - shift, s.order + shift
+        for st in self.steps:
+            st.offset, st.order = st.offset - shift, st.order + shift
+        self.readers = [(r, off - shift, order + shift) for r, off, order in self.readers]
+        self.offsets = {t: off - shift for t, off in self.offsets.items()}
+        self.orders = {t: order + shift for t, order in self.orders.items()}
+
+
+def _window(values: np.ndarray, offset: int, n: int, fill=False) -> np.ndarray:
+    """``values[offset + u]`` for ``u`` in ``range(n)``, ``fill`` where that is outside ``values``."""
+    pos = offset + np.arange(n)
+    inside = (pos >= 0) & (pos < len(values))
+    out = np.full(n, fill, dtype=values.dtype)
+    out[inside] = values[pos[inside]]
+    return out
+
 
 def _plain(cg: ChannelGraph, name: str, channels: int | None = None) -> bool:
     """``name`` is a channel tensor along axis 1 of rank >= 3, one entry per channel."""
@@ -89,22 +160,80 @@ def _one_output(node: gs.Node, graph_outputs: set[str]) -> bool:
     return all(is_empty(t) or (not t.outputs and t.name not in graph_outputs) for t in node.outputs[1:])
 
 
-def _operand(cg: ChannelGraph, t: gs.Tensor, rank: int, channels: int) -> tuple[Spec | None, np.ndarray | None]:
-    """How a replica reads ``t``, a non-chain input of an elementwise op on a chain tensor, and for
-    which channels that works (None: for all); (None, None) if it cannot."""
-    value = const_value(t)
-    if value is not None:
-        if value.ndim > rank:
-            return None, None
-        dims = (1,) * (rank - value.ndim) + value.shape
-        if dims[0] != 1 or dims[1] not in (1, channels) or any(d != 1 for d in dims[2:]):
-            return None, None
-        v = value.reshape(dims)
-        return (("sliced", v) if dims[1] == channels and channels != 1 else ("copied", v)), None
-    if not _plain(cg, t.name, channels):
-        return None, None
-    k = cg.const[t.name]
-    return ("per_channel", k), np.isfinite(k)
+def _constant_operand(value: np.ndarray, rank: int, width: int) -> Spec | None:
+    """How a replica reads a constant operand of an elementwise op on a ``width``-channel tensor."""
+    if value.ndim > rank:
+        return None
+    dims = (1,) * (rank - value.ndim) + value.shape
+    if dims[0] != 1 or dims[1] not in (1, width) or any(d != 1 for d in dims[2:]):
+        return None
+    v = value.reshape(dims)
+    return ("operand", v) if dims[1] == width and width != 1 else ("copied", v)
+
+
+def _params(node: gs.Node, op: str, width: int) -> list[Spec] | None:
+    """How a replica reads the inputs after the data input of a channel-wise op: an activation's
+    scalar bounds, BatchNorm's per-channel parameters; None if it cannot."""
+    extra = node.inputs[1:]
+    if op in UNARY:
+        if any(not is_empty(t) and (const_value(t) is None or const_value(t).size != 1) for t in extra):
+            return None
+        return [("empty", None) if is_empty(t) else ("copied", const_value(t)) for t in extra]
+    if op == "BatchNormalization":
+        params = [const_value(t) for t in extra]
+        if int(node.attrs.get("training_mode", 0)) or len(params) != 4:
+            return None
+        if any(p is None or p.shape != (width,) for p in params):
+            return None
+        return [("rows", p) for p in params]
+    return None
+
+
+def _gate(cg: ChannelGraph, t: gs.Tensor, width: int) -> list[_Step] | None:
+    """The steps that compute ``t``, a gate (one input-dependent number per channel and sample,
+    [N, C, 1, ...]), from its writer, a plain Conv with constant weights, through channel-wise ops
+    with constant parameters (a squeeze-excitation's second layer and its sigmoid); None if ``t`` is
+    not such a gate."""
+    shape = cg.shapes.get(t.name)
+    if shape is None or len(shape) < 3 or any(s != 1 for s in shape[2:]):
+        return None
+    rank, tail = len(shape), []
+    while len(tail) < 16 and t.inputs:
+        p = t.inputs[0]
+        op = op_of(p)
+        if not p.outputs or p.outputs[0].name != t.name:
+            return None
+        if op == "Conv":
+            w = const_value(p.inputs[1]) if len(p.inputs) > 1 else None
+            has_b = len(p.inputs) > 2 and not is_empty(p.inputs[2])
+            b = const_value(p.inputs[2]) if has_b else None
+            if (int(p.attrs.get("group", 1)) != 1 or is_empty(p.inputs[0]) or w is None or w.shape[0] != width
+                    or not np.issubdtype(w.dtype, np.floating) or (has_b and (b is None or b.shape != (width,)))):
+                return None
+            specs = [("input", p.inputs[0].name), ("rows", w)] + ([("rows", b)] if has_b else [])
+            tail.append(_Step(t.name, "Conv", dict(p.attrs), specs, rank=rank))
+            return tail[::-1]
+        if op in BINARY:
+            values = [const_value(u) for u in p.inputs] if len(p.inputs) == 2 else []
+            if len(values) != 2 or sum(v is None for v in values) != 1:
+                return None
+            k = values.index(None)
+            operand = _constant_operand(values[1 - k], rank, width)
+            if operand is None:
+                return None
+            data = p.inputs[k]
+            specs = [("chain", data.name), operand][:: 1 if k == 0 else -1]
+        else:
+            data = p.inputs[0] if p.inputs else None
+            params = _params(p, op, width) if data is not None and not is_empty(data) else None
+            if params is None:
+                return None
+            specs = [("chain", data.name), *params]
+        if not _plain(cg, data.name, width) or cg.shapes.get(data.name) != shape:
+            return None
+        tail.append(_Step(t.name, op, dict(p.attrs), specs, rank=rank))
+        t = data
+    return None
 
 
 def _spatial_kept(cg: ChannelGraph, x: str, y: str) -> bool:
@@ -116,9 +245,8 @@ def _spatial_kept(cg: ChannelGraph, x: str, y: str) -> bool:
 def _step(cg: ChannelGraph, node: gs.Node, ch: Chain, this: int, chain_of: dict[str, int],
           graph_outputs: set[str]) -> tuple[_Step | None, np.ndarray | None, int]:
     """``node`` as a step of chain ``this`` (its data input is a chain tensor, or the seed), the
-    channels it lets through, and where the chain sits in its output; (None, None, 0) if it ends the chain."""
+    units it lets through, and where the chain sits in its output; (None, None, 0) if it ends the chain."""
     stop = None, None, 0
-    op = op_of(node)
     y = node.outputs[0] if node.outputs else None
     if y is None or is_empty(y) or not _plain(cg, y.name) or not _one_output(node, graph_outputs):
         return stop
@@ -128,6 +256,23 @@ def _step(cg: ChannelGraph, node: gs.Node, ch: Chain, this: int, chain_of: dict[
         return stop
     off = offsets.pop()
     x = next(t for t, c in zip(node.inputs, in_chain, strict=True) if c)
+    # two chain inputs carry the units both carry on (the copy puts them in the first's order)
+    common = np.logical_and.reduce([ch.carried(t.name) for t, c in zip(node.inputs, in_chain, strict=True) if c])
+    some = np.logical_or.reduce([ch.carried(t.name) for t, c in zip(node.inputs, in_chain, strict=True) if c])
+    order = ch.orders[x.name][common[ch.orders[x.name]]]
+    carried = ch.units & common
+    step, mask, out_off = _step_of(cg, node, ch, x, off, in_chain, carried, y)
+    if step is not None:
+        step.order, step.rank = order, cg.tensors[y.name].rank
+        mask = ~(some & ~common) if mask is None else mask & ~(some & ~common)
+    return step, mask, out_off
+
+
+def _step_of(cg: ChannelGraph, node: gs.Node, ch: Chain, x: gs.Tensor, off: int, in_chain: list[bool],
+             carried: np.ndarray, y: gs.Tensor) -> tuple[_Step | None, np.ndarray | None, int]:
+    """:func:`_step` for the op itself, ``x`` its (first) chain input, ``carried`` the units it carries."""
+    stop = None, None, 0
+    op = op_of(node)
     width = cg.tensors[x.name].units
     attrs = dict(node.attrs)
     if op == "Concat":
@@ -141,68 +286,67 @@ def _step(cg: ChannelGraph, node: gs.Node, ch: Chain, this: int, chain_of: dict[
             before += ct.units
         return _Step(y.name, "", attrs, [("chain", x.name)], off), None, off + before
     if op == "Slice":
-        return _channel_slice(cg, node, ch, x.name, off, in_chain)
+        return _channel_slice(cg, node, ch, x.name, off, in_chain, carried)
     if cg.tensors[y.name].units != width:
         return stop
-    specs: list[Spec] = [("chain", x.name)]
-    span = slice(off, off + ch.channels)
+    rank = cg.tensors[y.name].rank
     if op in BINARY:
         if len(node.inputs) != 2 or not _spatial_kept(cg, x.name, y.name):
             return stop
-        rank = cg.tensors[y.name].rank
-        specs, mask = [], np.ones(ch.channels, dtype=bool)
+        specs: list[Spec] = []
+        mask = np.ones(ch.channels, dtype=bool)
         for t, c in zip(node.inputs, in_chain, strict=True):
+            value = None if c else const_value(t)
             if c:
                 specs.append(("chain", t.name))
-                continue
-            spec, ok = _operand(cg, t, rank, width)
-            if spec is None:
+            elif value is not None:
+                specs.append(_constant_operand(value, rank, width))
+            elif not _plain(cg, t.name, width):
                 return stop
-            specs.append(spec)
-            if ok is not None:
-                mask &= ok[span]
+            else:  # a computed partner: known constants where the units are, or a gate written again
+                known = _window(np.isfinite(cg.const[t.name]), off, ch.channels)
+                tail = None if (known | ~carried).all() or op != "Mul" else _gate(cg, t, width)
+                specs.append(("per_channel", cg.const[t.name]) if tail is None else ("live", tail))
+                if tail is None:
+                    mask &= known | ~carried
+        if any(s is None for s in specs):
+            return stop
         return _Step(y.name, op, attrs, specs, off), mask, off
     if not in_chain[0] or any(in_chain[1:]):
         return stop
     extra = node.inputs[1:]
-    if op in UNARY:
-        for t in extra:
-            if not is_empty(t) and (const_value(t) is None or const_value(t).size != 1):
-                return stop
-        specs += [("empty", None) if is_empty(t) else ("copied", const_value(t)) for t in extra]
+    specs = [("chain", x.name)]
+    if op in UNARY or op == "BatchNormalization":
+        params = _params(node, op, width)
+        if params is None:
+            return stop
+        specs += params
     elif op in POOLS:
         pass
     elif op in REDUCE:
         axes = attrs.get("axes") if len(extra) == 0 or is_empty(extra[0]) else const_value(extra[0])
-        rank = cg.tensors[y.name].rank
         if axes is None or np.size(axes) == 0 or int(attrs.get("keepdims", 1)) != 1:
             return stop
         if any(int(a) % rank < 2 for a in np.atleast_1d(axes)):
             return stop
         specs += [("copied", np.asarray(axes, np.int64))] if extra and not is_empty(extra[0]) else []
-    elif op == "BatchNormalization":
-        if int(attrs.get("training_mode", 0)) or len(extra) != 4:
-            return stop
-        params = [const_value(t) for t in extra]
-        if any(p is None or p.shape != (width,) for p in params):
-            return stop
-        specs += [("sliced", p) for p in params]
     elif op == "Conv":  # depthwise, one filter per channel
         w = const_value(extra[0]) if extra else None
-        b = const_value(extra[1]) if len(extra) > 1 and not is_empty(extra[1]) else None
+        has_b = len(extra) > 1 and not is_empty(extra[1])
+        b = const_value(extra[1]) if has_b else None
         if (w is None or int(attrs.get("group", 1)) != width or w.shape[:2] != (width, 1)
-                or (len(extra) > 1 and not is_empty(extra[1]) and (b is None or b.shape != (width,)))):
+                or (has_b and (b is None or b.shape != (width,)))):
             return stop
-        specs += [("sliced", w)] + ([("sliced", b)] if b is not None else [])
+        specs += [("rows", w)] + ([("rows", b)] if has_b else [])
         attrs["group"] = -1  # the chain's channel count, when written
     else:
         return stop
     return _Step(y.name, op, attrs, specs, off), None, off
 
 
-def _channel_slice(cg: ChannelGraph, node: gs.Node, ch: Chain, x: str, off: int,
-                   in_chain: list[bool]) -> tuple[_Step | None, np.ndarray | None, int]:
-    """A Slice of the channel axis alone, step 1, that keeps every channel of the chain."""
+def _channel_slice(cg: ChannelGraph, node: gs.Node, ch: Chain, x: str, off: int, in_chain: list[bool],
+                   carried: np.ndarray) -> tuple[_Step | None, np.ndarray | None, int]:
+    """A Slice of the channel axis alone, step 1: the units it keeps go on."""
     stop = None, None, 0
     if not in_chain[0] or any(in_chain[1:]) or len(node.inputs) < 3:
         return stop
@@ -218,9 +362,9 @@ def _channel_slice(cg: ChannelGraph, node: gs.Node, ch: Chain, x: str, off: int,
     width = cg.tensors[x].units
     start, end = (int(np.clip(v + width if v < 0 else v, 0, width)) for v in
                   (int(np.atleast_1d(starts)[0]), int(np.atleast_1d(ends)[0])))
-    if start > off or end < off + ch.channels:
-        return stop
-    return _Step(node.outputs[0].name, "", dict(node.attrs), [("chain", x)], off), None, off - start
+    pos = off + np.arange(ch.channels)
+    return (_Step(node.outputs[0].name, "", dict(node.attrs), [("chain", x)], off),
+            (pos >= start) & (pos < end) | ~carried, off - start)
 
 
 def _reader(cg: ChannelGraph, node: gs.Node, name: str) -> bool:
@@ -245,18 +389,22 @@ def find_chains(cg: ChannelGraph) -> list[Chain]:
         if not ids:
             _start(cg, node, chains, chain_of, graph_outputs)
             continue
-        if len(ids) > 1:  # two chains meet: leave both
-            for i in ids:
-                chains[i].fail(f"meets another at {op_of(node)} '{node.name}'")
-            continue
+        if len(ids) > 1:
+            merged = _merge(cg, node, chains, chain_of)
+            if merged is None:
+                for i in ids:
+                    chains[i].fail(f"meets another at {op_of(node)} '{node.name}'")
+                continue
+            ids = {merged}
         i = ids.pop()
         ch = chains[i]
         if ch.failed:  # (its later ops need no look: its channels stay)
             continue
         data = node.inputs[0] if node.inputs else None
         if data is not None and chain_of.get(data.name) == i and _reader(cg, node, data.name):
-            ch.readers.append((node.outputs[0].name, ch.offsets[data.name]))
+            ch.readers.append((node.outputs[0].name, ch.offsets[data.name], ch.orders[data.name]))
             continue
+        _absorb(cg, node, ch, i, chain_of)
         step, ok, off = _step(cg, node, ch, i, chain_of, graph_outputs)
         if step is None:
             ch.fail(f"reaches {op_of(node)} '{node.name}'")
@@ -265,11 +413,18 @@ def find_chains(cg: ChannelGraph) -> list[Chain]:
             ch.units &= ok
         ch.steps.append(step)
         ch.offsets[step.output] = off
+        ch.orders[step.output] = step.order
         chain_of[step.output] = i
     frozen = cg.frozen | cg.pinned
     for ch in chains:
-        for name, off in [(ch.seed, 0), *ch.offsets.items()]:  # (any freeze keeps its channels)
-            ch.units &= ~frozen[cg.classes_of(name)[off: off + ch.channels]]
+        carriers = [*((s.name, s.offset, s.order) for s in ch.seeds),
+                    *((t, ch.offsets[t], ch.orders[t]) for t in ch.tensors)]
+        for name, off, order in carriers:  # (any freeze keeps its channels)
+            classes = cg.classes_of(name)
+            pos = off + order
+            inside = (pos >= 0) & (pos < len(classes))
+            ch.units[order[~inside]] = False
+            ch.units[order[inside][frozen[classes[pos[inside]]]]] = False
         out = next((t for t in ch.tensors if t in graph_outputs), None)
         if out is not None:
             ch.fail(f"is the graph output '{out}'")
@@ -278,30 +433,102 @@ def find_chains(cg: ChannelGraph) -> list[Chain]:
     return [ch for ch in chains if ch.units.any()]
 
 
+def _absorb(cg: ChannelGraph, node: gs.Node, ch: Chain, this: int, chain_of: dict[str, int]) -> None:
+    """Constants of a chain tensor that ``node`` makes images (a depthwise Conv that reads a Concat
+    of an image and constants; a gate that multiplies constants as well as images) join the chain
+    there: the tensor becomes one of its seeds, and its copy the images' copy joined with theirs."""
+    y = node.outputs[0] if node.outputs else None
+    if y is None or is_empty(y) or op_of(node) in ("Concat", "Slice") or not _plain(cg, y.name):
+        return
+    for x in sorted({t.name for t in node.inputs if not is_empty(t) and chain_of.get(t.name) == this}):
+        if not _plain(cg, x, cg.tensors[y.name].units) or any(s.name == x for s in ch.seeds):
+            continue  # (a tensor is a seed once: its other constants stay where they are)
+        new = np.isfinite(cg.const[x]) & np.isnan(cg.const[y.name])
+        new[np.clip(ch.offsets[x] + ch.orders[x], 0, len(new) - 1)] = False
+        if not new.any():
+            continue
+        at = np.flatnonzero(new)
+        ch.widen(int(at.min()) - ch.offsets[x], int(at.max()) + 1 - ch.offsets[x])
+        off, order = ch.offsets[x], ch.orders[x]
+        units = at - off
+        ch.units[units[~ch.used()[units]]] = True
+        ch.seeds.append(Seed(x, off, cg.const[x], units, cg.tensors[x].rank))
+        joined = np.concatenate([order, units])
+        ch.steps.append(_Step(x, "join", {}, [("chain", x), ("seed", x)], off, joined))
+        ch.orders[x] = joined
+
+
+def _merge(cg: ChannelGraph, node: gs.Node, chains: list[Chain], chain_of: dict[str, int]) -> int | None:
+    """Two chains that meet at an elementwise op (a residual Add of two images) become one, the first
+    (the second's units numbered so that those that meet here are the same); which one, or None if
+    they cannot. Where only one of them carries a unit here, the other operand's constant joins it
+    (:func:`_absorb`), or the unit stops."""
+    if op_of(node) not in BINARY or len(node.inputs) != 2 or any(is_empty(t) for t in node.inputs):
+        return None
+    a, b = sorted(node.inputs, key=lambda t: chain_of.get(t.name, -1))
+    if a.name not in chain_of or chain_of[a.name] == chain_of[b.name]:
+        return None
+    i, j = chain_of[a.name], chain_of[b.name]
+    first, second = chains[i], chains[j]
+    if first.failed or second.failed or cg.tensors[a.name].units != cg.tensors[b.name].units:
+        return None
+    if {s.name for s in first.seeds} & {s.name for s in second.seeds}:
+        return None
+    delta = first.offsets[a.name] - second.offsets[b.name]  # unit v of the second is unit v - delta of the first
+    moved = np.flatnonzero(second.units) - delta
+    if moved.size:
+        lo = min(0, int(moved.min()))
+        first.widen(lo, max(first.channels, int(moved.max()) + 1))
+        delta += lo if lo < 0 else 0
+    fresh = np.flatnonzero(second.units) - delta
+    first.units[fresh[~first.used()[fresh]]] = True  # (a number the first has used keeps its state)
+
+    def moved_order(order: np.ndarray) -> np.ndarray:  # the second's units that go on, numbered as the first's
+        return order[second.units[order]] - delta
+
+    first.seeds += [Seed(s.name, s.offset + delta, s.values, moved_order(s.order), s.rank) for s in second.seeds]
+    first.steps += [_Step(s.output, s.op, s.attrs, s.inputs, s.offset + delta, moved_order(s.order), s.rank)
+                    for s in second.steps]
+    first.readers += [(r, off + delta, moved_order(order)) for r, off, order in second.readers]
+    for name, off in second.offsets.items():
+        first.offsets[name], first.orders[name] = off + delta, moved_order(second.orders[name])
+        chain_of[name] = i
+    second.units[:] = False
+    return i
+
+
 def _start(cg: ChannelGraph, node: gs.Node, chains: list[Chain], chain_of: dict[str, int],
            graph_outputs: set[str]) -> None:
-    """A chain starts where a channel-wise op turns known constants of its input into unknowns."""
-    if not node.inputs or not node.outputs or is_empty(node.inputs[0]) or is_empty(node.outputs[0]):
+    """A chain starts where a channel-wise op turns known constants of its input into unknowns (zero
+    padding; a live gate)."""
+    if not node.outputs or is_empty(node.outputs[0]):
         return
-    x, y = node.inputs[0].name, node.outputs[0].name
-    if not _plain(cg, x) or not _plain(cg, y, cg.tensors[x].units):
+    y = node.outputs[0].name
+    for x in node.inputs[: 2 if op_of(node) in BINARY else 1]:
+        if is_empty(x) or not _plain(cg, x.name) or not _plain(cg, y, cg.tensors[x.name].units):
+            continue
+        kx, ky = cg.const[x.name], cg.const[y]
+        units = np.isfinite(kx) & np.isnan(ky)
+        if not units.any():
+            continue
+        i = len(chains)
+        order = np.flatnonzero(units)
+        ch = Chain(int(len(kx)), units, [Seed(x.name, 0, kx, order, cg.tensors[x.name].rank)], orders={x.name: order})
+        step, ok, _ = _step(cg, node, ch, i, {x.name: i}, graph_outputs)
+        del ch.orders[x.name]
+        if step is None or not step.op:
+            continue
+        if ok is not None:
+            ch.units &= ok
+        if not ch.units.any():
+            continue
+        step.inputs = [("seed", x.name) if kind == "chain" else (kind, arg) for kind, arg in step.inputs]
+        step.order = order
+        ch.steps.append(step)
+        ch.offsets[y], ch.orders[y] = 0, order
+        chains.append(ch)
+        chain_of[y] = i
         return
-    kx, ky = cg.const[x], cg.const[y]
-    units = np.isfinite(kx) & np.isnan(ky)
-    if not units.any() or op_of(node) in BINARY:
-        return
-    i = len(chains)
-    ch = Chain(x, int(len(kx)), kx, units)
-    step, ok, _ = _step(cg, node, ch, i, {x: i}, graph_outputs)
-    if step is None or not step.op:
-        return
-    step.inputs[0] = ("seed", x)
-    if ok is not None:
-        ch.units &= ok
-    ch.steps.append(step)
-    ch.offsets[y] = 0
-    chains.append(ch)
-    chain_of[y] = i
 
 
 # ---------------------------------------------------------------------------------------------- rewrite
@@ -316,90 +543,147 @@ def replicate_chains(model: onnx.ModelProto, chains: list[Chain]) -> tuple[onnx.
     names = set(tensors) | {n.name for n in graph.nodes if n.name}
     written: list[gs.Node] = []
     for ch in chains:
-        written += _replicate(ch, tensors, by_output, names)
+        written += _Writer(ch, tensors, names).write(by_output)
     graph.nodes.extend(written)
     graph.toposort()
     return export_graph(graph, model), {n.name for n in written}
 
 
-def _replicate(ch: Chain, tensors: dict, by_output: dict, names: set[str]) -> list[gs.Node]:
-    d = ch.index
-    x = tensors[ch.seed]
-    first = by_output[ch.readers[0][0]]
-    dtype = np.dtype(x.dtype) if x.dtype is not None else const_value(first.inputs[1]).dtype
-    base = f"{ch.seed}__chain"
-    new: list[gs.Node] = []
+class _Writer:
+    """Writes one chain again for its units."""
 
-    def var(suffix: str, like: gs.Tensor | None = None, vtype=None) -> gs.Variable:
-        v = gs.Variable(fresh_name(names, base, suffix), dtype=vtype if vtype is not None else dtype)
+    def __init__(self, ch: Chain, tensors: dict, names: set[str]):
+        self.ch, self.tensors, self.names = ch, tensors, names
+        self.base = f"{ch.seeds[0].name}__chain"
+        self.new: list[gs.Node] = []
+        self.batched: set[str] = set()  # copies with the input's batch (after a gate), not 1
+        self.gates: dict[tuple, gs.Tensor] = {}
+
+    def write(self, by_output: dict) -> list[gs.Node]:
+        ch = self.ch
+        first = by_output[ch.readers[0][0]]
+        x = self.tensors[ch.seeds[0].name]
+        self.dtype = np.dtype(x.dtype) if x.dtype is not None else const_value(first.inputs[1]).dtype
+        seeds: dict[str, tuple[gs.Tensor, np.ndarray]] = {}  # copy, and the units it holds in order
+        for seed in ch.seeds:
+            d = ch.written(seed.order)
+            if d.size:
+                x = self.tensors[seed.name]
+                values = seed.values[seed.offset + d].astype(self.dtype).reshape(1, len(d), *([1] * (seed.rank - 2)))
+                nodes, dims = image_dims(x, [1, len(d)], seed.rank, self.names, self.base)
+                self.new += nodes
+                seeds[seed.name] = self.node("Expand", {}, [self.const("_values", values), dims], x, len(d)), d
+        copies: dict[str, tuple[gs.Tensor, np.ndarray]] = {}
+        for step in ch.steps:
+            d = ch.written(step.order)
+            if step.op == "join":  # a chain tensor whose constants join the chain: the images, then them
+                parts = [p for p in (copies.pop(step.output, None), seeds.get(step.output)) if p is not None]
+                if len(parts) == 2:
+                    parts = [(self.node("Concat", {"axis": 1}, [t for t, _ in parts], self.tensors.get(step.output),
+                                        len(d)), d)]
+                if parts:
+                    copies[step.output] = parts[0]
+            elif not step.op:  # a Concat or Slice of channels: the copy holds the chain's channels only
+                if step.inputs[0][1] in copies:
+                    copies[step.output] = copies[step.inputs[0][1]]
+            elif d.size:
+                copies[step.output] = self.step(step, d, {**seeds, **copies}), d
+        for reader, off, _ in ch.readers:
+            if n_in := copies.get(by_output[reader].inputs[0].name):
+                self.share(by_output[reader], reader, off, *n_in)
+        return self.new
+
+    def share(self, n: gs.Node, reader: str, off: int, copy: gs.Tensor, d: np.ndarray) -> None:
+        """``n``, a Conv that reads the chain's units ``d`` (its channels ``off + d``), gets their
+        share from the copy added to its output, and zero weights for them."""
+        w = const_value(n.inputs[1])
+        share = self.node("Conv", {k: v for k, v in n.attrs.items() if k != "group"},
+                          [copy, self.const("_columns", w[:, off + d])], None, len(d), dtype=n.outputs[0].dtype)
+        zeroed = np.array(w, copy=True)
+        zeroed[:, off + d] = 0
+        n.inputs[1] = gs.Constant(fresh_name(self.names, n.name or reader, "__chain_weight"), zeroed)
+        self.new.append(add_to_output(n, share, self.names, self.base))
+
+    def const(self, suffix: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(fresh_name(self.names, self.base, suffix), np.ascontiguousarray(value))
+
+    def node(self, op: str, attrs: dict, inputs: list, like: gs.Tensor | None, units: int, dtype=None) -> gs.Variable:
+        """A node writing one new tensor, shaped as ``like`` for ``units`` channels (batch 1 unless it
+        reads the input)."""
+        out = gs.Variable(fresh_name(self.names, self.base, "_" + op), dtype=dtype if dtype is not None else self.dtype)
+        batched = any(t.name in self.batched for t in inputs)
         if like is not None and like.shape is not None:
-            v.shape = [1, len(d), *like.shape[2:]]
-        return v
+            out.shape = [like.shape[0] if batched else 1, units, *like.shape[2:]]
+        if batched:
+            self.batched.add(out.name)
+        self.new.append(gs.Node(op, fresh_name(self.names, self.base, f"_{op}"), attrs, inputs, [out]))
+        return out
 
-    def const(suffix: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(fresh_name(names, base, suffix), np.ascontiguousarray(value))
-
-    def node(op: str, attrs: dict, inputs: list, outputs: list) -> None:
-        new.append(gs.Node(op, fresh_name(names, base, f"_{op}"), attrs, inputs, outputs))
-
-    rank = len(x.shape) if x.shape is not None else None
-    seed = var("_seed", x)
-    values = ch.values[d].astype(dtype).reshape(1, len(d), *([1] * (rank - 2)))
-    spatial = list(x.shape[2:])
-    if all(isinstance(s, int) for s in spatial):
-        shape = const("_shape", np.array([1, len(d), *spatial], np.int64))
-    else:  # the image takes the seed's spatial size at run time
-        full, hw = var("_full", vtype=np.int64), var("_hw", vtype=np.int64)
-        shape = var("_dims", vtype=np.int64)
-        node("Shape", {}, [x], [full])
-        node("Slice", {}, [full, const("_from", np.array([2], np.int64)), const("_to", np.array([rank], np.int64))], [hw])
-        node("Concat", {"axis": 0}, [const("_lead", np.array([1, len(d)], np.int64)), hw], [shape])
-    node("Expand", {}, [const("_values", values), shape], [seed])
-    copies = {ch.seed: seed}
-    for step in ch.steps:
-        if not step.op:  # a Concat or Slice of channels: the copy holds the chain's channels only
-            copies[step.output] = copies[step.inputs[0][1]]
-            continue
+    def step(self, step: _Step, d: np.ndarray, source: dict) -> gs.Variable:
+        """``step`` written for units ``d``, reading ``source``'s copies (each with the units it holds,
+        in order: gathered into ``d``'s order where that differs)."""
+        like = self.tensors.get(step.output)
         at = step.offset + d
         inputs = []
         for kind, arg in step.inputs:
             if kind in ("chain", "seed"):
-                inputs.append(copies[arg])
+                copy, held = source[arg]
+                if not np.array_equal(held, d):
+                    where = {u: k for k, u in enumerate(held.tolist())}
+                    index = self.const("_index", np.array([where[u] for u in d.tolist()], np.int64))
+                    copy = self.node("Gather", {"axis": 1}, [copy, index], like, len(d))
+                inputs.append(copy)
+            elif kind == "input":
+                inputs.append(self.tensors[arg])
+                self.batched.add(arg)
+            elif kind == "live":
+                inputs.append(self.gate(arg, step.offset, d))
             elif kind == "empty":
                 inputs.append(gs.Variable.empty())
-            elif kind == "sliced":  # [width, ...] parameters, or a [1, width, 1, ...] operand
-                value = np.asarray(arg)
-                inputs.append(const("_c", value[:, at] if value.ndim == rank and value.shape[0] == 1 else value[at]))
+            elif kind == "rows":
+                inputs.append(self.const("_c", np.asarray(arg)[at]))
+            elif kind == "operand":
+                inputs.append(self.const("_c", np.asarray(arg)[:, at]))
             elif kind == "copied":
-                inputs.append(const("_c", np.asarray(arg)))
-            else:  # per_channel: a computed tensor whose chain channels are known constants
-                inputs.append(const("_c", np.asarray(arg)[at].astype(dtype).reshape(1, len(d), *([1] * (rank - 2)))))
+                inputs.append(self.const("_c", np.asarray(arg)))
+            else:  # per_channel: a computed tensor whose units are known constants
+                value = np.asarray(arg)[at].astype(self.dtype).reshape(1, len(at), *([1] * (step.rank - 2)))
+                inputs.append(self.const("_c", value))
         attrs = dict(step.attrs)
         if attrs.get("group") == -1:
-            attrs["group"] = len(d)
-        out = var("_" + step.op, tensors.get(step.output))
-        node(step.op, attrs, inputs, [out])
-        copies[step.output] = out
-    for reader, off in ch.readers:
-        n = by_output[reader]
-        w = const_value(n.inputs[1])
-        source = n.inputs[0].name
-        share = gs.Variable(fresh_name(names, base, "_share"), dtype=n.outputs[0].dtype)
-        node("Conv", {k: v for k, v in n.attrs.items() if k != "group"},
-             [copies[source], const("_columns", np.ascontiguousarray(w[:, off + d]))], [share])
-        zeroed = np.array(w, copy=True)
-        zeroed[:, off + d] = 0
-        n.inputs[1] = gs.Constant(fresh_name(names, n.name or reader, "__chain_weight"), zeroed)
-        out = n.outputs[0]
-        pre = gs.Variable(fresh_name(names, n.name or reader, "__conv"), dtype=out.dtype, shape=out.shape)
-        n.outputs[0] = pre
-        new.append(gs.Node("Add", fresh_name(names, base, "_Add"), {}, [pre, share], [out]))
-    return new
+            attrs["group"] = len(at)
+        return self.node(step.op, attrs, inputs, like, len(at))
+
+    def gate(self, tail: list[_Step], offset: int, d: np.ndarray) -> gs.Tensor:
+        """A gate's rows for units ``d`` (its channels ``offset + d``), written once per chain."""
+        key = (tail[-1].output, offset, d.tobytes())
+        if key not in self.gates:
+            copies: dict[str, tuple[gs.Tensor, np.ndarray]] = {}
+            for step in tail:
+                copies[step.output] = self.step(_Step(step.output, step.op, step.attrs, step.inputs, offset,
+                                                      rank=step.rank), d, copies), d
+            self.gates[key] = copies[tail[-1].output][0]
+        return self.gates[key]
 
 
-def chain_units(cg: ChannelGraph, chains: list[Chain]) -> list[np.ndarray]:
-    """Per chain, the classes (in ``cg``, an analysis of the model or its rewrite) of its seed's units."""
-    return [cg.classes_of(ch.seed)[ch.index] for ch in chains]
+def chain_units(cg: ChannelGraph, chains: list[Chain]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per chain, each written unit in each seed that starts it, and its class there (in ``cg``, an
+    analysis of the model or its rewrite): (units, classes), aligned."""
+    out = []
+    for ch in chains:
+        pairs = [(d, cg.classes_of(s.name)[s.offset + d]) for s in ch.seeds for d in [ch.written(s.order)]]
+        out.append((np.concatenate([u for u, _ in pairs]), np.concatenate([c for _, c in pairs])))
+    return out
 
 
-__all__ = ["Chain", "chain_units", "find_chains", "replicate_chains"]
+def removed_units(cg: ChannelGraph, chains: list[Chain], removed: np.ndarray) -> list[np.ndarray]:
+    """Per chain, bool per written unit (``ch.index``): every class it has in a seed is ``removed``."""
+    out = []
+    for ch, (units, classes) in zip(chains, chain_units(cg, chains), strict=True):
+        gone = np.ones(ch.channels, dtype=bool)
+        np.logical_and.at(gone, units, removed[classes])
+        out.append(gone[ch.index])
+    return out
+
+
+__all__ = ["Chain", "Seed", "chain_units", "find_chains", "removed_units", "replicate_chains"]

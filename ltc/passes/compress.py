@@ -18,7 +18,7 @@ from ltc.errors import InternalError, LtcError
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes, without_initializer_inputs
 from ltc.passes.base import Pass, PassResult
-from ltc.passes.chains import chain_units, find_chains, replicate_chains
+from ltc.passes.chains import chain_units, find_chains, removed_units, replicate_chains
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.fold import FoldConstants
 from ltc.passes.graph import export_graph, import_graph
@@ -99,18 +99,20 @@ class RemoveDeadChannels(Pass):
             cg2 = ChannelGraph(import_graph(rewritten))
             cg2.replicas = written
             plan2 = plan_removal(cg2, self.allow_lossy, self.round_to, self.unequal_groups, maps)
-            gone = [plan2.removed[classes] for classes in chain_units(cg2, found)]
+            gone = removed_units(cg2, found, plan2.removed)
             if all(g.all() for g in gone):
                 cg, plan, replicated = cg2, plan2, len(found)
                 readers = sum(len(ch.readers) for ch in found)
+                gates = sum(1 for ch in found if ch.gated)
                 plan.notes.append(f"{sum(int(ch.units.sum()) for ch in found)} dead channels whose constant zero padding "
-                                  f"made an image were removed exactly: {len(found)} runs of channel-wise ops written "
-                                  f"again for them (a batch-1 copy that reads no input), added to {readers} Conv outputs")
+                                  f"or a live gate made input-dependent were removed exactly: {len(found)} runs of "
+                                  f"channel-wise ops written again for them ({gates} with a live gate's rows), added "
+                                  f"to {readers} Conv outputs")
                 break
             for ch, g in zip(found, gone, strict=True):
                 ch.units[ch.index[~g]] = False
             found = [ch for ch in found if ch.units.any()]
-        for ch, classes in zip(stuck, chain_units(cg, stuck), strict=True):  # input-independent, yet kept:
+        for ch, (_, classes) in zip(stuck, chain_units(cg, stuck), strict=True):  # input-independent, yet kept:
             for c in classes[~plan.removed[classes]]:                          # not coupled but blocked
                 if plan.reasons.get(int(c), "").startswith(READ_LIVE):
                     plan.reasons[int(c)] = f"a constant that zero padding made an image {ch.failed}"

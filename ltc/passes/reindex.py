@@ -151,46 +151,58 @@ def _write(graph: gs.Graph, edits: Edits) -> None:
 def add_constant_map(graph: gs.Graph, node: gs.Node, sums: np.ndarray, names: set[str]) -> None:
     """``node`` (a Conv) outputs ``Conv(x) + Conv(ones, sums)``: what removed input channels that were
     a constant ``k_c`` everywhere contributed through its zero padding, exactly (``sums`` is
-    ``sum_c k_c W[:, c]``, [C_out, *kernel]). The ones image takes ``x``'s spatial shape at run time
-    (Shape -> ConstantOfShape), so dynamic sizes work, and a static one folds into a constant when
-    ONNX Runtime loads the model."""
+    ``sum_c k_c W[:, c]``, [C_out, *kernel]). The ones image takes ``x``'s spatial shape (at run time
+    when it is dynamic), and ONNX Runtime folds it when it loads the model."""
     out = node.outputs[0]
     base = node.name or out.name
-    weight = const_value(node.inputs[1])
-    dtype = np.dtype(out.dtype) if out.dtype is not None else weight.dtype
-
-    def var(suffix: str, vtype=None) -> gs.Variable:
-        return gs.Variable(fresh_name(names, base, suffix), dtype=vtype)
-
-    def const(suffix: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(fresh_name(names, base, suffix), np.ascontiguousarray(value))
-
-    shape, spatial, full, ones, conv_map = (var("__map_shape", np.int64), var("__map_hw", np.int64),
-                                            var("__map_dims", np.int64), var("__map_ones", dtype),
-                                            var("__map", dtype))
-    rank = sums.ndim + 1
-    new = [
-        gs.Node("Shape", fresh_name(names, base, "__map_Shape"), {}, [node.inputs[0]], [shape]),
-        gs.Node("Slice", fresh_name(names, base, "__map_Slice"), {},
-                [shape, const("__map_from", np.array([2], np.int64)), const("__map_to", np.array([rank], np.int64))],
-                [spatial]),
-        gs.Node("Concat", fresh_name(names, base, "__map_Concat"), {"axis": 0},
-                [const("__map_lead", np.array([1, 1], np.int64)), spatial], [full]),
+    dtype = np.dtype(out.dtype) if out.dtype is not None else const_value(node.inputs[1]).dtype
+    ones = gs.Variable(fresh_name(names, base, "__map_ones"), dtype=dtype)
+    conv_map = gs.Variable(fresh_name(names, base, "__map"), dtype=dtype)
+    new, full = image_dims(node.inputs[0], [1, 1], sums.ndim + 1, names, base + "__map")
+    new += [
         gs.Node("ConstantOfShape", fresh_name(names, base, "__map_ConstantOfShape"),
                 {"value": gs.Constant(fresh_name(names, base, "__map_one"), np.ones(1, dtype))}, [full], [ones]),
         gs.Node("Conv", fresh_name(names, base, "__map_Conv"), {k: v for k, v in node.attrs.items() if k != "group"},
-                [ones, const("__map_kernel", sums[:, None].astype(dtype))], [conv_map]),
+                [ones, gs.Constant(fresh_name(names, base, "__map_kernel"), np.ascontiguousarray(sums[:, None].astype(dtype)))],
+                [conv_map]),
     ]
-    pre = var("__conv", dtype)
     if out.shape is not None:  # (shapes as written: the MACs of the rewritten graph are counted from them)
-        pre.shape = [out.shape[0], len(sums), *out.shape[2:]]
         conv_map.shape = [1, len(sums), *out.shape[2:]]
     x_shape = node.inputs[0].shape
     if x_shape is not None:
         ones.shape = [1, 1, *x_shape[2:]]
-    node.outputs[0] = pre
-    new.append(gs.Node("Add", fresh_name(names, base, "__map_Add"), {}, [pre, conv_map], [out]))
+    new.append(add_to_output(node, conv_map, names, base + "__map", len(sums)))
     graph.nodes.extend(new)
+
+
+def image_dims(x: gs.Tensor, lead: list[int], rank: int, names: set[str], base: str) -> tuple[list[gs.Node], gs.Tensor]:
+    """The shape ``[*lead, *x.shape[2:rank]]`` and the nodes that compute it: a constant when ``x``'s
+    spatial sizes are known and static, else read from ``x`` at run time (Shape -> Slice -> Concat)."""
+    spatial = list(x.shape[2:]) if x.shape is not None and len(x.shape) == rank else None
+    if spatial is not None and all(isinstance(s, int) and s >= 0 for s in spatial):
+        return [], gs.Constant(fresh_name(names, base, "_dims"), np.array([*lead, *spatial], np.int64))
+    full, hw, dims = (gs.Variable(fresh_name(names, base, s), dtype=np.int64) for s in ("_shape", "_hw", "_dims"))
+    nodes = [
+        gs.Node("Shape", fresh_name(names, base, "_Shape"), {}, [x], [full]),
+        gs.Node("Slice", fresh_name(names, base, "_Slice"), {},
+                [full, gs.Constant(fresh_name(names, base, "_from"), np.array([2], np.int64)),
+                 gs.Constant(fresh_name(names, base, "_to"), np.array([rank], np.int64))], [hw]),
+        gs.Node("Concat", fresh_name(names, base, "_Concat"), {"axis": 0},
+                [gs.Constant(fresh_name(names, base, "_lead"), np.array(lead, np.int64)), hw], [dims]),
+    ]
+    return nodes, dims
+
+
+def add_to_output(node: gs.Node, extra: gs.Tensor, names: set[str], base: str, channels: int | None = None) -> gs.Node:
+    """The Add that makes ``node``'s first output ``node(...) + extra``: the node now writes a fresh
+    tensor, which the Add reads; ``channels``: the output's channel count if its shape is not yet
+    the rewritten one."""
+    out = node.outputs[0]
+    pre = gs.Variable(fresh_name(names, node.name or out.name, "__conv"), dtype=out.dtype)
+    if out.shape is not None:  # (shapes as written: the MACs of the rewritten graph are counted from them)
+        pre.shape = [out.shape[0], out.shape[1] if channels is None else channels, *out.shape[2:]]
+    node.outputs[0] = pre
+    return gs.Node("Add", fresh_name(names, base, "_Add"), {}, [pre, extra], [out])
 
 
 def _behind_identity(t: gs.Tensor) -> gs.Tensor:

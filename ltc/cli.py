@@ -107,10 +107,11 @@ def main() -> None:
 @click.option("--external-data/--no-external-data", default=None, help="store weights in <output>.data (default: as the input, or when >2 GB)")
 @click.option("--regroup/--no-regroup", default=None, help="turn Convs whose zeros form dense blocks into grouped Convs (default: when the mask is a group-wise ticket); --round-to applies to group widths")
 @click.option("--unequal-groups", type=click.Choice(UNEQUAL_GROUPS), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
+@click.option("--no-chains", is_flag=True, help="keep dead channels whose constant zero padding or a live gate made input-dependent, instead of writing their run of channel-wise ops again for them (fewer nodes; can be faster at batch 1 when few channels go)")
 @click.option("--keep-initializer-inputs", is_flag=True, help="refuse a model whose initializers are also graph inputs (default: treat them as constants and drop them from the output's inputs)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON instead of tables")
 def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, rtol, atol, no_verify,
-                 strict_mask, report, external_data, regroup, unequal_groups, keep_initializer_inputs,
+                 strict_mask, report, external_data, regroup, unequal_groups, no_chains, keep_initializer_inputs,
                  as_json) -> None:
     """Physically remove pruned channels from MODEL, exactly, and verify the result."""
     from ltc.api import compress_file
@@ -119,7 +120,8 @@ def compress_cmd(model, mask, output, allow_lossy, round_to, provider, inputs, r
     doc = compress_file(model, output, mask, allow_lossy=allow_lossy, round_to=round_to, provider=provider,
                         verify=not no_verify, inputs=inputs, rtol=rtol, atol=atol, strict_mask=strict_mask,
                         report=report, external_data=external_data, regroup=regroup,
-                        unequal_groups=unequal_groups, keep_initializer_inputs=keep_initializer_inputs)
+                        unequal_groups=unequal_groups, keep_initializer_inputs=keep_initializer_inputs,
+                        chains=not no_chains)
     if as_json:
         _echo_json(doc)
     else:
@@ -138,13 +140,14 @@ def _echo_json(report) -> None:
 @click.option("--allow-lossy", is_flag=True, help="count channels removable with lossy folding as removable")
 @click.option("--strict-mask", is_flag=True)
 @click.option("--unequal-groups", type=click.Choice(UNEQUAL_GROUPS), default="auto", show_default=True, help="let a grouped Conv lose different numbers of channels per group (it is then split into Convs): always, never (extra dead channels stay), auto (where the cost table predicts it faster)")
+@click.option("--no-chains", is_flag=True, help="keep dead channels whose constant zero padding or a live gate made input-dependent, instead of writing their run of channel-wise ops again for them (fewer nodes; can be faster at batch 1 when few channels go)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
-def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, as_json) -> None:
+def inspect_cmd(model, mask, allow_lossy, strict_mask, unequal_groups, no_chains, as_json) -> None:
     """Channel classes, dead channels per layer, what is removable and what blocks the rest."""
     from ltc.api import inspect_file
     from ltc.reporting.tables import print_inspect
 
-    doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups)
+    doc = inspect_file(model, mask, strict_mask, allow_lossy, unequal_groups, not no_chains)
     if as_json:
         _echo_json(doc)
     else:

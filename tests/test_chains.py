@@ -6,6 +6,7 @@ what removal takes when the constants are zero) and against ONNX Runtime on the 
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import onnx
@@ -145,6 +146,31 @@ def test_constants_beside_images_join_the_chain(seed, reader_k):
     r = _compress(model)
     _exact(model, r.model)
     assert _kept(r.model, "w0") == C - len(dead) == _kept(_compress(control).model, "w0"), (seed, dead)
+
+
+def test_no_chains_keeps_them_through_the_library_and_the_command_line(tmp_path):
+    """``chains=False`` / ``--no-chains``: those dead filters stay (exact), the report says so, and
+    ``inspect`` agrees with ``compress`` either way."""
+    from click.testing import CliRunner
+
+    from ltc.cli import main
+
+    model, dead = _block(3, "Sigmoid", "depthwise", 3, False)  # (no activation that zeroes a constant)
+    assert len(dead) > 0
+    plain = compress(model, chains=False)
+    _exact(model, plain.model)
+    assert _kept(plain.model, "w0") == C
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for flags, kept in (([], C - len(dead)), (["--no-chains"], C)):
+        out = tmp_path / f"o{len(flags)}.onnx"
+        r = CliRunner().invoke(main, ["compress", str(path), "-o", str(out), "--round-to", "1", "--json", *flags])
+        assert r.exit_code == 0, r.output
+        assert _kept(onnx.load(out), "w0") == kept
+        assert json.loads(r.output)["options"]["chains"] == (not flags)
+        r = CliRunner().invoke(main, ["inspect", str(path), "--json", *flags])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["dead_filters"]["removed"] == C - kept
 
 
 def test_without_the_copy_those_filters_stay():

@@ -9,16 +9,17 @@ channel-wise ops from the constant to the layers that read it; :func:`replicate_
 again for the dead channels only, on a batch-1 image of the constants, adds that copy's share to each
 reader's output, and zeroes the reader's weights for those channels, so that removal drops them
 everywhere. The copy stores the dead channels' depthwise kernels and the readers' columns (never more
-than the channels it replaces), and it reads no input: with static shapes ONNX Runtime computes it
-once when it loads the model.
+than the channels it replaces); one that reads no input is computed once when ONNX Runtime loads the
+model, if its shapes are static.
 
 A squeeze-excitation gate (a Mul by one input-dependent number per channel) is followed too: the copy
 multiplies by a copy of the gate's rows for those channels (its writer, a plain Conv, and the
 channel-wise ops after it), so the dead filter, its depthwise channel and its gate row still go; the
-copy then depends on the input, as the gate does. A constant times a live gate starts a chain the
-same way. Two chains that meet at an elementwise op (a residual Add of two such images) become one.
-A chain stops at anything else: a layer that is not a plain Conv, an input-dependent partner that is
-not such a gate, a graph output.
+copy then has the input's batch. A constant times a live gate starts a chain the same way. Two chains
+that meet at an elementwise op (a residual Add of two such images) become one, and constants beside a
+chain's images that the next op turns into images (a Concat of a module's two halves read by a padded
+depthwise conv) join it. A chain stops at anything else: a layer that is not a plain Conv, an
+input-dependent partner that is not such a gate, a graph output.
 """
 
 from __future__ import annotations

@@ -75,13 +75,15 @@ class RemoveDeadChannels(Pass):
 
     name = "remove-dead-channels"
 
-    def __init__(self, allow_lossy: bool = False, round_to: int = 1, unequal_groups: str = "auto"):
+    def __init__(self, allow_lossy: bool = False, round_to: int = 1, unequal_groups: str = "auto",
+                 chains: bool = True):
         if round_to < 1:
             raise LtcError(f"round_to must be >= 1, got {round_to}")
         check_unequal_groups(unequal_groups)
         self.allow_lossy = allow_lossy
         self.round_to = round_to
         self.unequal_groups = unequal_groups
+        self.chains = chains  # write constant chains again (ltc.passes.chains) so that their channels go
 
     def analyze(self, model: onnx.ModelProto, maps: bool = True, chains: bool = True) -> RemovalAnalysis:
         """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies.
@@ -90,7 +92,7 @@ class RemoveDeadChannels(Pass):
         cg = ChannelGraph(import_graph(model))
         plan = plan_removal(cg, self.allow_lossy, self.round_to, self.unequal_groups, maps)
         macs = cg.macs()
-        found = find_chains(cg) if maps and chains and not self.allow_lossy else []
+        found = find_chains(cg) if maps and chains and self.chains and not self.allow_lossy else []
         stuck = [ch for ch in found if ch.failed]
         found = [ch for ch in found if not ch.failed]
         replicated = 0
@@ -206,11 +208,13 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
              feeds: dict[str, np.ndarray] | None = None, rtol: float = RTOL, atol: float = ATOL,
              inputs_label: str = "random", model_file: str | os.PathLike | None = None,
              regroup: bool = False, groups: dict[str, int] | None = None,
-             unequal_groups: str = "auto") -> CompressResult:
+             unequal_groups: str = "auto", chains: bool = True) -> CompressResult:
     """Apply ``masks`` (initializer name -> bool array), regroup block-diagonal Convs into grouped
     Convs (``regroup``; ``groups``: weight name -> G, e.g. from a ticket), remove dead channels, verify.
     ``unequal_groups``: a grouped Conv may lose different numbers of channels per group, and is then
     split into Convs: "always", "never" (extra dead channels stay), "auto" (where predicted faster).
+    ``chains``: dead channels whose constant zero padding or a live gate made input-dependent go, their
+    run of channel-wise ops written again for them (:mod:`ltc.passes.chains`); False keeps them.
 
     Raises :class:`InternalError` if verification fails (unless the user allowed lossy folding, in
     which case the measured error is reported). ``model_file``, the file ``model`` was read from
@@ -225,7 +229,7 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         reference = masked.model if masked is not None and masked.modified else model
         folded = normalize(reference)
         grouped = Regroup(groups, round_to)(folded) if regroup else None
-        result = RemoveDeadChannels(allow_lossy, round_to, unequal_groups)(grouped.model if grouped else folded)
+        result = RemoveDeadChannels(allow_lossy, round_to, unequal_groups, chains)(grouped.model if grouped else folded)
     info: RemovalInfo = result.info
     macs_before = info.macs_before
     if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
@@ -352,14 +356,14 @@ def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None
 
 
 def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
-            allow_lossy: bool = False, unequal_groups: str = "auto") -> dict:
+            allow_lossy: bool = False, unequal_groups: str = "auto", chains: bool = True) -> dict:
     """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers.
     The model must load in ONNX Runtime (:class:`LtcError` otherwise), as ``compress`` needs."""
     model, overridable = without_initializer_inputs(model)
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        a = RemoveDeadChannels(allow_lossy, 1, unequal_groups).analyze(normalize(reference))
+        a = RemoveDeadChannels(allow_lossy, 1, unequal_groups, chains).analyze(normalize(reference))
     cg = a.cg
     dead = dead_filters(cg, a.plan)
     return {

@@ -11,8 +11,10 @@ from ltc.passes.graph import import_graph
 from tests.helpers import (
     assert_equivalent,
     conv_weight,
+    init_shape,
     make_model,
     node,
+    run,
     vec,
     weight_shapes,
 )
@@ -590,3 +592,38 @@ def test_flatten2_with_a_shape_read_target_lets_dead_channels_go(n):
     assert_equivalent(model, r.model, {"x": [2, 4, 6, 6]})
     assert weight_shapes(r.model, "Conv")[0][0] == 5  # the 3 dead filters are gone
     assert sorted(tuple(t.dims) for t in r.model.graph.initializer if t.name.startswith("wl"))[0] == (5, 5)
+
+
+@pytest.mark.parametrize(("join", "seed"), [(j, s) for j in ("Concat", "Add", "Mul", "Max") for s in range(3)])
+def test_after_a_group_norm_whose_shapes_are_not_inferred_joins_still_remove(join, seed):
+    """A group norm as the exporters write it below opset 18 (Reshape -> InstanceNormalization ->
+    Reshape to the input's Shape -> Mul -> Add), where ONNX shape inference stops, leaves every later
+    tensor without a shape. A Concat or an elementwise op there takes its shape from its inputs, so
+    the dead filters (zero bias) of the Convs that meet at it still go, and the model is exact."""
+    rng = np.random.default_rng(seed)
+    c = 8
+    dead = [np.flatnonzero(rng.random(c) < 0.5) for _ in range(2)]
+    inits = {"to": np.array([0, 2, -1], np.int64), "ones": np.ones(2, np.float32), "zeros": np.zeros(2, np.float32),
+             "gs": rng.uniform(0.5, 1.5, (4, 1, 1)).astype(np.float32), "gb": rng.standard_normal((4, 1, 1)).astype(np.float32)}
+    nodes = [node("Reshape", ["x", "to"], ["gr"]), node("InstanceNormalization", ["gr", "ones", "zeros"], ["gi"]),
+             node("Shape", ["x"], ["gx"]), node("Reshape", ["gi", "gx"], ["gn"]), node("Mul", ["gn", "gs"], ["gm"]),
+             node("Add", ["gm", "gb"], ["g"])]
+    for k in range(2):
+        w = rng.standard_normal((c, 4, 3, 3)).astype(np.float32)
+        w[dead[k]] = 0
+        inits[f"w{k}"] = w
+        nodes += [node("Conv", ["g", f"w{k}"], [f"c{k}"], pads=[1] * 4), node("Relu", [f"c{k}"], [f"r{k}"])]
+    nodes.append(node(join, ["r0", "r1"], ["j"], **({"axis": 1} if join == "Concat" else {})))
+    width = 2 * c if join == "Concat" else c
+    inits["w2"] = rng.standard_normal((5, width, 1, 1)).astype(np.float32)
+    nodes.append(node("Conv", ["j", "w2"], ["y"]))
+    model = make_model(nodes, {"x": ["N", 4, 6, 6]}, ["y"], inits, opset=13)  # (Shape-13: no data propagation)
+    r = compress(model)
+    x = rng.standard_normal((3, 4, 6, 6)).astype(np.float32)
+    want, got = run(model, {"x": x})[0], run(r.model, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 + 1e-4 * float(np.abs(want).max()))
+    # Concat: each dead filter goes; Add/Max: where both are dead (0 + 0); Mul: where either is (0 * x)
+    both, either = np.intersect1d(*dead), np.union1d(*dead)
+    gone = {"Concat": dead, "Add": [both, both], "Max": [both, both], "Mul": [either, either]}[join]
+    for k in range(2):
+        assert init_shape(r.model, f"w{k}")[0] == c - len(gone[k]), (join, seed, dead)

@@ -16,6 +16,22 @@ if TYPE_CHECKING:
     from ltc.passes.channels import NodeView
 
 
+def broadcast_shape(shapes: list[list | None]) -> list | None:
+    """The shape that numpy-style broadcasting makes of ``shapes`` (a dimension that is not a known 1
+    and not the same everywhere is None), or None if one is unknown or they do not broadcast."""
+    if not shapes or any(s is None for s in shapes):
+        return None
+    rank = max(len(s) for s in shapes)
+    out = []
+    for k in range(rank):
+        dims = {s[k - rank + len(s)] for s in shapes if k - rank + len(s) >= 0} - {1}
+        known = {d for d in dims if isinstance(d, int)}
+        if len(known) > 1:
+            return None
+        out.append(1 if not dims else dims.pop() if len(dims) == 1 else known.pop() if known else None)
+    return out
+
+
 def pass_through(v: NodeView, fn: Callable[[np.ndarray], np.ndarray] | None, outputs: int = 1,
                  axis: int | None = None, shape: list | None = None, unknown_stays: bool = True) -> ChannelTensor:
     """Output 0 has input 0's channels on ``axis`` (default: the same axis); ``fn`` maps constants.
@@ -192,6 +208,9 @@ class Merge(Rule):
 
     def analyze(self, v: NodeView) -> None:
         shape = v.shape(v.out(0))
+        if shape is None:  # (what shape inference did not say: the operands' shapes, broadcast)
+            shape = broadcast_shape([list(ct.shape) if (ct := v.x(i)) is not None else v.shape(t)
+                                     for i, t in enumerate(v.node.inputs)])
         if shape is None:
             raise Refuse(f"{v.where}: output shape unknown")
         rank = len(shape)

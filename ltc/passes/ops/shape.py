@@ -477,8 +477,11 @@ class Concat(Rule):
         if any(ct.rank != first.rank or ct.stride != first.stride for ct in ins):
             raise Refuse(f"{v.where}: inputs with different layouts")
         axis = int(v.attrs.get("axis", 0)) % first.rank
+        shape = v.shape(v.out(0))  # (what shape inference did not say: the inputs' shape, as concatenated)
+        if shape is None:
+            shape = [None if i == axis else d for i, d in enumerate(first.shape)]
         if all(ct.axis == axis for ct in ins):
-            y = v.new(0, sum(ct.size for ct in ins), first.stride, axis)
+            y = v.new(0, sum(ct.size for ct in ins), first.stride, axis, shape)
             bounds, offset = [], 0
             for ct in ins:
                 v.tie(ct, y, 0, offset, ct.units)
@@ -489,7 +492,7 @@ class Concat(Rule):
             return
         if axis == 0 or any(ct.axis != first.axis or ct.units != first.units for ct in ins):
             raise Refuse(f"{v.where}: inputs do not share a channel axis")
-        y = v.new(0, first.size, first.stride, first.axis)  # concatenated along another axis
+        y = v.new(0, first.size, first.stride, first.axis, shape)  # concatenated along another axis
         for ct in ins:
             v.tie(ct, y)
         ks = np.array([v.const(ct) for ct in ins])

@@ -60,11 +60,12 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
                   atol: float = ATOL, strict_mask: bool = False, report: str | os.PathLike | None = None,
                   external_data: bool | None = None, regroup: bool | None = None,
                   unequal_groups: str = "auto", keep_initializer_inputs: bool = False,
-                  chains: bool = True) -> CompressReport:
+                  chains: bool = True, rules: dict | None = None) -> CompressReport:
     """Compress ``model_path`` into ``out_path``; returns the report (also written to ``report`` as JSON).
 
     ``regroup``: turn block-diagonal Convs into grouped Convs; None (default) does it when the mask is
-    a group-wise ticket, with the ticket's group counts.
+    a group-wise ticket, with the ticket's group counts. ``rules``: the rule table
+    (:class:`ltc.passes.rules.RuleTable`; default: the default table).
 
     Nothing is written unless every step succeeds; no output may be an input (checked after
     resolving links, external-data files included); outputs are written atomically.
@@ -91,7 +92,7 @@ def compress_file(model_path: str | os.PathLike, out_path: str | os.PathLike, ma
     result = compress(model, masks, allow_lossy=allow_lossy, round_to=rounding, check=verify, feeds=feeds,
                       rtol=rtol, atol=atol, inputs_label=str(inputs) if inputs else "random (seed 0, batch 2)",
                       model_file=None if source.external else model_path, regroup=regroup, groups=groups,
-                      unequal_groups=unequal_groups, chains=chains)
+                      unequal_groups=unequal_groups, chains=chains, rules=rules)
     if external_data is None:
         external_data = model_size_bytes(result.model) > TWO_GB
     check_outputs([out_path, report, data_out if external_data else None], read)
@@ -115,14 +116,14 @@ def check_tolerances(rtol: float, atol: float) -> None:
 
 def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None = None,
                  strict_mask: bool = False, allow_lossy: bool = False, unequal_groups: str = "auto",
-                 chains: bool = True) -> InspectReport:
+                 chains: bool = True, rules: dict | None = None) -> InspectReport:
     """Channel classes, dead channels per layer, what is removable and what freezes the rest."""
     from ltc.onnx_io import read_model
     from ltc.passes.compress import inspect
 
     model, _source = read_model(model_path)
     masks, mask_info, _ = _masks_for(model, mask, strict_mask)
-    doc = inspect(model, masks, allow_lossy, unequal_groups, chains)
+    doc = inspect(model, masks, allow_lossy, unequal_groups, chains, rules)
     doc.update({"input": str(model_path), "mask": mask_info})
     return InspectReport(**doc)
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 from ltc.passes import ChannelGraph, apply_reindex, compress, permutation_plan
 from ltc.passes.compress import ROUNDING_MISS, normalize, verification_failure
 from ltc.passes.graph import export_graph, import_graph
-from ltc.passes.rules import RULES, op_key, register_rule
+from ltc.passes.rules import RULES, Rule, RuleTable, op_key, register_rule
 from ltc.passes.verify import Verification, _compare
 from tests.helpers import conv_weight, make_model, node, run, vec
 from tests.random_graphs import RandomGraph
@@ -53,17 +53,52 @@ def test_an_op_of_another_domain_with_a_standard_name_blocks(op, domain):
 def test_a_rule_registered_for_a_domain_applies_to_that_domain_only(monkeypatch):
     """``register_rule("Relu", rule, domain="com.example")`` (or ``"com.example::Relu"``) makes that
     domain's op followed; ONNX's Relu keeps its own rule."""
-    monkeypatch.setattr("ltc.passes.rules.RULES", dict(RULES))
     import ltc.passes.rules as rules_module
 
+    monkeypatch.setattr("ltc.passes.rules.RULES", RuleTable(RULES))
     monkeypatch.setattr("ltc.passes.channels.RULES", rules_module.RULES)
     relu = rules_module.RULES["Relu"]
     for how in ({"domain": "com.example"}, {}):
         rules_module.RULES.pop(op_key("Relu", "com.example"), None)
         register_rule("Relu", relu, **how) if how else register_rule("com.example::Relu", relu)
         assert rules_module.RULES["Relu"] is relu and op_key("Relu", "com.example") in rules_module.RULES
-        cg = ChannelGraph(import_graph(_between_convs("Relu", "com.example")), rules_module.RULES)
+        cg = ChannelGraph(import_graph(_between_convs("Relu", "com.example")))
         assert not cg.frozen[cg.classes_of("a")].any()
+
+
+@pytest.mark.parametrize(("op", "domain"), [("Round", ""), ("Relu", "com.example"), ("Erf", "com.microsoft")])
+def test_a_table_of_ones_own_holds_a_rule_for_the_calls_given_it(op, domain):
+    """``default_rules().with_rule(...)`` is a new table: passed as ``rules=`` to the analysis,
+    removal, ``inspect`` and ``compress``, it follows the op (its dead channels go; exactly, verified,
+    where ONNX Runtime runs the op), while the default table, and every call without it, still blocks
+    there."""
+    from ltc.passes import RemoveDeadChannels, default_rules
+    from ltc.passes.compress import inspect
+    from ltc.passes.ops.elementwise import pass_through
+    from ltc.passes.remove import dead_filters
+
+    class Followed(Rule):  # (element-wise, and a zero stays zero: true of all three)
+        def analyze(self, v):
+            v.need_x()
+            pass_through(v, lambda k: np.where(k == 0, 0.0, np.nan))
+
+    table = default_rules().with_rule(op, Followed(), domain=domain)
+    key = op_key(op, domain)
+    assert key in table and key not in RULES and table is not RULES and isinstance(table, RuleTable)
+    model = _between_convs(op, domain)
+    followed, default = ChannelGraph(import_graph(model), table), ChannelGraph(import_graph(model))
+    assert not followed.frozen[followed.classes_of("a")].any() and default.frozen[default.classes_of("a")].all()
+    for rules, removed in ((table, 3), (None, 0)):
+        a = RemoveDeadChannels(rules=rules).analyze(normalize(model))
+        assert dead_filters(a.cg, a.plan).removed == removed
+    if not domain:  # (ONNX Runtime runs it: inspect and the whole compress, verified)
+        assert inspect(model, rules=table)["dead_filters"]["removed"] == 3
+        assert inspect(model)["dead_filters"]["removed"] == 0
+        r = compress(model, rules=table)
+        assert r.verification.passed and r.after["parameters"] < r.before["parameters"]
+        assert compress(model).after["parameters"] == r.before["parameters"]
+    with pytest.raises(TypeError):
+        table.with_rule(op, object(), domain=domain)
 
 
 # --------------------------------------------------------------------------- order-dependent ops
@@ -275,7 +310,7 @@ def test_float16_rounding_is_called_rounding():
 def test_register_rule_with_the_onnx_domain_spelled_out(monkeypatch):
     import ltc.passes.rules as rules_module
 
-    monkeypatch.setattr(rules_module, "RULES", dict(RULES))
+    monkeypatch.setattr(rules_module, "RULES", RuleTable(RULES))
     register_rule("ai.onnx::MyOp", rules_module.RULES["Relu"])
     assert "MyOp" in rules_module.RULES and "ai.onnx::MyOp" not in rules_module.RULES
 
@@ -323,3 +358,21 @@ def test_without_verification_a_result_that_does_not_run_is_not_written(monkeypa
     monkeypatch.setattr(compress_module.RemoveDeadChannels, "call", broken)
     with pytest.raises(InternalError, match="cannot run the compressed model"):
         compress(model, check=False)
+
+
+def test_the_readme_rule_example_runs_as_written(monkeypatch):
+    """The README's custom-rule example, executed as it stands on a model with a ``com.example::MyGelu``
+    between two Convs: its table lets the dead filters through (removed), and its ``register_rule``
+    line adds the rule to the default table."""
+    import re
+
+    import ltc.passes.rules as rules_module
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "class MyGelu" in block)
+    monkeypatch.setattr(rules_module, "RULES", RuleTable(RULES))
+    monkeypatch.setattr("ltc.passes.channels.RULES", rules_module.RULES)
+    namespace = {"model": _between_convs("MyGelu", "com.example")}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+    assert namespace["result"].modified and namespace["result"].info.removed_classes > 0
+    assert op_key("MyGelu", "com.example") in rules_module.RULES

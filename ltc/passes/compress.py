@@ -33,7 +33,7 @@ from ltc.passes.remove import (
     layer_channels,
     plan_removal,
 )
-from ltc.passes.rules import op_of
+from ltc.passes.rules import RuleTable, op_of
 from ltc.passes.shuffle import ShuffleToGather
 from ltc.passes.stats import count_parameters, model_stats, stored_parameters
 from ltc.passes.verify import Verification, load_check, random_inputs, run_check, verify
@@ -76,7 +76,7 @@ class RemoveDeadChannels(Pass):
     name = "remove-dead-channels"
 
     def __init__(self, allow_lossy: bool = False, round_to: int = 1, unequal_groups: str = "auto",
-                 chains: bool = True):
+                 chains: bool = True, rules: RuleTable | None = None):
         if round_to < 1:
             raise LtcError(f"round_to must be >= 1, got {round_to}")
         check_unequal_groups(unequal_groups)
@@ -84,12 +84,13 @@ class RemoveDeadChannels(Pass):
         self.round_to = round_to
         self.unequal_groups = unequal_groups
         self.chains = chains  # write constant chains again (ltc.passes.chains) so that their channels go
+        self.rules = rules  # the rule table (None: the default one)
 
     def analyze(self, model: onnx.ModelProto, maps: bool = True, chains: bool = True) -> RemovalAnalysis:
         """The analysis and plan, without rewriting: what :func:`inspect` reports and :meth:`call` applies.
         ``chains``: constants that zero padding turns into images are written again for the removed
         channels only (:mod:`ltc.passes.chains`), so the layers that read them lose those channels."""
-        cg = ChannelGraph(import_graph(model))
+        cg = ChannelGraph(import_graph(model), self.rules)
         plan = plan_removal(cg, self.allow_lossy, self.round_to, self.unequal_groups, maps)
         macs = cg.macs()
         found = find_chains(cg) if maps and chains and self.chains and not self.allow_lossy else []
@@ -98,7 +99,7 @@ class RemoveDeadChannels(Pass):
         replicated = 0
         while found:  # (at most a few rounds: a chain whose channels stay anyway is not written)
             rewritten, written = replicate_chains(model, found)
-            cg2 = ChannelGraph(import_graph(rewritten))
+            cg2 = ChannelGraph(import_graph(rewritten), self.rules)
             cg2.replicas = written
             plan2 = plan_removal(cg2, self.allow_lossy, self.round_to, self.unequal_groups, maps)
             gone = removed_units(cg2, found, plan2.removed)
@@ -208,13 +209,15 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
              feeds: dict[str, np.ndarray] | None = None, rtol: float = RTOL, atol: float = ATOL,
              inputs_label: str = "random", model_file: str | os.PathLike | None = None,
              regroup: bool = False, groups: dict[str, int] | None = None,
-             unequal_groups: str = "auto", chains: bool = True) -> CompressResult:
+             unequal_groups: str = "auto", chains: bool = True, rules: RuleTable | None = None) -> CompressResult:
     """Apply ``masks`` (initializer name -> bool array), regroup block-diagonal Convs into grouped
     Convs (``regroup``; ``groups``: weight name -> G, e.g. from a ticket), remove dead channels, verify.
     ``unequal_groups``: a grouped Conv may lose different numbers of channels per group, and is then
     split into Convs: "always", "never" (extra dead channels stay), "auto" (where predicted faster).
     ``chains``: dead channels whose constant zero padding or a live gate made input-dependent go, their
     run of channel-wise ops written again for them (:mod:`ltc.passes.chains`); False keeps them.
+    ``rules``: the rule table the analysis uses (default: :data:`ltc.passes.rules.RULES`; see
+    :meth:`~ltc.passes.rules.RuleTable.with_rule`).
 
     Raises :class:`InternalError` if verification fails (unless the user allowed lossy folding, in
     which case the measured error is reported). ``model_file``, the file ``model`` was read from
@@ -228,8 +231,8 @@ def compress(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
         masked = ApplyMasks(masks)(model) if masks else None
         reference = masked.model if masked is not None and masked.modified else model
         folded = normalize(reference)
-        grouped = Regroup(groups, round_to)(folded) if regroup else None
-        result = RemoveDeadChannels(allow_lossy, round_to, unequal_groups, chains)(grouped.model if grouped else folded)
+        grouped = Regroup(groups, round_to, rules=rules)(folded) if regroup else None
+        result = RemoveDeadChannels(allow_lossy, round_to, unequal_groups, chains, rules)(grouped.model if grouped else folded)
     info: RemovalInfo = result.info
     macs_before = info.macs_before
     if grouped is not None and grouped.modified:  # removal saw the grouped model: count from the dense one
@@ -356,14 +359,15 @@ def check_output(reference: onnx.ModelProto, candidate: onnx.ModelProto) -> None
 
 
 def inspect(model: onnx.ModelProto, masks: dict[str, np.ndarray] | None = None,
-            allow_lossy: bool = False, unequal_groups: str = "auto", chains: bool = True) -> dict:
+            allow_lossy: bool = False, unequal_groups: str = "auto", chains: bool = True,
+            rules: RuleTable | None = None) -> dict:
     """What ``compress`` would do, without doing it: classes, dead and removable channels, blockers.
     The model must load in ONNX Runtime (:class:`LtcError` otherwise), as ``compress`` needs."""
     model, overridable = without_initializer_inputs(model)
     load_check(model)
     with input_blamed(model):
         reference = ApplyMasks(masks)(model).model if masks else model
-        a = RemoveDeadChannels(allow_lossy, 1, unequal_groups, chains).analyze(normalize(reference))
+        a = RemoveDeadChannels(allow_lossy, 1, unequal_groups, chains, rules).analyze(normalize(reference))
     cg = a.cg
     dead = dead_filters(cg, a.plan)
     return {

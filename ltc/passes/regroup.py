@@ -36,7 +36,7 @@ from ltc.passes.cost import predicted_speedup, split_speedup
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan, split_conv
 from ltc.passes.reindex import fresh_name as _fresh
-from ltc.passes.rules import const_value, is_empty, op_of
+from ltc.passes.rules import RuleTable, const_value, is_empty, op_of
 
 
 @dataclass
@@ -188,7 +188,7 @@ class Regroup(Pass):
     name = "regroup"
 
     def __init__(self, groups: dict[str, int] | None = None, align: int = 1, only_hinted: bool = False,
-                 unequal: bool = True, min_speedup: float = 1.0):
+                 unequal: bool = True, min_speedup: float = 1.0, rules: RuleTable | None = None):
         if align < 1:
             raise LtcError(f"align must be >= 1, got {align}")
         bad = {k: v for k, v in (groups or {}).items() if not isinstance(v, int) or v < 1}
@@ -199,11 +199,12 @@ class Regroup(Pass):
         self.only_hinted = only_hinted
         self.unequal = unequal
         self.min_speedup = min_speedup
+        self.rules = rules  # the rule table (None: the default one)
         self.nonfinite = ""
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = import_graph(model)
-        cg = ChannelGraph(graph)
+        cg = ChannelGraph(graph, self.rules)
         macs = cg.macs()
         self.nonfinite = _nonfinite_constant(graph)
         layers: list[GroupedLayer] = []

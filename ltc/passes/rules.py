@@ -7,8 +7,10 @@ nothing it recorded is kept then, and every channel tensor the node touches is f
 reason. A channel tensor the node reads that the rule neither tied, contracted, pinned nor declared
 read is frozen too: an unrecognised reader never lets a channel go.
 
-Pipelines add their own ops with :func:`register_rule` (custom ops, or a stricter rule for a
-built-in one).
+Rules live in a :class:`RuleTable`. ``compress``, ``inspect`` and the passes take one (``rules=``);
+without it they use the default table, :data:`RULES`. A pipeline adds its own ops to a table of its
+own with :meth:`RuleTable.with_rule` (custom ops, or a stricter rule for a built-in one), or to the
+default table for the whole process with :func:`register_rule`.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ class Rule:
         return None
 
 
-RULES: dict[str, Rule] = {}
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
@@ -64,18 +65,47 @@ def op_of(node: gs.Node) -> str:
     return op_key(node.op, getattr(node, "domain", None))
 
 
+class RuleTable(dict):
+    """Rules keyed by op: :func:`op_key` (``type`` in the ONNX domain, ``domain::type`` in another),
+    so an op of another domain never gets a standard rule unless one is added for that domain."""
+
+    def with_rule(self, op_type: str | Sequence[str], rule: Rule, domain: str = "") -> RuleTable:
+        """A new table: this one with ``rule`` for ``op_type`` (one or several) of ``domain`` (default:
+        the ONNX domain; ``"com.example::Op"`` names a domain too), replacing any rule it had there."""
+        table = RuleTable(self)
+        table.add(op_type, rule, domain)
+        return table
+
+    def add(self, op_type: str | Sequence[str], rule: Rule, domain: str = "") -> None:
+        """:meth:`with_rule`, in place."""
+        if not isinstance(rule, Rule):
+            raise TypeError(f"rule must be an ltc.passes.rules.Rule, got {type(rule).__name__}")
+        for op in [op_type] if isinstance(op_type, str) else op_type:
+            dom, _, name = op.rpartition("::")
+            self[op_key(name, dom or domain)] = rule
+
+    def rule_for(self, node: gs.Node) -> Rule | None:
+        """The rule of ``node``'s op, None if the table has none (the op then blocks)."""
+        return self.get(op_of(node))
+
+
+RULES = RuleTable()  # the default table: ltc's built-in rules, and what register_rule adds
+
+
+def default_rules() -> RuleTable:
+    """The default table (:data:`RULES`)."""
+    return RULES
+
+
 def rule_for(rules: dict[str, Rule], node: gs.Node) -> Rule | None:
     return rules.get(op_of(node))
 
 
 def register_rule(op_type: str | Sequence[str], rule: Rule, domain: str = "") -> None:
-    """Register ``rule`` for ``op_type`` of ``domain`` (default: the ONNX domain; ``"com.example::Op"``
-    names a domain too). Replaces a built-in rule of that op type."""
-    if not isinstance(rule, Rule):
-        raise TypeError(f"rule must be an ltc.passes.rules.Rule, got {type(rule).__name__}")
-    for op in [op_type] if isinstance(op_type, str) else op_type:
-        dom, _, name = op.rpartition("::")
-        RULES[op_key(name, dom or domain)] = rule
+    """Add ``rule`` for ``op_type`` of ``domain`` to the default table, for every later analysis in
+    this process (see :meth:`RuleTable.with_rule` for a table of one pipeline's own). Replaces a
+    built-in rule of that op type."""
+    RULES.add(op_type, rule, domain)
 
 
 def register(cls: type[Rule]) -> type[Rule]:

@@ -63,15 +63,16 @@ def shapes_of(shapes: dict[str, list | None]):
     return shape_of
 
 
-def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
+def layer_macs(model: onnx.ModelProto, rules: dict | None = None) -> dict[str, int]:
     """MACs per sample for each weight layer (Conv, ConvTranspose, Gemm, MatMul, and registered
-    layers), keyed by node name or output, from the rules' formulas and inferred shapes."""
+    layers), keyed by node name or output, from the rules' formulas (of ``rules``, default: the
+    default table) and inferred shapes."""
     from ltc.passes.channels import ChannelGraph
     from ltc.passes.graph import import_graph
 
     graph = import_graph(model)
     shapes = {name: list(t.shape) if t.shape is not None else None for name, t in graph.tensors().items()}
-    return graph_macs(graph, ChannelGraph.default_rules(), shapes_of(shapes))
+    return graph_macs(graph, ChannelGraph.default_rules() if rules is None else rules, shapes_of(shapes))
 
 
 def model_stats(model: onnx.ModelProto, macs: dict[str, int] | None = None) -> dict:

@@ -18,9 +18,7 @@ from pathlib import Path
 
 from ltc.defaults import ATOL, MAX_MEMORY_GIB, RTOL
 from ltc.errors import LtcError
-from ltc.reports import BenchReport, CompressReport, InspectReport, to_json
-
-_json_default = to_json  # its old name
+from ltc.reports import BenchReport, CompressReport, InspectReport
 
 
 def _masks_for(model, mask: str | os.PathLike | None, strict: bool) -> tuple[dict | None, dict, dict[str, int]]:

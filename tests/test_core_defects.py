@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from ltc.errors import InternalError, LtcError
-from ltc.exporters.masks import MaskSet, match_masks
+from ltc.masks import MaskSet, match_masks
 from ltc.passes import RemoveDeadChannels, compress
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.graph import import_graph

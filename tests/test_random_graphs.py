@@ -139,14 +139,15 @@ def test_inspect_reports_of_random_graphs_follow_their_schema(tmp_path):
 
     import jsonschema
 
-    from ltc.api import _json_default, inspect_file
-    from ltc.benchmarks.report import load_report_json
+    from ltc.api import inspect_file
+    from ltc.reporting.report import load_report_json
+    from ltc.reports import to_json
 
     schema = json.loads((Path(ltc.__file__).parent / "passes/inspect-schema.json").read_text())
     checked = 0
     for seed in range(40):
         onnx.save(RandomGraph(seed).model(), tmp_path / "m.onnx")
-        doc = json.loads(json.dumps(inspect_file(tmp_path / "m.onnx"), default=_json_default))
+        doc = json.loads(json.dumps(inspect_file(tmp_path / "m.onnx"), default=to_json))
         jsonschema.validate(doc, schema)
         (tmp_path / "i.json").write_text(json.dumps(doc))
         assert load_report_json(tmp_path / "i.json", "inspect") == doc

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ltc.benchmarks.report import model_kind, pareto
 from ltc.cli import main
+from ltc.reporting.report import model_kind, pareto
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -169,7 +169,7 @@ def test_per_layer_table_and_chart_sorted_by_the_first_models_time(tmp_path):
 
 
 def test_compress_reports_name_the_kind_of_the_models_they_wrote(tmp_path):
-    from ltc.benchmarks.report import compress_kinds, latency_points
+    from ltc.reporting.report import compress_kinds, latency_points
 
     bench = {"models": {"dense": {"path": str(tmp_path / "a.onnx"), "parameters": 100},
                         "small": {"path": str(tmp_path / "b.onnx"), "parameters": 50},

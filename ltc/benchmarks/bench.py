@@ -28,7 +28,7 @@ from ltc.hardware import (
     BENCH_PROVIDERS as PROVIDERS,  # (trt: native TensorRT, not through ONNX Runtime)
 )
 from ltc.hardware import OPT_LEVELS, cpu_flags
-from ltc.reporting.report import bench_markdown as markdown  # its old name and home
+from ltc.reporting.report import bench_markdown
 
 SCHEMA_VERSION = 2  # 2: runs may carry per_layer (version 1 files still validate and render)
 
@@ -369,7 +369,7 @@ def bench_files(paths: list[str], opts: BenchOptions, *, json_out: str | None = 
     if json_out:
         write_text_atomic(json_out, json.dumps(report, indent=2))
     if md_out:
-        write_text_atomic(md_out, markdown(report))
+        write_text_atomic(md_out, bench_markdown(report))
     return report
 
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltc.errors import LtcError
-from ltc.reporting.tables import PER_LAYER_HEADERS, per_layer_rows  # noqa: F401 - their old home
 
 _ORT_TOKEN = re.compile(r"(_token_\d+)+$")  # onnxruntime's Graph::GenerateNodeName suffix
 _FRESH = re.compile(r"_\d+$")  # ltc's fresh_name collision suffix

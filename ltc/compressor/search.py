@@ -41,7 +41,7 @@ from ltc.compressor.usercode import guard
 from ltc.controls import VARIANTS as CONTROL_VARIANTS
 from ltc.errors import LtcError, first_line
 from ltc.fileio import check_input_file, load_torch_data, write_json_atomic, write_text_atomic
-from ltc.reporting.runs import summary_markdown  # noqa: F401 - its old home
+from ltc.reporting.runs import summary_markdown
 from ltc.ticket import entry_mismatch, make_ticket, save_ticket, save_torch, validate_ticket
 
 VARIANTS = tuple(CONTROL_VARIANTS)  # the ticket and its controls (ltc.controls)

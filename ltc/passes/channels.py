@@ -32,7 +32,7 @@ from ltc.passes.records import (
 )
 from ltc.passes.rules import NAN, RULES, Refuse, Rule, const_value, is_empty, op_of, rule_for
 
-__all__ = ["NAN", "RULES", "ChannelGraph", "ChannelTensor", "NodeView", "const_value"]
+__all__ = ["ChannelGraph", "NodeView"]
 
 
 class NodeView:

@@ -31,7 +31,6 @@ from ltc.passes.channels import ChannelGraph, connected_components
 from ltc.passes.cost import (
     COST_PER_MAC as COST_PER_MAC,  # re-exported: the table users know from here
 )
-from ltc.passes.cost import cost_per_mac as cost_per_mac
 from ltc.passes.cost import predicted_speedup, split_speedup
 from ltc.passes.graph import export_graph, import_graph
 from ltc.passes.reindex import Segments, apply_reindex, lookup, ordered_plan, split_conv

@@ -30,7 +30,7 @@ from ltc.reporting.tables import (
     quotient,
     span,
 )
-from ltc.reports import SCHEMAS, BenchReport, CompressReport, load_report_json  # noqa: F401 - SCHEMAS, load_report_json: their old home
+from ltc.reports import BenchReport, CompressReport, load_report_json
 
 KIND_COLORS = {"dense": "black", "unstructured": "tab:gray", "channel": "tab:blue", "group": "tab:purple",
                "model": "tab:orange"}

@@ -117,7 +117,7 @@ def inspect_file(model_path: str | os.PathLike, mask: str | os.PathLike | None =
                  chains: bool = True, rules: dict | None = None) -> InspectReport:
     """Channel classes, dead channels per layer, what is removable and what freezes the rest."""
     from ltc.onnx_io import read_model
-    from ltc.passes.compress import inspect
+    from ltc.passes.pipeline import inspect
 
     model, _source = read_model(model_path)
     masks, mask_info, _ = _masks_for(model, mask, strict_mask)

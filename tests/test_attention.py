@@ -13,8 +13,8 @@ from onnx import numpy_helper
 
 from ltc.passes import compress
 from ltc.passes.channels import ChannelGraph
-from ltc.passes.compress import normalize
 from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.pipeline import normalize
 from ltc.passes.reindex import apply_reindex, permutation_plan
 from ltc.passes.stats import count_parameters
 from tests.helpers import run

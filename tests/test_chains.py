@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from ltc.passes import compress
-from ltc.passes.compress import RemoveDeadChannels, normalize
+from ltc.passes.pipeline import RemoveDeadChannels, normalize
 from ltc.passes.remove import dead_filters
 from ltc.passes.stats import stored_parameters
 from tests.helpers import init_shape, make_model, node, run

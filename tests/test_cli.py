@@ -249,7 +249,7 @@ def test_output_equal_to_input_and_unwritable_output(dense_and_ticket, tmp_path)
 def test_verification_failure_writes_nothing(dense_and_ticket, tmp_path, monkeypatch):
     import importlib
 
-    c = importlib.import_module("ltc.passes.compress")
+    c = importlib.import_module("ltc.passes.pipeline")
 
     real = c.RemoveDeadChannels.call
 
@@ -289,7 +289,7 @@ def test_real_inputs_for_verification(dense_and_ticket, tmp_path):
 def test_internal_errors_are_one_line_with_a_way_to_the_traceback(dense_and_ticket, tmp_path, monkeypatch):
     import importlib
 
-    c = importlib.import_module("ltc.passes.compress")
+    c = importlib.import_module("ltc.passes.pipeline")
 
     def boom(self, model):
         raise RuntimeError("simulated bug\nsecond line")

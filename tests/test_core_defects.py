@@ -347,7 +347,7 @@ def test_pass_contract_names_the_failing_pass_and_catches_input_mutation():
 def test_a_dead_filter_both_frozen_and_pinned_counts_as_pinned():
     """A class an op ltc does not handle freezes and a LayerNorm over the channels pins: no exact tool
     could remove it (the pin alone forbids it), so it is not counted against ltc as blocked."""
-    from ltc.passes.compress import inspect
+    from ltc.passes.pipeline import inspect
 
     nodes = [node("Conv", ["x", "wj"], ["j"]), node("LRN", ["j"], ["jl"], size=3),
              node("Transpose", ["j"], ["jt"], perm=[0, 2, 3, 1]),
@@ -359,7 +359,7 @@ def test_a_dead_filter_both_frozen_and_pinned_counts_as_pinned():
 
 
 def test_inspect_sorts_every_dead_filter_into_removed_coupled_pinned_unfoldable_or_blocked():
-    from ltc.passes.compress import inspect
+    from ltc.passes.pipeline import inspect
 
     x4 = {"x": ["N", 4, 6, 6]}
     w = {"wa": conv_weight(6, 4, 1, dead=[1, 2]), "wb": conv_weight(3, 6, 1),  # removable

@@ -16,8 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from ltc.passes import ChannelGraph, apply_reindex, compress, permutation_plan
-from ltc.passes.compress import ROUNDING_MISS, normalize, verification_failure
 from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.pipeline import ROUNDING_MISS, normalize, verification_failure
 from ltc.passes.rules import RULES, Rule, RuleTable, op_key, register_rule
 from ltc.passes.verify import Verification, _compare
 from tests.helpers import conv_weight, make_model, node, run, vec
@@ -73,8 +73,8 @@ def test_a_table_of_ones_own_holds_a_rule_for_the_calls_given_it(op, domain):
     where ONNX Runtime runs the op), while the default table, and every call without it, still blocks
     there."""
     from ltc.passes import RemoveDeadChannels, default_rules
-    from ltc.passes.compress import inspect
     from ltc.passes.ops.elementwise import pass_through
+    from ltc.passes.pipeline import inspect
     from ltc.passes.remove import dead_filters
 
     class Followed(Rule):  # (element-wise, and a zero stays zero: true of all three)
@@ -323,7 +323,7 @@ def test_without_verification_a_result_that_does_not_run_is_not_written(monkeypa
 
     from ltc.errors import InternalError
 
-    compress_module = sys.modules["ltc.passes.compress"]  # (the package exports a function of that name)
+    compress_module = sys.modules["ltc.passes.pipeline"]
 
     p = [node("Conv", ["x", "w0"], ["a"], pads=[1] * 4), node("Relu", ["a"], ["r"]), node("Conv", ["r", "w1"], ["y"])]
     model = make_model(p, X, ["y"], {"w0": conv_weight(8, 4, dead=[1, 2]), "w1": conv_weight(5, 8, 1)})
@@ -376,3 +376,32 @@ def test_the_readme_rule_example_runs_as_written(monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
     assert namespace["result"].modified and namespace["result"].info.removed_classes > 0
     assert op_key("MyGelu", "com.example") in rules_module.RULES
+
+
+@pytest.mark.parametrize("op", ["Conv", "Gemm"])
+def test_a_weight_layer_rule_that_names_no_summed_input_is_still_reported(op):
+    """A weight-layer rule from outside that records its filters and contraction but never says which
+    input it sums over (``v.layer_input``) still has its row in the per-layer report (the input is
+    input 0): it used to drop out silently. Same rows, same counts as the built-in rule."""
+    from ltc.passes import RemoveDeadChannels, default_rules
+    from ltc.passes.ops import layers
+    from ltc.passes.pipeline import normalize
+
+    builtin = getattr(layers, op)
+
+    class Forgetful(builtin):
+        def analyze(self, v):
+            super().analyze(v)
+            v.a.layer_input = None  # (as a rule that never calls v.layer_input)
+
+    if op == "Conv":
+        model = _between_convs("Relu", "")
+    else:
+        nodes = [node("Gemm", ["x", "w0"], ["a"], transB=1), node("Relu", ["a"], ["r"]), node("Gemm", ["r", "w1"], ["y"], transB=1)]
+        model = make_model(nodes, {"x": ["N", 4]}, ["y"],
+                           {"w0": conv_weight(8, 4, 1, dead=[1, 4, 6])[:, :, 0, 0], "w1": conv_weight(5, 8, 1)[:, :, 0, 0]})
+    rows = {}
+    for rules in (None, default_rules().with_rule(op, Forgetful())):
+        a = RemoveDeadChannels(rules=rules).analyze(normalize(model))
+        rows[rules is None] = [(r.name, r.in_before, r.in_after, r.out_before, r.out_after, r.dead) for r in a.layers]
+    assert len(rows[True]) == 2 and rows[False] == rows[True], rows

@@ -12,8 +12,8 @@ import pytest
 import ltc
 from ltc.errors import InternalError
 from ltc.passes import ApplyMasks, ChannelGraph, apply_reindex, compress, permutation_plan, verify
-from ltc.passes.compress import normalize
 from ltc.passes.graph import export_graph, import_graph
+from ltc.passes.pipeline import normalize
 from ltc.passes.stats import count_parameters, layer_macs
 from tests.helpers import run
 from tests.random_graphs import RandomGraph

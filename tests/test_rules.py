@@ -543,8 +543,8 @@ def test_decomposed_group_norm_over_all_channels_pins_them(shape_from):
     its dead channels are pinned (not frozen by the Reshape), nothing is removed, the output is exact,
     and a permutation of the class leaves the output unchanged."""
     from ltc.passes import ChannelGraph, apply_reindex, permutation_plan
-    from ltc.passes.compress import inspect
     from ltc.passes.graph import export_graph, import_graph
+    from ltc.passes.pipeline import inspect
 
     model, x = _decomposed_group_norm(1, shape_from)
     d = inspect(model)["dead_filters"]
@@ -562,7 +562,7 @@ def test_decomposed_group_norm_over_all_channels_pins_them(shape_from):
 def test_decomposed_group_norm_with_several_groups_stays_frozen_and_exact():
     """With 2 groups the channels could go in whole groups only; ltc does not rewrite that pattern, so
     they stay (frozen by the Reshape, named as the reason) and the output is exact."""
-    from ltc.passes.compress import inspect
+    from ltc.passes.pipeline import inspect
 
     model, x = _decomposed_group_norm(2, "shape")
     d = inspect(model)["dead_filters"]

@@ -98,11 +98,11 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-STAGES = [("ltc.api", "read_model"), ("ltc.passes.compress", "normalize"), ("ltc.passes.compress", "import_graph"),
-          ("ltc.passes.compress", "ChannelGraph"), ("ltc.passes.compress", "plan_removal"),
-          ("ltc.passes.compress", "apply_removal"), ("ltc.passes.compress", "export_graph"),
-          ("ltc.passes.compress", "load_check"), ("ltc.passes.compress", "verify"),
-          ("ltc.passes.compress", "check_output"), ("ltc.api", "save_model")]
+STAGES = [("ltc.api", "read_model"), ("ltc.passes.pipeline", "normalize"), ("ltc.passes.pipeline", "import_graph"),
+          ("ltc.passes.pipeline", "ChannelGraph"), ("ltc.passes.pipeline", "plan_removal"),
+          ("ltc.passes.pipeline", "apply_removal"), ("ltc.passes.pipeline", "export_graph"),
+          ("ltc.passes.pipeline", "load_check"), ("ltc.passes.pipeline", "verify"),
+          ("ltc.passes.pipeline", "check_output"), ("ltc.api", "save_model")]
 
 
 def stage_profile(name: str, repeats: int = 15) -> None:

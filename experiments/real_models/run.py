@@ -252,7 +252,7 @@ def accounting(src: Path) -> dict:
     (``ltc.passes.remove.dead_filters``, what ``ltc inspect`` prints)."""
     from ltc.onnx_io import read_model
     from ltc.passes import RemoveDeadChannels
-    from ltc.passes.compress import normalize
+    from ltc.passes.pipeline import normalize
     from ltc.passes.remove import dead_filters
 
     model, _ = read_model(src)

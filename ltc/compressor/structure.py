@@ -307,8 +307,8 @@ def channel_links(model: nn.Module) -> dict[str, tuple[np.ndarray, np.ndarray, i
     import onnx
 
     from ltc.passes.channels import ChannelGraph
-    from ltc.passes.compress import normalize
     from ltc.passes.graph import import_graph
+    from ltc.passes.pipeline import normalize
 
     shape = getattr(model, "input_shape", None)
     if not shape:

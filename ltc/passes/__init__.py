@@ -9,8 +9,8 @@ Custom ops: subclass :class:`ltc.passes.rules.Rule`, add it to a table of your o
 
 from ltc.passes.base import Pass, PassManager, PassResult, Sequential
 from ltc.passes.channels import ChannelGraph
-from ltc.passes.compress import ApplyMasks, CompressResult, RemoveDeadChannels, compress
 from ltc.passes.fold import FoldConstants
+from ltc.passes.pipeline import ApplyMasks, CompressResult, RemoveDeadChannels, compress
 from ltc.passes.regroup import Regroup
 from ltc.passes.reindex import apply_reindex, ordered_plan, permutation_plan
 from ltc.passes.rules import RULES, Refuse, Rule, RuleTable, default_rules, register_rule

@@ -36,7 +36,16 @@ __all__ = ["ChannelGraph", "NodeView"]
 
 
 class NodeView:
-    """One node as a rule sees it; what the rule records is kept only if it does not refuse."""
+    """One node as a rule sees it; what the rule records is kept only if it does not refuse.
+
+    Attributes: ``node`` (the graphsurgeon node), ``op`` (its type), ``attrs`` (its attributes),
+    ``opset`` (the model's ONNX opset), ``cg`` (the analysis so far). Reading: :meth:`input`,
+    :meth:`x`, :meth:`need_x`, :meth:`need_channel_first`, :meth:`value`, :meth:`need_value`,
+    :meth:`shape`, :meth:`out`, :attr:`where`, :meth:`const`. Recording: :meth:`new`, :meth:`tie`,
+    :meth:`take`, :meth:`record`, :meth:`set_const`, :meth:`pin`, :meth:`block`, :meth:`ignore`,
+    :meth:`read`; weight layers also :meth:`produce`, :meth:`contract`, :meth:`layer_input`.
+    Checks: :meth:`extra_outputs_unused`. A channel tensor the node reads that the rule neither tied,
+    recorded, pinned, blocked, contracted nor declared read is frozen."""
 
     def __init__(self, cg: ChannelGraph, node: gs.Node):
         self.cg = cg
@@ -49,14 +58,18 @@ class NodeView:
 
     @property
     def where(self) -> str:
+        """The node as reasons name it: ``Op 'name'``."""
         return f"{self.op} '{self.node.name}'"
 
     # ---------------------------------------------------------------- reading
     def input(self, i: int) -> gs.Tensor | None:
+        """Input ``i``, None if absent or empty (an optional input left out)."""
         ins = self.node.inputs
         return ins[i] if i < len(ins) and not is_empty(ins[i]) else None
 
     def x(self, i: int = 0) -> ChannelTensor | None:
+        """Input ``i``'s channel tensor (its channel axis, units, shape), None for a constant or a
+        tensor the analysis does not know."""
         t = self.input(i)
         return None if t is None or isinstance(t, gs.Constant) else self.cg.tensors.get(t.name)
 
@@ -75,6 +88,8 @@ class NodeView:
         return x
 
     def value(self, i: int) -> np.ndarray | None:
+        """Input ``i``'s value if it is a constant (an initializer, a Constant node, or Identity of
+        either), else None."""
         return const_value(self.input(i))
 
     def need_value(self, i: int, what: str) -> np.ndarray | None:
@@ -88,6 +103,7 @@ class NodeView:
         return v
 
     def shape(self, t: gs.Tensor | None) -> list | None:
+        """``t``'s shape (dims may be symbolic names or None), None if unknown."""
         if t is None:
             return None
         if t.name in self._new:
@@ -97,9 +113,11 @@ class NodeView:
         return self.cg.shapes.get(t.name)
 
     def out(self, i: int = 0) -> gs.Tensor:
+        """Output ``i``."""
         return self.node.outputs[i]
 
     def const(self, ct: ChannelTensor) -> np.ndarray:
+        """The known constant of each unit of ``ct`` (NaN where it depends on the input)."""
         if ct.name in self.a.consts:
             return self.a.consts[ct.name]
         return self.cg.const[ct.name]
@@ -128,32 +146,43 @@ class NodeView:
 
     def tie(self, a: ChannelTensor, b: ChannelTensor, a_start: int = 0, b_start: int = 0,
             count: int | None = None) -> None:
+        """Units ``a_start..`` of ``a`` and ``b_start..`` of ``b`` (``count`` of them, default as many as
+        both have) are the same channels: one class each, kept or removed together."""
         count = min(a.units - a_start, b.units - b_start) if count is None else count
         self.a.records.append(Tie(a.name, b.name, a_start, b_start, count))
         self.a.read |= {a.name, b.name}
 
     def take(self, index: int, axis: int, ct: ChannelTensor) -> None:
+        """A re-index of ``ct`` rewrites input ``index`` (a weight or parameter) along ``axis``."""
         self.a.records.append(Take(self.node, index, axis, ct))
 
     def record(self, rec: Record) -> None:
+        """What a re-index must rewrite in this node (a :class:`~ltc.passes.records.Record`)."""
         self.a.records.append(rec)
         self.a.read |= set(rec.tensors())
 
     def produce(self, y: ChannelTensor, zero: np.ndarray) -> None:
+        """Weight layers: this node writes ``y``, and ``zero`` (bool per unit) marks its all-zero
+        filters (the dead filters the report accounts for)."""
         self.a.producers.append(Producer(self.node, y.name, zero))
 
     def contract(self, c: Contraction) -> None:
+        """Weight layers: this node sums over an input's channels with these weights (a
+        :class:`~ltc.passes.records.Contraction`: where its columns are zero, the channel is unread)."""
         self.a.contractions.append(c)
         self.a.read.add(c.tensor)
 
     def set_const(self, y: ChannelTensor, values: np.ndarray) -> None:
+        """The known constant of each unit of output ``y`` (NaN where it depends on the input)."""
         self.a.consts[y.name] = np.asarray(values, dtype=np.float64)
 
     def pin(self, ct: ChannelTensor, reason: str) -> None:
+        """This node reads every channel of ``ct`` together: they may be permuted, never removed."""
         self.a.pins.append((ct.name, reason))
         self.a.read.add(ct.name)
 
     def block(self, ct: ChannelTensor | None, reason: str) -> None:
+        """Freeze ``ct``'s classes (neither removed nor permuted), with the reason the report gives."""
         if ct is not None:
             self.a.blocks.append((ct.name, reason))
             self.a.read.add(ct.name)
@@ -173,6 +202,7 @@ class NodeView:
         self.a.read.add(ct.name)
 
     def extra_outputs_unused(self, keep: int = 1) -> None:
+        """Refuse if any output after the first ``keep`` is read (the rule describes only those)."""
         for extra in self.node.outputs[keep:]:
             if extra.name and (extra.outputs or extra in self.cg.graph.outputs):
                 raise Refuse(f"{self.where}: output '{extra.name}' is used")
@@ -230,7 +260,7 @@ class ChannelGraph:
                 self._default(t)
             self.block(t.name, reason)
 
-    def _commit(self, v: NodeView) -> None:
+    def _commit(self, v: NodeView, rule: Rule) -> None:
         a = v.a
         for ct in a.tensors:
             self._add(ct)
@@ -240,6 +270,8 @@ class ChannelGraph:
         self.contractions += a.contractions
         self.pins += a.pins
         self.ignores += a.ignores
+        if a.layer_input is None and rule.layer and (x := v.x(0)) is not None:  # (the weight-layer
+            a.layer_input = (x.name, x.units)                                     # default: input 0)
         if a.layer_input is not None:
             self.layer_inputs[id(v.node)] = a.layer_input
         self.blocks += a.blocks
@@ -278,7 +310,7 @@ class ChannelGraph:
             except Refuse as refusal:
                 self._block_node(node, str(refusal))
                 continue
-            self._commit(view)
+            self._commit(view, rule)
         for var in self.graph.outputs:
             self.block(var.name, f"graph output '{var.name}'")
         for node in self.graph.nodes:  # a subgraph reading an outer tensor is a consumer the rules never see

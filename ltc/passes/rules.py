@@ -37,7 +37,12 @@ class Rule:
     """How one op (or family) touches channels. Subclasses implement :meth:`analyze`: read the node
     through the view (``v.x(i)``, ``v.need_x()``, ``v.value(i)``, ``v.shape(t)``), check, raise
     :class:`Refuse` if the op cannot be followed, then record (``v.new``, ``v.tie``, ``v.take``,
-    ``v.record``, ``v.set_const``, ``v.pin``; layers also ``v.produce``, ``v.contract``)."""
+    ``v.record``, ``v.set_const``, ``v.pin``); see :class:`~ltc.passes.channels.NodeView`.
+
+    A weight layer (a Conv, a Gemm: it owns filters, is reported per layer and counted in MACs)
+    sets ``layer = True`` and, in :meth:`analyze`, also calls ``v.produce(y, zero)`` (its output and
+    its all-zero filters), ``v.contract(...)`` (the input channels it sums over, with their weights)
+    and, if that input is not input 0, ``v.layer_input(ct, size)``; it implements :meth:`macs`."""
 
     ops: tuple[str, ...] = ()
     layer: bool = False  # a weight layer: reported per layer, counted in MACs

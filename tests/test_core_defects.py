@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 from ltc.errors import InternalError, LtcError
 from ltc.masks import MaskSet, match_masks
@@ -340,6 +341,17 @@ def test_pass_contract_names_the_failing_pass_and_catches_input_mutation():
         Sequential(Crashes())(model)
     with pytest.raises(InternalError, match="mutates: the pass modified its input model"):
         Mutates()(model)
+
+    class EditsWeights(Pass):
+        name = "edits-weights"
+
+        def call(self, model):
+            t = model.graph.initializer[0]  # same name, shape and type: only the values change
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1, t.name))
+            return PassResult(model, True)
+
+    with pytest.raises(InternalError, match="edits-weights: the pass modified its input model"):
+        EditsWeights()(onnx.ModelProto.FromString(model.SerializeToString()))
     r = Sequential(RemoveDeadChannels())(model)  # typed results, with the dict view kept
     assert r.info.steps[0][1].info.removed_classes == 3 and r.details["remove-dead-channels"]["removed_classes"] == 3
 

@@ -33,13 +33,18 @@ class PassResult:
         return dict(info)
 
 
+VALUES_CHECKED = 16 << 20  # bytes of initializers up to which the purity check reads their values too
+
+
 def fingerprint(model: onnx.ModelProto) -> tuple:
-    """A cheap summary of a model's structure and tensor headers (names, shapes, types), to catch a
-    pass that edits its input in place without hashing gigabytes of weights."""
+    """A cheap summary of a model's structure and tensor headers (names, shapes, types), and of the
+    weights' values while they hold at most :data:`VALUES_CHECKED` bytes, to catch a pass that edits
+    its input in place without hashing gigabytes of weights (above that, headers only)."""
     g = model.graph
     parts = [n.SerializeToString() for n in g.node]
     parts += [x.SerializeToString() for x in (*g.input, *g.output, *model.opset_import)]
-    # (reading t.raw_data, even for its length, copies the bytes: headers only)
+    if sum(t.ByteSize() for t in g.initializer) <= VALUES_CHECKED:  # (ByteSize copies nothing)
+        parts += [t.SerializeToString() for t in g.initializer]
     return (hash(b"\0".join(parts)), [(t.name, tuple(t.dims), t.data_type) for t in g.initializer])
 
 

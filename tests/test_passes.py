@@ -69,3 +69,55 @@ def test_ensures_catches_a_pass_that_drops_a_graph_output():
 def test_bad_round_to_is_refused():
     with pytest.raises(LtcError, match="round_to"):
         RemoveDeadChannels(round_to=0)
+
+
+def test_pass_manager_takes_a_list_steps_and_early_stop_as_onnx_ir_does():
+    """``PassManager([a, b], steps, early_stop)``: the passes run in order each round; with
+    early_stop the rounds end at the first that modifies nothing, without it every step runs;
+    ``max_steps`` still works, with a DeprecationWarning."""
+    import warnings
+
+    from ltc.passes import FoldConstants
+
+    model = _model(dead=[3])
+    r = PassManager([FoldConstants(), RemoveDeadChannels()], steps=5)(model)
+    assert r.modified and len(r.info.steps) == 2  # (removes, then finds nothing more)
+    assert [name for name, _ in r.info.steps[0].info.steps] == ["fold-constants", "remove-dead-channels"]
+    assert len(PassManager(RemoveDeadChannels(), steps=5, early_stop=False)(model).info.steps) == 5
+    assert len(PassManager(RemoveDeadChannels(), steps=1)(model).info.steps) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(PassManager(RemoveDeadChannels(), max_steps=1)(model).info.steps) == 1
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_a_crash_blames_an_invalid_model_and_ltc_on_a_valid_one(wrapped):
+    """A pass that crashes (alone, or inside a Sequential or PassManager, which turn the crash into an
+    InternalError naming the pass) is the input's fault when the model fails onnx.checker (exit 1,
+    LtcError) and ltc's when it is valid (exit 2, InternalError)."""
+    from ltc.passes.pipeline import input_blamed
+
+    class Crashes(Pass):
+        name = "crashes"
+
+        def call(self, model):
+            raise ValueError("boom")
+
+    def run(model):
+        with input_blamed(model):
+            (PassManager([Crashes()]) if wrapped else Crashes())(model)
+
+    import onnx
+
+    valid = onnx.shape_inference.infer_shapes(_model())
+    shapes = {v.name: v.type for v in valid.graph.value_info}
+    for o in valid.graph.output:  # (the helper leaves output shapes out, which the checker refuses)
+        o.type.CopyFrom(shapes.get(o.name, o.type))
+    onnx.checker.check_model(valid)
+    invalid = onnx.ModelProto.FromString(valid.SerializeToString())
+    invalid.graph.node.append(node("Relu", ["undefined"], ["z"]))
+    with pytest.raises(LtcError, match="not valid ONNX"):
+        run(invalid)
+    with pytest.raises(InternalError if wrapped else ValueError, match="crashes: ValueError: boom" if wrapped else "boom"):
+        run(valid)

@@ -8,6 +8,8 @@ each pass reports a typed result (``PassResult.info``); ``details`` is its plain
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 
 import onnx
@@ -123,21 +125,28 @@ class RepeatInfo:
 
 
 class PassManager(Pass):
-    """Repeat a pass (or sequence) until it stops modifying the model, at most ``max_steps`` times."""
+    """Run ``passes`` (one pass, or several in order: a :class:`Sequential`) at most ``steps`` times;
+    with ``early_stop``, stop after the first round that modifies nothing (a fixed point). As onnx-ir's
+    ``PassManager(passes, steps, early_stop)``; ``max_steps`` is the old name of ``steps``."""
 
     name = "pass-manager"
 
-    def __init__(self, inner: Pass, max_steps: int = 4):
-        self.inner = inner
-        self.max_steps = max_steps
+    def __init__(self, passes: Pass | Sequence[Pass], steps: int = 4, early_stop: bool = True,
+                 max_steps: int | None = None):
+        if max_steps is not None:
+            warnings.warn("PassManager(max_steps=...) is now steps=...", DeprecationWarning, stacklevel=2)
+            steps = max_steps
+        self.inner = passes if isinstance(passes, Pass) else Sequential(*passes)
+        self.steps = steps
+        self.early_stop = early_stop
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         modified = False
         info = RepeatInfo()
-        for _ in range(self.max_steps):
+        for _ in range(self.steps):
             r = self.inner(model)
             info.steps.append(r)
-            if not r.modified:
+            model, modified = r.model, modified or r.modified
+            if self.early_stop and not r.modified:
                 break
-            model, modified = r.model, True
         return PassResult(model, modified, info)

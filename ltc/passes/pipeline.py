@@ -17,7 +17,7 @@ from ltc.defaults import ATOL, RTOL
 from ltc.errors import InternalError, LtcError
 from ltc.masks import bool_mask
 from ltc.onnx_io import TWO_GB, checker_problem, model_size_bytes, without_initializer_inputs
-from ltc.passes.base import Pass, PassResult
+from ltc.passes.base import Pass, PassManager, PassResult
 from ltc.passes.chains import chain_units, find_chains, removed_units, replicate_chains
 from ltc.passes.channels import ChannelGraph
 from ltc.passes.fold import FoldConstants
@@ -311,16 +311,10 @@ def _times_tolerance(o: dict) -> float:
 def normalize(model: onnx.ModelProto, rounds: int = 64) -> onnx.ModelProto:
     """What the analysis reads: constant chains and static shape reads folded into initializers, and
     channel shuffles as one Gather, repeated while either finds more (a shuffle's output gets a
-    static shape once the shuffle before it is a Gather). Initializers that are also graph inputs
-    are taken as the constants they hold (dropped from the inputs)."""
+    static shape once the shuffle before it is a Gather), at most ``rounds`` times. Initializers that
+    are also graph inputs are taken as the constants they hold (dropped from the inputs)."""
     model, _ = without_initializer_inputs(model)
-    for _ in range(rounds):
-        folded = FoldConstants()(model)
-        shuffled = ShuffleToGather()(folded.model)
-        model = shuffled.model
-        if not (folded.modified or shuffled.modified):
-            break
-    return model
+    return PassManager([FoldConstants(), ShuffleToGather()], steps=rounds, early_stop=True)(model).model
 
 
 @contextlib.contextmanager
@@ -329,10 +323,11 @@ def input_blamed(model: onnx.ModelProto) -> Iterator[None]:
     with the checker's finding); on a valid model it stays ltc's (exit 2)."""
     try:
         yield
-    except (LtcError, InternalError):
+    except LtcError:
         raise
-    except Exception:
-        problem = checker_problem(model)
+    except Exception as exc:  # (an InternalError that a pass's crash became: its cause decides)
+        cause = exc.__cause__ if isinstance(exc, InternalError) else exc
+        problem = None if cause is None or isinstance(cause, LtcError | InternalError) else checker_problem(model)
         if problem:
             raise LtcError(f"the model is not valid ONNX ({problem}); fix or re-export it") from None
         raise

@@ -121,3 +121,18 @@ def test_a_crash_blames_an_invalid_model_and_ltc_on_a_valid_one(wrapped):
         run(invalid)
     with pytest.raises(InternalError if wrapped else ValueError, match="crashes: ValueError: boom" if wrapped else "boom"):
         run(valid)
+
+
+def test_a_pass_that_edits_its_input_inside_a_sequence_is_caught_by_the_outer_check():
+    """Only the outermost pass of a nest fingerprints its input (the caller's model); a pass inside a
+    Sequential or PassManager that edits that model in place is still caught."""
+    class Mutates(Pass):
+        name = "mutates"
+
+        def call(self, model):
+            model.graph.node[0].name = "renamed"
+            return PassResult(model, True)
+
+    for outer in (lambda: Sequential(Mutates()), lambda: PassManager([Mutates()], steps=1)):
+        with pytest.raises(InternalError, match="modified its input model"):
+            outer()(_model(dead=[3]))

@@ -8,6 +8,7 @@ each pass reports a typed result (``PassResult.info``); ``details`` is its plain
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -50,11 +51,14 @@ def fingerprint(model: onnx.ModelProto) -> tuple:
     return (hash(b"\0".join(parts)), [(t.name, tuple(t.dims), t.data_type) for t in g.initializer])
 
 
+_CALLS = threading.local()  # how deep the passes running in this thread are nested
+
+
 class Pass:
     """A model-to-model transformation. Subclasses implement :meth:`call`.
 
     Calling the pass object runs ``requires``, ``call`` and ``ensures``, and checks that the input
-    model was not modified.
+    model was not modified (the outermost pass of a nest checks: its input is the caller's model).
     """
 
     name = "pass"
@@ -76,9 +80,14 @@ class Pass:
 
     def __call__(self, model: onnx.ModelProto) -> PassResult:
         self.requires(model)
-        before = fingerprint(model)
-        result = self.call(model)
-        if fingerprint(model) != before:
+        outermost = not getattr(_CALLS, "depth", 0)  # (a pass inside another: the outer one checks its input)
+        before = fingerprint(model) if outermost else None
+        _CALLS.depth = getattr(_CALLS, "depth", 0) + 1
+        try:
+            result = self.call(model)
+        finally:
+            _CALLS.depth -= 1
+        if outermost and fingerprint(model) != before:
             raise InternalError(f"{self.name}: the pass modified its input model")
         self.ensures(result)
         return result

@@ -190,6 +190,19 @@ def _params(node: gs.Node, op: str, width: int) -> list[Spec] | None:
     return None
 
 
+def _conv_rows(node: gs.Node, width: int, group: int) -> list[Spec] | None:
+    """How a replica reads a Conv's constant weight and optional bias, ``width`` filters in ``group``
+    groups: their rows for the units; None if they are not such constants."""
+    extra = node.inputs[1:]
+    w = const_value(extra[0]) if extra else None
+    has_b = len(extra) > 1 and not is_empty(extra[1])
+    b = const_value(extra[1]) if has_b else None
+    if (w is None or w.ndim < 3 or int(node.attrs.get("group", 1)) != group or w.shape[0] != width
+            or not np.issubdtype(w.dtype, np.floating) or (has_b and (b is None or b.shape != (width,)))):
+        return None
+    return [("rows", w)] + ([("rows", b)] if has_b else [])
+
+
 def _gate(cg: ChannelGraph, t: gs.Tensor, width: int) -> list[_Step] | None:
     """The steps that compute ``t``, a gate (one input-dependent number per channel and sample,
     [N, C, 1, ...]), from its writer, a plain Conv with constant weights, through channel-wise ops
@@ -205,14 +218,10 @@ def _gate(cg: ChannelGraph, t: gs.Tensor, width: int) -> list[_Step] | None:
         if not p.outputs or p.outputs[0].name != t.name:
             return None
         if op == "Conv":
-            w = const_value(p.inputs[1]) if len(p.inputs) > 1 else None
-            has_b = len(p.inputs) > 2 and not is_empty(p.inputs[2])
-            b = const_value(p.inputs[2]) if has_b else None
-            if (int(p.attrs.get("group", 1)) != 1 or is_empty(p.inputs[0]) or w is None or w.shape[0] != width
-                    or not np.issubdtype(w.dtype, np.floating) or (has_b and (b is None or b.shape != (width,)))):
+            rows = _conv_rows(p, width, group=1)
+            if rows is None or is_empty(p.inputs[0]):
                 return None
-            specs = [("input", p.inputs[0].name), ("rows", w)] + ([("rows", b)] if has_b else [])
-            tail.append(_Step(t.name, "Conv", dict(p.attrs), specs, rank=rank))
+            tail.append(_Step(t.name, "Conv", dict(p.attrs), [("input", p.inputs[0].name), *rows], rank=rank))
             return tail[::-1]
         if op in BINARY:
             values = [const_value(u) for u in p.inputs] if len(p.inputs) == 2 else []
@@ -258,8 +267,8 @@ def _step(cg: ChannelGraph, node: gs.Node, ch: Chain, this: int, chain_of: dict[
     off = offsets.pop()
     x = next(t for t, c in zip(node.inputs, in_chain, strict=True) if c)
     # two chain inputs carry the units both carry on (the copy puts them in the first's order)
-    common = np.logical_and.reduce([ch.carried(t.name) for t, c in zip(node.inputs, in_chain, strict=True) if c])
-    some = np.logical_or.reduce([ch.carried(t.name) for t, c in zip(node.inputs, in_chain, strict=True) if c])
+    carries = [ch.carried(t.name) for t, c in zip(node.inputs, in_chain, strict=True) if c]
+    common, some = np.logical_and.reduce(carries), np.logical_or.reduce(carries)
     order = ch.orders[x.name][common[ch.orders[x.name]]]
     carried = ch.units & common
     step, mask, out_off = _step_of(cg, node, ch, x, off, in_chain, carried, y)
@@ -332,13 +341,10 @@ def _step_of(cg: ChannelGraph, node: gs.Node, ch: Chain, x: gs.Tensor, off: int,
             return stop
         specs += [("copied", np.asarray(axes, np.int64))] if extra and not is_empty(extra[0]) else []
     elif op == "Conv":  # depthwise, one filter per channel
-        w = const_value(extra[0]) if extra else None
-        has_b = len(extra) > 1 and not is_empty(extra[1])
-        b = const_value(extra[1]) if has_b else None
-        if (w is None or int(attrs.get("group", 1)) != width or w.shape[:2] != (width, 1)
-                or (has_b and (b is None or b.shape != (width,)))):
+        rows = _conv_rows(node, width, group=width)
+        if rows is None or np.shape(rows[0][1])[1] != 1:
             return stop
-        specs += [("rows", w)] + ([("rows", b)] if has_b else [])
+        specs += rows
         attrs["group"] = -1  # the chain's channel count, when written
     else:
         return stop
